@@ -1,0 +1,82 @@
+import Koa, { type Context } from "koa";
+import Router from "@koa/router";
+import type { Logger } from "pino";
+import type { Clock } from "../clock.js";
+import type { ModelCatalogue } from "../gateway/catalogue.js";
+import type { LifecycleEngine } from "../instances/engine.js";
+import type { ApiKeyStore } from "../store/api-keys.js";
+import type { InstanceStore } from "../store/instances.js";
+import type { TenantStore } from "../store/tenants.js";
+import { ApiError } from "./errors.js";
+import { authenticate } from "./middleware/auth.js";
+import { requestContext } from "./middleware/context.js";
+import { envelope } from "./middleware/envelope.js";
+import { openApiDocument } from "./openapi.js";
+import { instanceRoutes } from "./routes/instances.js";
+import { usageRoutes, type UsageSources } from "./routes/usage.js";
+
+export interface AppDeps {
+  logger: Logger;
+  securityLog: Logger;
+  clock: Clock;
+  tenants: TenantStore;
+  keys: ApiKeyStore;
+  instances: InstanceStore;
+  engine: LifecycleEngine;
+  catalogue: ModelCatalogue;
+  baseDomain: string;
+  usage: Omit<UsageSources, "instances" | "clock">;
+  version: string;
+  /** True once shutdown began: new requests get 503 while in-flight ones finish. */
+  draining(): boolean;
+}
+
+/** Builds the Koa app without listening, so tests and the daemon share it. */
+export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: string; path: string }> } {
+  const app = new Koa();
+  app.proxy = false;
+  app.silent = true;
+
+  app.use(requestContext(deps.logger));
+  app.use(envelope());
+  app.use(async (ctx, next) => {
+    if (deps.draining()) {
+      ctx.set("Connection", "close");
+      ctx.set("Retry-After", "5");
+      throw new ApiError("unavailable", "the server is restarting; retry shortly");
+    }
+    await next();
+  });
+
+  const doc = openApiDocument({ version: deps.version, models: deps.catalogue.models.map((m) => m.id) });
+  const open = new Router();
+  open.get("/v1/openapi.json", (ctx) => {
+    ctx.body = doc;
+  });
+
+  const auth = authenticate({
+    keys: deps.keys,
+    tenants: deps.tenants,
+    clock: deps.clock,
+    onFailure: (ctx: Context, reason, prefix) =>
+      deps.securityLog.warn({ event: "auth_failure", reason, key_prefix: prefix, ip: ctx.ip, req_id: ctx.state.requestId }, "authentication failed"),
+  });
+  const tenantApi = new Router();
+  const instances = instanceRoutes({ engine: deps.engine, instances: deps.instances, catalogue: deps.catalogue, baseDomain: deps.baseDomain, clock: deps.clock });
+  const usage = usageRoutes({ ...deps.usage, instances: deps.instances, clock: deps.clock });
+  tenantApi.use(instances.routes());
+  tenantApi.use(usage.routes());
+
+  app.use(open.routes());
+  // Authentication runs only for matched tenant routes: an unknown path is not_found for everyone.
+  app.use(async (ctx, next) => {
+    if (tenantApi.match(ctx.path, ctx.method).pathAndMethod.length > 0) return auth(ctx, next);
+    return next();
+  });
+  app.use(tenantApi.routes());
+
+  const routes = [...open.stack, ...instances.stack, ...usage.stack].flatMap((layer) =>
+    layer.methods.filter((m) => m !== "HEAD").map((method) => ({ method, path: String(layer.path) })),
+  );
+  return { app, routes };
+}

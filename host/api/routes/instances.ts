@@ -1,0 +1,137 @@
+import { createHash } from "node:crypto";
+import Router from "@koa/router";
+import type { Context } from "koa";
+import { isoSeconds } from "../../../shared/api/types.js";
+import { parsePublicKey, PublicKeyError } from "../../../shared/ssh/public-key.js";
+import type { ModelCatalogue } from "../../gateway/catalogue.js";
+import type { CreateInput, LifecycleEngine } from "../../instances/engine.js";
+import { INSTANCE_NAME_PATTERN } from "../../instances/names.js";
+import { toRecord } from "../../instances/record.js";
+import type { Clock } from "../../clock.js";
+import type { Instance, InstanceStore } from "../../store/instances.js";
+import type { Tenant } from "../../store/tenants.js";
+import { readJsonBody } from "../middleware/body.js";
+import { respond } from "../middleware/envelope.js";
+import { ApiError } from "../errors.js";
+
+export interface InstanceRouteDeps {
+  engine: LifecycleEngine;
+  instances: InstanceStore;
+  catalogue: ModelCatalogue;
+  baseDomain: string;
+  clock: Clock;
+}
+
+const CREATE_FIELDS = new Set(["public_key", "agent", "inference_mode", "inference_model"]);
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+
+/** Parses the create body into a typed command, or says exactly which field is wrong. */
+export function parseCreateBody(body: Record<string, unknown>, catalogue: ModelCatalogue): CreateInput {
+  for (const k of Object.keys(body)) {
+    if (!CREATE_FIELDS.has(k)) throw new ApiError("invalid_request", `unknown field: ${k}`, { param: k });
+  }
+  if (body.public_key === undefined || body.public_key === null) throw new ApiError("invalid_request", "public_key is required", { param: "public_key" });
+  let publicKey: string;
+  try {
+    publicKey = parsePublicKey(body.public_key).canonical;
+  } catch (err) {
+    if (!(err instanceof PublicKeyError)) throw err;
+    throw new ApiError("invalid_request", `public_key must be an ed25519 or ecdsa OpenSSH public key: ${err.message}`, { param: "public_key" });
+  }
+  const str = (k: string, fallback: string, allowed: readonly string[], what: string): string => {
+    const v = body[k];
+    if (v === undefined || v === null) return fallback;
+    if (typeof v !== "string" || !allowed.includes(v)) throw new ApiError("invalid_request", `${k} must be ${what}`, { param: k });
+    return v;
+  };
+  const models = catalogue.models.map((m) => m.id);
+  return {
+    publicKey,
+    agent: str("agent", "openclaw", ["openclaw"], '"openclaw"'),
+    inferenceMode: str("inference_mode", "default_gateway", ["default_gateway"], '"default_gateway"'),
+    inferenceModel: str("inference_model", catalogue.default, models, `one of: ${models.join(", ")}`),
+  };
+}
+
+/** Stable JSON (sorted keys) so that key order does not make two equal bodies differ. */
+export function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (v && typeof v === "object") {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonicalJson((v as Record<string, unknown>)[k])}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
+
+export function instanceRoutes(deps: InstanceRouteDeps): Router {
+  const router = new Router();
+  const record = (ctx: Context, inst: Instance) => toRecord(inst, (ctx.state.tenant as Tenant).slug, deps.baseDomain);
+
+  const load = async (ctx: Context): Promise<Instance> => {
+    const name = ctx.params.name as string;
+    const tenant = ctx.state.tenant as Tenant;
+    const inst = INSTANCE_NAME_PATTERN.test(name) ? await deps.instances.byName(tenant.id, name) : undefined;
+    if (!inst) throw new ApiError("not_found", `instance ${name.slice(0, 64)} not found`);
+    return inst;
+  };
+
+  router.post("/v1/instances", async (ctx) => {
+    const tenant = ctx.state.tenant as Tenant;
+    const keyHeader = ctx.get("Idempotency-Key");
+    if (keyHeader && !IDEMPOTENCY_KEY.test(keyHeader)) {
+      throw new ApiError("invalid_request", "Idempotency-Key must be 1 to 255 printable ASCII characters", { param: "Idempotency-Key" });
+    }
+    const body = await readJsonBody(ctx);
+    const input = parseCreateBody(body, deps.catalogue);
+    const outcome = await deps.engine.create(
+      tenant,
+      input,
+      keyHeader
+        ? {
+            key: keyHeader,
+            requestHash: createHash("sha256").update(canonicalJson(body)).digest("hex"),
+            render: (inst) => record(ctx, inst),
+          }
+        : undefined,
+    );
+    switch (outcome.kind) {
+      case "idempotency_conflict":
+        throw new ApiError("conflict", "Idempotency-Key was already used with a different request body", { param: "Idempotency-Key" });
+      case "replayed":
+        ctx.set("Idempotent-Replayed", "true");
+        return respond(ctx, outcome.statusCode, outcome.response);
+      case "created":
+        ctx.set("Location", `/v1/instances/${outcome.instance.name}`);
+        return respond(ctx, 202, record(ctx, outcome.instance));
+    }
+  });
+
+  router.get("/v1/instances", async (ctx) => {
+    const tenant = ctx.state.tenant as Tenant;
+    const since = new Date(deps.clock.now().getTime() - deps.engine.retentionMs);
+    const list = await deps.instances.listForTenant(tenant.id, since);
+    respond(ctx, 200, { instances: list.map((i) => record(ctx, i)), next_cursor: null });
+  });
+
+  router.get("/v1/instances/:name", async (ctx) => {
+    respond(ctx, 200, record(ctx, await load(ctx)));
+  });
+
+  router.delete("/v1/instances/:name", async (ctx) => {
+    const inst = await deps.engine.delete(await load(ctx));
+    respond(ctx, 202, record(ctx, inst));
+  });
+
+  router.get("/v1/instances/:name/events", async (ctx) => {
+    const inst = await load(ctx);
+    const events = await deps.engine.events(inst);
+    respond(ctx, 200, {
+      events: events.map((e) => ({ seq: e.seq, type: e.type, from_status: e.from_status, to_status: e.to_status, message: e.message, at: isoSeconds(new Date(e.at)) })),
+      next_cursor: null,
+    });
+  });
+
+  return router;
+}

@@ -1,0 +1,53 @@
+import Router from "@koa/router";
+import { isoSeconds, type UsageRecord } from "../../../shared/api/types.js";
+import type { Clock } from "../../clock.js";
+import type { InstanceStore } from "../../store/instances.js";
+import type { Tenant } from "../../store/tenants.js";
+import { billingWindow, instanceHours } from "../../usage/billing.js";
+import { respond } from "../middleware/envelope.js";
+
+export interface UsageSources {
+  instances: InstanceStore;
+  clock: Clock;
+  egressLimitBytes: number;
+  /** Inference spend in the window as a decimal string with cents. */
+  inferenceCostUsd(tenantId: number, from: Date, to: Date): Promise<string>;
+  /** Egress view for the tenant's active instances (zeros until samples exist). */
+  egress(tenantId: number): Promise<{ bytes: number; observedAt: Date | null; blocked: boolean; blockAppliedAt: Date | null }>;
+}
+
+export async function usageFor(tenant: Tenant, src: UsageSources): Promise<UsageRecord> {
+  const now = src.clock.now();
+  const window = billingWindow(tenant.createdAt, now);
+  const insts = await src.instances.billableOverlapping(tenant.id, window.start, window.end);
+  const hours = instanceHours(
+    insts.map((i) => ({ from: i.readyAt!, to: i.terminatingAt ?? i.failedAt ?? i.terminatedAt })),
+    window,
+    now,
+  );
+  const egress = await src.egress(tenant.id);
+  return {
+    pricing: {
+      period_start: isoSeconds(window.start),
+      period_end: isoSeconds(window.end),
+      subscription_cost_usd: tenant.subscriptionCostUsd,
+      instance_hours_included: tenant.instanceHoursIncluded,
+      overage_per_hour_usd: tenant.overagePerHourUsd,
+    },
+    usage: {
+      instance_hours_used: hours,
+      inference_cost_usd: await src.inferenceCostUsd(tenant.id, window.start, window.end),
+      egress_bytes: egress.bytes,
+      egress_limit_bytes: src.egressLimitBytes,
+      egress_observed_at: egress.observedAt ? isoSeconds(egress.observedAt) : null,
+      egress_blocked: egress.blocked,
+      egress_block_applied_at: egress.blockAppliedAt ? isoSeconds(egress.blockAppliedAt) : null,
+    },
+  };
+}
+
+export function usageRoutes(src: UsageSources): Router {
+  const router = new Router();
+  router.get("/v1/usage", async (ctx) => respond(ctx, 200, await usageFor(ctx.state.tenant as Tenant, src)));
+  return router;
+}

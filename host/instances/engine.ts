@@ -1,0 +1,272 @@
+import { randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import type { InstanceStatus } from "../../shared/api/types.js";
+import type { Clock } from "../clock.js";
+import type { Database } from "../store/db.js";
+import type { IdempotencyStore } from "../store/idempotency.js";
+import type { Instance, InstanceStore, TransitionFields } from "../store/instances.js";
+import type { Tenant } from "../store/tenants.js";
+import type { Driver, DriverContext, InstanceSpec, ReadyInfo } from "./driver.js";
+import { FAILURE_CODES, ProvisionError, type FailureCode } from "./failure-codes.js";
+import { newInstanceName } from "./names.js";
+import { assertTransition } from "./state-machine.js";
+
+export interface CreateInput {
+  publicKey: string;
+  agent: string;
+  inferenceMode: string;
+  inferenceModel: string;
+}
+
+export interface IdempotencyInput {
+  key: string;
+  requestHash: string;
+  /** Builds the stored response from the created instance (kept in the same transaction). */
+  render(inst: Instance): unknown;
+}
+
+export type CreateOutcome =
+  | { kind: "created"; instance: Instance }
+  | { kind: "replayed"; statusCode: number; response: unknown }
+  | { kind: "idempotency_conflict" };
+
+export interface EngineDeps {
+  db: Database;
+  instances: InstanceStore;
+  idempotency: IdempotencyStore;
+  driver: Driver;
+  clock: Clock;
+  logger: Logger;
+  baseDomain: string;
+  egressLimitBytes: number;
+  tenantSlug(tenantId: number): Promise<string>;
+}
+
+const IDEMPOTENCY_WINDOW_MS = 24 * 3600_000;
+const TERMINATED_RETENTION_MS = 30 * 24 * 3600_000;
+
+/**
+ * The lifecycle engine: the only code that changes an instance's status. Each change goes through
+ * `transition()`, which checks the state machine, updates the row with the expected previous status
+ * in the WHERE clause and appends the event, in one transaction.
+ */
+export class LifecycleEngine {
+  private readonly inflight = new Map<string, AbortController>();
+  private readonly tasks = new Set<Promise<unknown>>();
+  private readonly teardowns = new Map<string, Promise<void>>();
+  private closing = false;
+
+  constructor(private readonly d: EngineDeps) {
+    d.driver.onExit?.((id, reason) => this.track(this.onGuestExit(id, reason)));
+  }
+
+  get retentionMs(): number {
+    return TERMINATED_RETENTION_MS;
+  }
+
+  async create(tenant: Tenant, input: CreateInput, idem?: IdempotencyInput): Promise<CreateOutcome> {
+    const now = this.d.clock.now();
+    const outcome = await this.d.db.tx(async (): Promise<CreateOutcome> => {
+      if (idem) {
+        const prior = await this.d.idempotency.find(tenant.id, idem.key, new Date(now.getTime() - IDEMPOTENCY_WINDOW_MS));
+        if (prior) {
+          return prior.requestHash === idem.requestHash
+            ? { kind: "replayed", statusCode: prior.statusCode, response: prior.response }
+            : { kind: "idempotency_conflict" };
+        }
+      }
+      const id = randomUUID();
+      for (let attempt = 0; attempt < 20; attempt++) {
+        const name = newInstanceName();
+        const inserted = await this.d.instances.insert({
+          id,
+          tenantId: tenant.id,
+          name,
+          agent: input.agent,
+          publicKey: input.publicKey,
+          inferenceMode: input.inferenceMode,
+          inferenceModel: input.inferenceModel,
+          egressLimitBytes: this.d.egressLimitBytes,
+          createdAt: now,
+        });
+        if (!inserted) continue;
+        await this.d.instances.appendEvent(id, "status", null, "provisioning", "instance created", now);
+        const inst = (await this.d.instances.byId(id))!;
+        if (idem) await this.d.idempotency.save(tenant.id, idem.key, { requestHash: idem.requestHash, statusCode: 202, response: idem.render(inst), createdAt: now });
+        return { kind: "created", instance: inst };
+      }
+      throw new Error("could not find a free instance name after 20 attempts");
+    });
+    if (outcome.kind === "created") this.track(this.provision(outcome.instance, "create"));
+    return outcome;
+  }
+
+  /** Deletes (idempotently) and waits up to `waitMs` for teardown so fast drivers answer `terminated`. */
+  async delete(inst: Instance, waitMs = 1500): Promise<Instance> {
+    const now = this.d.clock.now();
+    if (inst.status !== "terminated" && inst.status !== "terminating") {
+      const moved = await this.transition(inst, "terminating", { terminating_at: now.getTime(), terminated_reason: "deleted_via_api" }, "delete requested via API");
+      if (!moved) return this.delete((await this.d.instances.byId(inst.id))!, waitMs);
+    }
+    const current = (await this.d.instances.byId(inst.id))!;
+    if (current.status === "terminating") {
+      const teardown = this.teardownOnce(current);
+      await Promise.race([teardown, new Promise((r) => setTimeout(r, waitMs).unref())]);
+    }
+    return (await this.d.instances.byId(inst.id))!;
+  }
+
+  /** After a restart: re-attach live guests, fail the ones that died, finish interrupted teardowns. */
+  async recover(): Promise<void> {
+    const open = await this.d.instances.list({ statuses: ["provisioning", "ready", "terminating"] });
+    for (const inst of open) {
+      if (inst.status === "terminating") {
+        this.teardownOnce(inst);
+        continue;
+      }
+      this.track(this.readopt(inst));
+    }
+  }
+
+  async events(inst: Instance) {
+    return this.d.instances.events(inst.id);
+  }
+
+  /** Stops waiting on guests without touching them: the next cvmd adopts them. */
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const ac of this.inflight.values()) ac.abort(new Error("cvmd shutting down"));
+    await Promise.allSettled([...this.tasks]);
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.tasks.add(p);
+    p.finally(() => this.tasks.delete(p)).catch(() => undefined);
+    return p;
+  }
+
+  private async spec(inst: Instance): Promise<InstanceSpec> {
+    const slug = await this.d.tenantSlug(inst.tenantId);
+    return {
+      id: inst.id,
+      name: inst.name,
+      tenantSlug: slug,
+      hostname: `${inst.name}.${slug}.${this.d.baseDomain}`,
+      publicKey: inst.publicKey,
+      agent: inst.agent,
+      inferenceModel: inst.inferenceModel,
+      egressLimitBytes: inst.egressLimitBytes,
+      runtime: inst.runtime,
+    };
+  }
+
+  private context(inst: Instance, ac: AbortController): DriverContext {
+    const log = this.d.logger.child({ instance: inst.name, instance_id: inst.id });
+    return {
+      signal: ac.signal,
+      event: (type, message) => {
+        log.info({ event: type }, message);
+        this.d.db.tx(() => this.d.instances.appendEvent(inst.id, type, null, null, message, this.d.clock.now())).catch((err) => log.error({ err }, "could not record event"));
+      },
+      saveRuntime: (runtime) => this.d.db.tx(() => this.d.instances.setRuntime(inst.id, runtime)),
+    };
+  }
+
+  private async provision(inst: Instance, mode: "create"): Promise<void> {
+    const ac = new AbortController();
+    this.inflight.set(inst.id, ac);
+    try {
+      const info = await this.d.driver.create(await this.spec(inst), this.context(inst, ac));
+      await this.markReady(inst.id, info);
+    } catch (err) {
+      await this.failProvisioning(inst.id, ac, err, mode);
+    } finally {
+      this.inflight.delete(inst.id);
+    }
+  }
+
+  private async readopt(inst: Instance): Promise<void> {
+    const ac = new AbortController();
+    this.inflight.set(inst.id, ac);
+    const log = this.d.logger.child({ instance: inst.name, instance_id: inst.id });
+    try {
+      const res = await this.d.driver.adopt(await this.spec(inst), this.context(inst, ac));
+      if (!res.alive) {
+        log.warn({ reason: res.reason }, "guest not running after restart");
+        const code: FailureCode = inst.status === "ready" ? "vm_exited" : "host_restart_lost";
+        await this.fail(inst.id, code, FAILURE_CODES[code]);
+        return;
+      }
+      log.info({ status: inst.status }, "adopted running guest");
+      if (inst.status === "provisioning") await this.markReady(inst.id, await res.ready);
+    } catch (err) {
+      await this.failProvisioning(inst.id, ac, err, "create");
+    } finally {
+      this.inflight.delete(inst.id);
+    }
+  }
+
+  private async failProvisioning(id: string, ac: AbortController, err: unknown, _mode: string): Promise<void> {
+    const current = await this.d.instances.byId(id);
+    // A delete or shutdown aborted us: the delete path (or the next cvmd) owns the instance now.
+    if (ac.signal.aborted || this.closing || !current || current.status !== "provisioning") return;
+    const log = this.d.logger.child({ instance: current.name, instance_id: id });
+    if (err instanceof ProvisionError) {
+      log.warn({ failure_code: err.code, err: err.cause ?? err }, "provisioning failed");
+      await this.fail(id, err.code, err.message);
+    } else {
+      log.error({ err }, "provisioning failed unexpectedly");
+      await this.fail(id, "internal", FAILURE_CODES.internal);
+    }
+  }
+
+  private async markReady(id: string, info: ReadyInfo): Promise<void> {
+    const inst = await this.d.instances.byId(id);
+    if (!inst || inst.status !== "provisioning") return;
+    await this.transition(inst, "ready", { ready_at: this.d.clock.now().getTime(), ssh_host: info.ssh.host, ssh_port: info.ssh.port, ssh_user: info.ssh.user }, "guest ready; SSH checked");
+  }
+
+  private async fail(id: string, code: FailureCode, message: string): Promise<void> {
+    const inst = await this.d.instances.byId(id);
+    if (!inst || (inst.status !== "provisioning" && inst.status !== "ready")) return;
+    await this.transition(inst, "failed", { failure_code: code, failure_message: message, failed_at: this.d.clock.now().getTime() }, `${code}: ${message}`);
+  }
+
+  private async onGuestExit(id: string, reason: string): Promise<void> {
+    const inst = await this.d.instances.byId(id);
+    if (!inst || inst.status !== "ready") return;
+    this.d.logger.warn({ instance: inst.name, reason }, "guest exited");
+    await this.fail(id, "vm_exited", FAILURE_CODES.vm_exited);
+  }
+
+  /** Concurrent deletes of one instance share a single teardown. */
+  private teardownOnce(inst: Instance): Promise<void> {
+    let p = this.teardowns.get(inst.id);
+    if (!p) {
+      p = this.track(this.teardown(inst)).finally(() => this.teardowns.delete(inst.id));
+      this.teardowns.set(inst.id, p);
+    }
+    return p;
+  }
+
+  private async teardown(inst: Instance): Promise<void> {
+    this.inflight.get(inst.id)?.abort(new Error("instance deleted"));
+    const log = this.d.logger.child({ instance: inst.name, instance_id: inst.id });
+    try {
+      await this.d.driver.destroy(await this.spec(inst));
+    } catch (err) {
+      // Stays `terminating`; the next recover() retries the teardown.
+      log.error({ err }, "teardown failed; will retry on next start");
+      return;
+    }
+    const current = await this.d.instances.byId(inst.id);
+    if (current?.status === "terminating") {
+      await this.transition(current, "terminated", { terminated_at: this.d.clock.now().getTime() }, "resources released");
+    }
+  }
+
+  private async transition(inst: Instance, to: InstanceStatus, fields: TransitionFields, message: string): Promise<boolean> {
+    assertTransition(inst.status, to);
+    return this.d.db.tx(() => this.d.instances.transition(inst.id, inst.status, to, fields, this.d.clock.now(), message));
+  }
+}

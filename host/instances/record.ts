@@ -1,0 +1,24 @@
+import { isoSeconds, type InstanceRecord } from "../../shared/api/types.js";
+import type { Instance } from "../store/instances.js";
+
+/** The contract's instance record for `inst`; every field present, `null` where unset. */
+export function toRecord(inst: Instance, tenantSlug: string, baseDomain: string): InstanceRecord {
+  const iso = (d: Date | null) => (d ? isoSeconds(d) : null);
+  return {
+    name: inst.name,
+    status: inst.status,
+    agent: inst.agent,
+    hostname: `${inst.name}.${tenantSlug}.${baseDomain}`,
+    public_key: inst.publicKey,
+    inference_mode: inst.inferenceMode,
+    inference_model: inst.inferenceModel,
+    egress_limit_bytes: inst.egressLimitBytes,
+    failure_code: inst.failureCode,
+    failure_message: inst.failureMessage,
+    terminated_reason: inst.terminatedReason,
+    created_at: isoSeconds(inst.createdAt),
+    ready_at: iso(inst.readyAt),
+    terminated_at: iso(inst.terminatedAt),
+    ssh: inst.status === "ready" ? inst.ssh : null,
+  };
+}

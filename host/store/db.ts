@@ -1,0 +1,108 @@
+import sqlite3 from "sqlite3";
+import { MIGRATIONS } from "./migrations.js";
+
+export type SqlValue = string | number | bigint | null | Buffer;
+
+/**
+ * The one SQLite connection of a process, promisified. Writes go through `tx()`, which serialises
+ * transactions in-process and opens them with BEGIN IMMEDIATE so that another process (cvmctl, a
+ * second cvmd during a restart) waits on the busy timeout instead of failing halfway through.
+ */
+export class Database {
+  private chain: Promise<unknown> = Promise.resolve();
+
+  private constructor(private readonly db: sqlite3.Database, readonly path: string) {}
+
+  static async open(path: string, opts: { busyTimeoutMs?: number; readonly?: boolean } = {}): Promise<Database> {
+    const mode = opts.readonly ? sqlite3.OPEN_READONLY : sqlite3.OPEN_READWRITE | sqlite3.OPEN_CREATE;
+    const raw = await new Promise<sqlite3.Database>((resolve, reject) => {
+      const d = new sqlite3.Database(path, mode, (err) => (err ? reject(err) : resolve(d)));
+    });
+    const db = new Database(raw, path);
+    raw.configure("busyTimeout", opts.busyTimeoutMs ?? 10_000);
+    if (!opts.readonly) {
+      await db.exec("PRAGMA journal_mode = WAL");
+      await db.exec("PRAGMA synchronous = NORMAL");
+    }
+    await db.exec("PRAGMA foreign_keys = ON");
+    return db;
+  }
+
+  exec(sql: string): Promise<void> {
+    return new Promise((resolve, reject) => this.db.exec(sql, (err) => (err ? reject(err) : resolve())));
+  }
+
+  run(sql: string, params: SqlValue[] = []): Promise<{ changes: number; lastID: number }> {
+    return new Promise((resolve, reject) =>
+      this.db.run(sql, params, function (this: sqlite3.RunResult, err: Error | null) {
+        if (err) reject(err);
+        else resolve({ changes: this.changes, lastID: this.lastID });
+      }),
+    );
+  }
+
+  get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
+    return new Promise((resolve, reject) => this.db.get(sql, params, (err, row) => (err ? reject(err) : resolve(row as T | undefined))));
+  }
+
+  all<T>(sql: string, params: SqlValue[] = []): Promise<T[]> {
+    return new Promise((resolve, reject) => this.db.all(sql, params, (err, rows) => (err ? reject(err) : resolve(rows as T[]))));
+  }
+
+  /** Runs `fn` inside one IMMEDIATE transaction; concurrent callers queue behind each other. */
+  tx<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.chain.then(async () => {
+      await this.exec("BEGIN IMMEDIATE");
+      try {
+        const out = await fn();
+        await this.exec("COMMIT");
+        return out;
+      } catch (err) {
+        await this.exec("ROLLBACK").catch(() => undefined);
+        throw err;
+      }
+    });
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  async migrate(): Promise<number> {
+    const row = await this.get<{ user_version: number }>("PRAGMA user_version");
+    let version = row?.user_version ?? 0;
+    if (version > MIGRATIONS.length) {
+      throw new Error(`database schema version ${version} is newer than this cvmd (${MIGRATIONS.length}); refusing to start`);
+    }
+    for (let i = version; i < MIGRATIONS.length; i++) {
+      await this.tx(async () => {
+        await this.exec(MIGRATIONS[i]!);
+        await this.exec(`PRAGMA user_version = ${i + 1}`);
+      });
+      version = i + 1;
+    }
+    return version;
+  }
+
+  /** Online copy through SQLite's backup API: consistent even while another connection writes. */
+  backupTo(destPath: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      // sqlite3 ships the backup API without typings.
+      type Backup = { step(pages: number, cb: (err: Error | null) => void): void; finish(cb: (err: Error | null) => void): void; completed: boolean; failed: boolean };
+      const raw = this.db as unknown as { backup(dest: string, cb: (err: Error | null) => void): Backup };
+      const backup = raw.backup(destPath, (err: Error | null) => {
+        if (err) return reject(err);
+        const step = () =>
+          backup.step(-1, (stepErr: Error | null) => {
+            if (stepErr) return reject(stepErr);
+            if (backup.completed || backup.failed) {
+              backup.finish((finishErr: Error | null) => (finishErr ? reject(finishErr) : backup.failed ? reject(new Error("backup failed")) : resolve()));
+            } else step();
+          });
+        step();
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve, reject) => this.db.close((err) => (err ? reject(err) : resolve())));
+  }
+}

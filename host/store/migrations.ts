@@ -1,0 +1,77 @@
+/**
+ * Forward-only schema migrations; index + 1 is the PRAGMA user_version after applying it.
+ * Never edit a shipped migration: append a new one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  /* 1: tenants, keys, instances, events, idempotency */ `
+  CREATE TABLE tenants (
+    id            INTEGER PRIMARY KEY,
+    slug          TEXT NOT NULL UNIQUE,
+    created_at    INTEGER NOT NULL,          -- unix ms; anchors the billing window
+    subscription_cost_usd   TEXT NOT NULL,
+    instance_hours_included INTEGER NOT NULL,
+    overage_per_hour_usd    TEXT NOT NULL,
+    suspended_at  INTEGER
+  );
+
+  CREATE TABLE api_keys (
+    prefix        TEXT PRIMARY KEY,          -- the 8-char lookup id, not secret
+    tenant_id     INTEGER NOT NULL REFERENCES tenants(id),
+    secret_hash   BLOB NOT NULL,             -- SHA-256 of the 18-char secret
+    created_at    INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    expires_at    INTEGER
+  );
+  CREATE INDEX api_keys_tenant ON api_keys(tenant_id);
+
+  CREATE TABLE instances (
+    id            TEXT PRIMARY KEY,          -- internal id, never shown to tenants
+    tenant_id     INTEGER NOT NULL REFERENCES tenants(id),
+    name          TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('provisioning','ready','failed','terminating','terminated')),
+    agent         TEXT NOT NULL,
+    public_key    TEXT NOT NULL,
+    inference_mode  TEXT NOT NULL,
+    inference_model TEXT NOT NULL,
+    egress_limit_bytes INTEGER NOT NULL,
+    failure_code    TEXT,
+    failure_message TEXT,
+    terminated_reason TEXT,
+    created_at    INTEGER NOT NULL,
+    ready_at      INTEGER,
+    failed_at     INTEGER,
+    terminating_at INTEGER,
+    terminated_at INTEGER,
+    ssh_host      TEXT,
+    ssh_port      INTEGER,
+    ssh_user      TEXT,
+    runtime       TEXT,                      -- driver-owned JSON (pid, CID, tap, ...)
+    next_event_seq INTEGER NOT NULL DEFAULT 1,
+    -- Names are never reused: rows are kept, so the pair stays unique forever.
+    UNIQUE (tenant_id, name)
+  );
+  CREATE INDEX instances_status ON instances(status);
+
+  CREATE TABLE instance_events (
+    instance_id   TEXT NOT NULL REFERENCES instances(id),
+    seq           INTEGER NOT NULL,
+    type          TEXT NOT NULL,
+    from_status   TEXT,
+    to_status     TEXT,
+    message       TEXT,
+    at            INTEGER NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+  );
+
+  CREATE TABLE idempotency_keys (
+    tenant_id     INTEGER NOT NULL REFERENCES tenants(id),
+    key           TEXT NOT NULL,
+    request_hash  TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    response      TEXT NOT NULL,             -- the original data object, JSON
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+  );
+  CREATE INDEX idempotency_created ON idempotency_keys(created_at);
+  `,
+];

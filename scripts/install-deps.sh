@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the system packages cvm needs (Debian), then the npm dependencies. Idempotent: a machine
+# that already has everything spends a few seconds here. Used by `make run`, `make test` and CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  qemu-system-x86 qemu-utils ovmf         # the VMs (TCG here, KVM/TDX on real hosts)
+  nftables iproute2 dnsmasq-base socat    # guest networks, egress cap, vsock bridge
+  openssh-server openssh-client           # real sshd/ssh in tests
+  mmdebstrap cryptsetup-bin erofs-utils squashfs-tools e2fsprogs cpio busybox-static zstd  # image build
+  jq curl dnsutils                        # the contract's quickstart, DNS checks
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing Debian packages: ${missing[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "install-deps: npm ci" >&2
+  npm ci --no-audit --no-fund
+fi

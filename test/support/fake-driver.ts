@@ -1,0 +1,73 @@
+import type { AdoptResult, Driver, DriverContext, InstanceSpec, ReadyInfo } from "../../host/instances/driver.js";
+import { ProvisionError, type FailureCode } from "../../host/instances/failure-codes.js";
+
+/**
+ * TEST DOUBLE of the VM driver: no VM, no network. "Guests" are entries in a map that outlives a
+ * daemon object, so a restarted daemon in the same test can adopt them.
+ */
+export class FakeDriver implements Driver {
+  readonly name = "fake (test double)";
+  readonly guests = new Map<string, { spec: InstanceSpec; ready: boolean }>();
+  readonly destroyed: string[] = [];
+  readyAfterMs = 0;
+  failWith: FailureCode | null = null;
+  destroyDelayMs = 0;
+  private exitListener?: (id: string, reason: string) => void;
+
+  async create(spec: InstanceSpec, ctx: DriverContext): Promise<ReadyInfo> {
+    await ctx.saveRuntime({ fake: true });
+    this.guests.set(spec.id, { spec, ready: false });
+    ctx.event("progress", "fake guest booting");
+    if (this.failWith) throw new ProvisionError(this.failWith);
+    return this.waitReady(spec, ctx.signal);
+  }
+
+  async adopt(spec: InstanceSpec, ctx: DriverContext): Promise<AdoptResult> {
+    const g = this.guests.get(spec.id);
+    if (!g) return { alive: false, reason: "no such fake guest" };
+    return { alive: true, ready: g.ready ? Promise.resolve(this.info(spec)) : this.waitReady(spec, ctx.signal) };
+  }
+
+  async destroy(spec: InstanceSpec): Promise<void> {
+    if (this.destroyDelayMs) await new Promise((r) => setTimeout(r, this.destroyDelayMs));
+    this.guests.delete(spec.id);
+    this.destroyed.push(spec.id);
+  }
+
+  async inspect(spec: InstanceSpec) {
+    return { running: this.guests.has(spec.id) };
+  }
+
+  onExit(listener: (id: string, reason: string) => void): void {
+    this.exitListener = listener;
+  }
+
+  /** Simulates a guest dying on its own. */
+  crash(id: string): void {
+    this.guests.delete(id);
+    this.exitListener?.(id, "fake crash");
+  }
+
+  private info(spec: InstanceSpec): ReadyInfo {
+    return { ssh: { host: spec.hostname, port: 22, user: "azureuser" } };
+  }
+
+  private waitReady(spec: InstanceSpec, signal: AbortSignal): Promise<ReadyInfo> {
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        const g = this.guests.get(spec.id);
+        if (g) g.ready = true;
+        resolve(this.info(spec));
+      }, this.readyAfterMs);
+      if (signal.aborted) {
+        clearTimeout(t);
+        reject(signal.reason);
+        return;
+      }
+      signal.addEventListener("abort", () => {
+        clearTimeout(t);
+        reject(signal.reason);
+      });
+    });
+  }
+}

@@ -1,0 +1,75 @@
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { promisify } from "node:util";
+
+const execFileP = promisify(execFile);
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** Runs one of our TypeScript entry points as a real process (through tsx, so tests need no build). */
+export function tsEntry(entry: string): string[] {
+  return ["--import", "tsx", ROOT + entry];
+}
+
+export async function cvmctl(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await execFileP(process.execPath, [...tsEntry("host/cli/main.ts"), ...args], {
+      env: { PATH: process.env.PATH, ...env },
+      timeout: 60_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout?: string; stderr?: string };
+    return { code: typeof e.code === "number" ? e.code : 1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
+  }
+}
+
+export interface CvmdProcess {
+  child: ChildProcess;
+  url: string;
+  logs: string[];
+  kill(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Starts the real cvmd and resolves once it logs where it listens. */
+export function startCvmd(env: Record<string, string>, timeoutMs = 60_000): Promise<CvmdProcess> {
+  const child = spawn(process.execPath, tsEntry("host/main.ts"), {
+    env: { PATH: process.env.PATH, CVM_LISTEN: "127.0.0.1:0", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const logs: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`cvmd did not start within ${timeoutMs} ms:\n${logs.join("\n")}`)), timeoutMs);
+    let buf = "";
+    child.stdout!.on("data", (chunk: Buffer) => {
+      buf += chunk.toString();
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        logs.push(line);
+        try {
+          const rec = JSON.parse(line) as { msg?: string; url?: string };
+          if (rec.msg === "cvmd listening" && rec.url) {
+            clearTimeout(timer);
+            resolve({
+              child,
+              url: rec.url,
+              logs,
+              kill: (signal = "SIGTERM") => {
+                child.kill(signal);
+                return exited;
+              },
+            });
+          }
+        } catch {
+          /* not JSON */
+        }
+      }
+    });
+    child.stderr!.on("data", (c: Buffer) => logs.push(c.toString()));
+    exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`cvmd exited (${code}) before listening:\n${logs.join("\n")}`));
+    });
+  });
+}

@@ -1,0 +1,13 @@
+import { defineConfig } from "vitest/config";
+
+export default defineConfig({
+  test: {
+    include: ["{host,guest,shared,test,images}/**/*.test.ts"],
+    exclude: ["node_modules/**", "dist/**", "var/**", "images/out/**"],
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    pool: "forks",
+    // System tests share root-only resources (netns names, nft tables); keep files serial on 2 cores.
+    fileParallelism: false,
+  },
+});
