@@ -46,7 +46,7 @@ export function startCvmd(env: Record<string, string>, timeoutMs = 60_000): Prom
       while ((nl = buf.indexOf("\n")) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        logs.push(line);
+        if (logs.length < 5000) logs.push(line);
         try {
           const rec = JSON.parse(line) as { msg?: string; url?: string };
           if (rec.msg === "cvmd listening" && rec.url) {
