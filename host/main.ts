@@ -24,23 +24,26 @@ async function main(): Promise<void> {
   if (config.driver === "none") driver = new UnavailableDriver("CVM_DRIVER=none");
   else driver = new UnavailableDriver("the QEMU driver is not available in this build");
 
-  const daemon = await startDaemon(config, { driver, logger, securityLog });
-
+  // Handlers go in before start-up so a signal that arrives while we start is still a clean stop.
+  const daemon = startDaemon(config, { driver, logger, securityLog });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, "shutting down");
-    daemon.close().then(
-      () => process.exit(0),
-      (err) => {
-        logger.error({ err }, "shutdown failed");
-        process.exit(1);
-      },
-    );
+    daemon
+      .then((d) => d.close())
+      .then(
+        () => process.exit(0),
+        (err) => {
+          logger.error({ err }, "shutdown failed");
+          process.exit(1);
+        },
+      );
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  await daemon;
 }
 
 main().catch((err) => {

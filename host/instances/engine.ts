@@ -6,7 +6,7 @@ import type { Database } from "../store/db.js";
 import type { IdempotencyStore } from "../store/idempotency.js";
 import type { Instance, InstanceStore, TransitionFields } from "../store/instances.js";
 import type { Tenant } from "../store/tenants.js";
-import type { Driver, DriverContext, InstanceSpec, ReadyInfo } from "./driver.js";
+import type { AdoptResult, Driver, DriverContext, InstanceSpec, ReadyInfo } from "./driver.js";
 import { FAILURE_CODES, ProvisionError, type FailureCode } from "./failure-codes.js";
 import { newInstanceName } from "./names.js";
 import { assertTransition } from "./state-machine.js";
@@ -116,16 +116,22 @@ export class LifecycleEngine {
     return (await this.d.instances.byId(inst.id))!;
   }
 
-  /** After a restart: re-attach live guests, fail the ones that died, finish interrupted teardowns. */
+  /**
+   * After a restart: re-attach live guests, fail the ones that died, finish interrupted teardowns.
+   * Resolves once every guest's fate is known (dead ones already failed), so the API never serves a
+   * stale `provisioning`/`ready` for a guest that is gone; waiting for a still-booting guest goes on after.
+   */
   async recover(): Promise<void> {
     const open = await this.d.instances.list({ statuses: ["provisioning", "ready", "terminating"] });
-    for (const inst of open) {
-      if (inst.status === "terminating") {
-        this.teardownOnce(inst);
-        continue;
-      }
-      this.track(this.readopt(inst));
-    }
+    await Promise.all(
+      open.map((inst) => {
+        if (inst.status === "terminating") {
+          this.teardownOnce(inst);
+          return undefined;
+        }
+        return this.readopt(inst);
+      }),
+    );
   }
 
   async events(inst: Instance) {
@@ -185,25 +191,41 @@ export class LifecycleEngine {
     }
   }
 
+  /** Resolves once adoption is decided; a guest still provisioning is then awaited in the background. */
   private async readopt(inst: Instance): Promise<void> {
     const ac = new AbortController();
     this.inflight.set(inst.id, ac);
     const log = this.d.logger.child({ instance: inst.name, instance_id: inst.id });
+    const done = () => this.inflight.delete(inst.id);
+    let res: AdoptResult;
     try {
-      const res = await this.d.driver.adopt(await this.spec(inst), this.context(inst, ac));
-      if (!res.alive) {
-        log.warn({ reason: res.reason }, "guest not running after restart");
-        const code: FailureCode = inst.status === "ready" ? "vm_exited" : "host_restart_lost";
-        await this.fail(inst.id, code, FAILURE_CODES[code]);
-        return;
-      }
-      log.info({ status: inst.status }, "adopted running guest");
-      if (inst.status === "provisioning") await this.markReady(inst.id, await res.ready);
+      res = await this.d.driver.adopt(await this.spec(inst), this.context(inst, ac));
     } catch (err) {
       await this.failProvisioning(inst.id, ac, err, "create");
-    } finally {
-      this.inflight.delete(inst.id);
+      done();
+      return;
     }
+    if (!res.alive) {
+      log.warn({ reason: res.reason }, "guest not running after restart");
+      const code: FailureCode = inst.status === "ready" ? "vm_exited" : "host_restart_lost";
+      await this.fail(inst.id, code, FAILURE_CODES[code]);
+      done();
+      return;
+    }
+    log.info({ status: inst.status }, "adopted running guest");
+    const ready = res.ready;
+    this.track(
+      (async () => {
+        try {
+          const info = await ready;
+          if (inst.status === "provisioning") await this.markReady(inst.id, info);
+        } catch (err) {
+          await this.failProvisioning(inst.id, ac, err, "create");
+        } finally {
+          done();
+        }
+      })(),
+    );
   }
 
   private async failProvisioning(id: string, ac: AbortController, err: unknown, _mode: string): Promise<void> {
