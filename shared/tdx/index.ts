@@ -1,0 +1,65 @@
+/** Public API of the TDX attestation library (quote parsing, DCAP verification, measurements). */
+export {
+  parseQuote,
+  QuoteFormatError,
+  NotTdxQuoteError,
+  MAX_QUOTE_BYTES,
+  TEE_TYPE_TDX,
+  TEE_TYPE_SGX,
+  type TdxQuote,
+  type TdReport,
+  type QuoteHeader,
+  type EnclaveReport,
+  type QuoteLayout,
+} from "./quote.js";
+export {
+  verifyQuote,
+  verifyQuoteSync,
+  QuoteVerifier,
+  VerificationCache,
+  isAcceptable,
+  measurementsOf,
+  type Verdict,
+  type VerifyOptions,
+  type VerifyStage,
+  type Measurements,
+} from "./verify.js";
+export { TCB_STATUSES, type TcbStatus, type TcbMatching } from "./tcb.js";
+export {
+  parseCollateral,
+  parseCollateralJson,
+  loadCollateralFile,
+  collateralDigest,
+  collateralNextUpdate,
+  PcsCollateralSource,
+  CachingCollateralSource,
+  CollateralError,
+  INTEL_PCS_BASE_URL,
+  INTEL_ROOT_CA_CRL_URL,
+  type Collateral,
+  type CollateralSource,
+  type PckCaType,
+  type FetchFn,
+} from "./collateral.js";
+export { INTEL_SGX_ROOT_CA_PEM, INTEL_SGX_ROOT_CA_SHA256 } from "./root-ca.js";
+export { PkiError, parseSgxExtension, type SgxExtension } from "./pck.js";
+export {
+  parseManifest,
+  compareMeasurements,
+  ManifestError,
+  MANIFEST_MEASUREMENTS,
+  type ImageManifest,
+  type MeasurementReport,
+  type MeasurementCheck,
+} from "./measurements.js";
+export {
+  eventDigest,
+  replayRtmr,
+  extendRtmr,
+  parseEventLog,
+  checkEventLog,
+  EventLogError,
+  type RtmrEvent,
+  type EventLogCheck,
+} from "./event-log.js";
+export { reportDataFor, canonicalHostKey, REPORT_DATA_DOMAIN } from "./report-data.js";
