@@ -1,0 +1,109 @@
+/** The capability the lifecycle engine needs from a virtual machine monitor; `QemuHypervisor` is the real one. */
+
+export type GuestProfile = "tdx" | "plain";
+export type Accel = "kvm" | "tcg";
+
+/** Where the TDX quote-generation service (QGS) listens; QEMU forwards the guest's GetQuote requests there. */
+export type QgsAddress = { type: "vsock"; cid: number; port: number } | { type: "unix"; path: string };
+
+/** By convention QGS listens on the host's vsock CID (2) port 4050. */
+export const DEFAULT_QGS: QgsAddress = Object.freeze({ type: "vsock", cid: 2, port: 4050 });
+
+/** A bootable guest as files on disk (kernel, initrd, command line and read-only disks). */
+export interface GuestImage {
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+  /** Read-only virtio disks in the order the guest expects them (root first, then e.g. its verity hash device). */
+  disks: Array<{ id: string; path: string }>;
+}
+
+export interface LaunchSpec {
+  instanceId: string;
+  profile: GuestProfile;
+  /** Ignored for `tdx`, which always runs under KVM. */
+  accel: Accel;
+  image: GuestImage;
+  memoryMiB?: number;
+  vcpus?: number;
+  /** vsock CID the host assigned; used by vhost-vsock under `tdx`, recorded (for the link layer) under `plain`. */
+  cid: number;
+  nic: { tap: string; mac: string };
+  /** Network namespace the tap lives in; QEMU is started inside it. */
+  netns?: string;
+  tdx?: { firmware: string; qgs?: QgsAddress };
+}
+
+/** What is written to launch.json before QEMU starts, so a restarted cvmd knows what it was running. */
+export interface LaunchRecord {
+  version: 1;
+  instanceId: string;
+  profile: GuestProfile;
+  accel: Accel;
+  cid: number;
+  tap: string;
+  mac: string;
+  netns: string | null;
+  argv: string[];
+  recordedAt: string;
+  /** Size of serial.log before this launch; the boot of this launch starts there. */
+  serialOffset: number;
+}
+
+export interface LaunchedVm {
+  instanceId: string;
+  pid: number;
+  runDir: string;
+  record: LaunchRecord;
+  /** Milliseconds from spawning QEMU until it daemonized (its devices are set up). */
+  startMs: number;
+}
+
+export type VmState = "running" | "stopped" | "unknown";
+
+export interface VmInspection {
+  instanceId: string;
+  state: VmState;
+  pid?: number;
+  /** QMP `query-status` status, e.g. "running", "paused", "shutdown". */
+  status?: string;
+  record?: LaunchRecord;
+}
+
+export type AdoptResult =
+  | { adopted: true; instanceId: string; pid: number; status: string; record: LaunchRecord }
+  | { adopted: false; instanceId: string; reason: "no-record" | "dead" | "not-ours" | "qmp-unreachable"; detail: string };
+
+export interface StopOptions {
+  /** Time the guest gets to power off after an ACPI request; 0 skips the request and goes straight to `quit`. */
+  graceMs?: number;
+}
+
+export interface StopResult {
+  stoppedBy: "already-stopped" | "powerdown" | "quit" | "sigterm" | "sigkill";
+  elapsedMs: number;
+}
+
+export interface Hypervisor {
+  launch(spec: LaunchSpec): Promise<LaunchedVm>;
+  stop(instanceId: string, opts?: StopOptions): Promise<StopResult>;
+  inspect(instanceId: string): Promise<VmInspection>;
+  adopt(instanceId: string): Promise<AdoptResult>;
+  /** Instance ids that have a run dir (live or not); the reconciler compares these against the store. */
+  list(): Promise<string[]>;
+  /** Removes the run dir of a stopped instance (logs included). */
+  purge(instanceId: string): Promise<void>;
+}
+
+export type VmmErrorCode = "invalid_spec" | "already_running" | "launch_failed" | "not_running" | "qmp_error";
+
+export class VmmError extends Error {
+  constructor(
+    readonly code: VmmErrorCode,
+    message: string,
+    opts?: { cause?: unknown },
+  ) {
+    super(message, opts);
+    this.name = "VmmError";
+  }
+}

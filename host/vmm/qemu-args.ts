@@ -1,0 +1,110 @@
+import { DEFAULT_QGS, VmmError, type LaunchSpec, type QgsAddress } from "./hypervisor.js";
+import type { RunPaths } from "./run-dir.js";
+
+export const DEFAULT_MEMORY_MIB = 2048;
+export const DEFAULT_VCPUS = 2;
+/** virtio-serial port name the plain profile gives the agent channel (vsock stands in under tdx). */
+export const AGENT_PORT_NAME = "org.cvm.agent.0";
+
+/** QEMU's option parser splits on commas; a literal comma inside a value is written twice. */
+export function qemuOptValue(v: string): string {
+  return v.replaceAll(",", ",,");
+}
+
+const TAP_NAME = /^[A-Za-z0-9_.-]{1,15}$/; // IFNAMSIZ - 1
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+const DISK_ID = /^[A-Za-z0-9_-]{1,20}$/; // virtio-blk serials are at most 20 bytes
+
+function validate(spec: LaunchSpec): void {
+  const bad = (m: string): never => {
+    throw new VmmError("invalid_spec", m);
+  };
+  if (!TAP_NAME.test(spec.nic.tap)) bad(`tap name ${JSON.stringify(spec.nic.tap)} is not a valid interface name`);
+  if (!MAC.test(spec.nic.mac)) bad(`mac ${JSON.stringify(spec.nic.mac)} must be lowercase aa:bb:cc:dd:ee:ff`);
+  if (parseInt(spec.nic.mac.slice(0, 2), 16) & 1) bad(`mac ${spec.nic.mac} is a multicast address`);
+  if (!Number.isInteger(spec.cid) || spec.cid < 3 || spec.cid > 0xfffffffe) bad(`cid ${spec.cid} must be an integer in [3, 2^32-2]`);
+  const mem = spec.memoryMiB ?? DEFAULT_MEMORY_MIB;
+  if (!Number.isInteger(mem) || mem < 64) bad(`memoryMiB ${mem} must be an integer >= 64`);
+  const cpus = spec.vcpus ?? DEFAULT_VCPUS;
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > 288) bad(`vcpus ${cpus} must be an integer in [1, 288]`);
+  if (spec.image.cmdline.includes("\n")) bad("kernel command line must be a single line");
+  const ids = new Set<string>();
+  for (const d of spec.image.disks) {
+    if (!DISK_ID.test(d.id)) bad(`disk id ${JSON.stringify(d.id)} must match ${DISK_ID}`);
+    if (ids.has(d.id)) bad(`duplicate disk id ${d.id}`);
+    ids.add(d.id);
+  }
+  if (spec.profile === "tdx" && !spec.tdx?.firmware) bad("the tdx profile needs tdx.firmware (a TDVF build of OVMF)");
+}
+
+/** QAPI SocketAddress as the JSON form of -object expects it; vsock cid/port are strings in QAPI's VsockSocketAddress. */
+function qgsJson(a: QgsAddress): Record<string, string> {
+  return a.type === "vsock" ? { type: "vsock", cid: String(a.cid), port: String(a.port) } : { type: "unix", path: a.path };
+}
+
+/**
+ * The QEMU argument vector (without the binary) for one guest. Pure: paths come from `paths`, nothing is read.
+ *
+ * Both profiles: direct kernel boot, read-only virtio disks, a tap NIC (never user-mode networking), the serial port on
+ * a socket chardev whose `logfile` keeps everything the guest prints even when nobody is attached, QMP on a Unix
+ * socket, `-pidfile` and `-daemonize`. We daemonize rather than spawn detached because QEMU's parent only exits once
+ * the devices are up, so errors in the command line surface as a failed launch with QEMU's own message, and the daemon
+ * runs in its own session with stdio on /dev/null, so cvmd may die or restart without taking QEMU along.
+ * `-daemonize` refuses `-nographic`, hence `-display none` plus explicit serial/monitor devices under `-nodefaults`.
+ */
+export function buildQemuArgs(spec: LaunchSpec, paths: RunPaths): string[] {
+  validate(spec);
+  const mem = spec.memoryMiB ?? DEFAULT_MEMORY_MIB;
+  const cpus = spec.vcpus ?? DEFAULT_VCPUS;
+  const a: string[] = [];
+  a.push("-name", `cvm-${spec.instanceId}`);
+
+  if (spec.profile === "tdx") {
+    // Syntax from upstream QEMU docs/system/i386/tdx.rst ("Launching a TD"): -accel kvm, -cpu host,
+    // -object tdx-guest,id=tdx0, -machine ...,confidential-guest-support=tdx0, TDVF loaded with -bios because TDX has
+    // no read-only memslots (so no pflash); "kernel-irqchip must be split". The quote-generation-socket property is a
+    // QAPI SocketAddress (qapi/qom.json TdxGuestProperties, since 10.1); a nested struct needs the JSON form of -object.
+    const tdxObject = { "qom-type": "tdx-guest", id: "tdx0", "quote-generation-socket": qgsJson(spec.tdx!.qgs ?? DEFAULT_QGS) };
+    a.push("-accel", "kvm", "-cpu", "host");
+    a.push("-object", JSON.stringify(tdxObject));
+    // Guest RAM from a memfd backend named on -machine: QEMU pairs it with KVM guest_memfd for the private half.
+    a.push("-object", `memory-backend-memfd,id=mem0,size=${mem}M`);
+    a.push("-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0,memory-backend=mem0");
+    a.push("-bios", spec.tdx!.firmware);
+  } else {
+    a.push("-accel", spec.accel, "-cpu", spec.accel === "kvm" ? "host" : "max");
+    a.push("-machine", "q35");
+  }
+  a.push("-m", String(mem), "-smp", String(cpus));
+  a.push("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot");
+
+  // -kernel/-initrd/-append/-bios/-pidfile take their value verbatim (no option parsing), so no comma escaping there.
+  a.push("-kernel", spec.image.kernel, "-initrd", spec.image.initrd, "-append", spec.image.cmdline);
+  for (const d of spec.image.disks) {
+    a.push("-drive", `file=${qemuOptValue(d.path)},if=none,id=disk-${d.id},format=raw,readonly=on`);
+    a.push("-device", `virtio-blk-pci,drive=disk-${d.id},serial=${d.id}`);
+  }
+
+  a.push("-netdev", `tap,id=n0,ifname=${spec.nic.tap},script=no,downscript=no`);
+  a.push("-device", `virtio-net-pci,netdev=n0,mac=${spec.nic.mac}`);
+
+  a.push(
+    "-chardev",
+    `socket,id=con0,path=${qemuOptValue(paths.console)},server=on,wait=off,logfile=${qemuOptValue(paths.serialLog)},logappend=on`,
+  );
+  a.push("-serial", "chardev:con0");
+  a.push("-chardev", `socket,id=qmp0,path=${qemuOptValue(paths.qmp)},server=on,wait=off`);
+  a.push("-mon", "chardev=qmp0,mode=control");
+
+  if (spec.profile === "tdx") {
+    a.push("-device", `vhost-vsock-pci,guest-cid=${spec.cid}`);
+  } else {
+    // No vhost-vsock on development hosts: the agent channel rides a virtio-serial port, QEMU being the socket server.
+    a.push("-device", "virtio-serial-pci,id=vser0");
+    a.push("-chardev", `socket,id=agent0,path=${qemuOptValue(paths.agent)},server=on,wait=off`);
+    a.push("-device", `virtserialport,bus=vser0.0,chardev=agent0,name=${AGENT_PORT_NAME}`);
+  }
+
+  a.push("-pidfile", paths.pidfile, "-daemonize");
+  return a;
+}
