@@ -1,0 +1,230 @@
+import { randomBytes } from "node:crypto";
+import type { Logger } from "pino";
+import {
+  type AgentHello,
+  type AgentMessage,
+  type OpenClawHealth,
+  type QuoteReply,
+  type SetupParams,
+} from "../shared/protocol/messages.js";
+import { setupDigest } from "../shared/protocol/setup-digest.js";
+import type { QuoteProvider } from "./attest/configfs-tsm-quote.js";
+import type { Rtmr3EventLog } from "./attest/rtmr3-event-log.js";
+import { reportDataFor } from "./attest/tdx-digests.js";
+import type { AgentStateStore, PersistedAgentState } from "./agent-state.js";
+import type { EgressCounter } from "./egress/nft-egress-counter.js";
+import { HostSession, type SetupOutcome } from "./link/host-session.js";
+import type { HostConnection, HostTransport } from "./link/transports.js";
+import { httpOk } from "./setup/probes.js";
+import { SetupRunner, StepFailure } from "./setup/setup-runner.js";
+import { readSshHostKeys } from "./setup/ssh-host-keys.js";
+import type { RootFs } from "./system/root-fs.js";
+import type { SystemStats } from "./system/system-stats.js";
+
+/** Progress stages after which OpenClaw has not been started yet (its health is "stopped", not "unhealthy"). */
+const STAGES_BEFORE_START = new Set(["accepted", "ssh_key", "openclaw_verify", "openclaw_config"]);
+
+export interface AgentIdentity {
+  agentVersion: string;
+  bootId: string;
+  imageId: string | null;
+}
+
+export interface AgentDeps {
+  logger: Logger;
+  identity: AgentIdentity;
+  root: RootFs;
+  sshDir: string;
+  store: AgentStateStore;
+  setup: SetupRunner;
+  eventLog: Rtmr3EventLog;
+  quotes: QuoteProvider;
+  egress: EgressCounter | null;
+  stats: SystemStats;
+  transport: HostTransport;
+  heartbeatMs: number;
+  egressMs: number;
+}
+
+/**
+ * cvm-agent: answers the host (hello, setup, quote), runs the claim-time setup once per boot, and
+ * reports progress, readiness, heartbeats and egress. Its host-facing surface is exactly the protocol's
+ * message set; the host can make it do nothing else.
+ */
+export class Agent {
+  private state!: PersistedAgentState;
+  private session: HostSession | null = null;
+  private setupRun: Promise<void> | null = null;
+  private timers: NodeJS.Timeout[] = [];
+  private readonly abort = new AbortController();
+  private stopped = false;
+
+  constructor(private readonly d: AgentDeps) {}
+
+  get phase(): PersistedAgentState["phase"] {
+    return this.state.phase;
+  }
+
+  async start(): Promise<void> {
+    const { logger } = this.d;
+    this.state = await this.d.store.load(this.d.identity.bootId);
+    await this.d.eventLog.load();
+    await this.d.eventLog.recover();
+    if (this.d.egress) {
+      try {
+        await this.d.egress.install();
+      } catch (err) {
+        logger.warn({ err }, "guest egress counter could not be installed; egress samples disabled");
+        this.d.egress = null;
+      }
+    }
+    await this.d.transport.start((c) => this.attach(c));
+    logger.info({ transport: this.d.transport.description, phase: this.state.phase, boot_id: this.d.identity.bootId }, "cvm-agent started");
+    if (this.state.phase === "setting_up" && this.state.setup) {
+      logger.info("resuming setup interrupted by an agent restart");
+      this.startSetup();
+    }
+    this.timers.push(setInterval(() => void this.heartbeat(), this.d.heartbeatMs));
+    if (this.d.egress) this.timers.push(setInterval(() => void this.egressSample(), this.d.egressMs));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.abort.abort();
+    for (const t of this.timers) clearInterval(t);
+    this.session?.close("agent shutting down");
+    await this.d.transport.close();
+    await this.setupRun?.catch(() => undefined);
+  }
+
+  /** Resolves when a running setup has finished (tests and the benchmark use it). */
+  async idle(): Promise<void> {
+    await this.setupRun;
+  }
+
+  private attach(conn: HostConnection): void {
+    const session = new HostSession(conn, {
+      hello: (version) => this.hello(version),
+      setup: (p) => this.acceptSetup(p),
+      quote: (n) => this.quote(n),
+      opened: (s) => {
+        if (this.session && this.session !== s) this.session.close("replaced by a newer host connection");
+        this.session = s;
+        void this.heartbeat();
+        void this.egressSample();
+      },
+      closed: (s) => {
+        if (this.session === s) this.session = null;
+      },
+    }, this.d.logger.child({ component: "host-session" }));
+    void session;
+  }
+
+  private send(msg: AgentMessage): void {
+    this.session?.send(msg);
+  }
+
+  private hello(version: number): AgentHello {
+    const s = this.state;
+    return {
+      version,
+      agent_version: this.d.identity.agentVersion,
+      boot_id: this.d.identity.bootId,
+      image_id: this.d.identity.imageId,
+      state: { phase: s.phase, setup_digest: s.setup_digest, stage: s.stage, ready: s.ready, failed: s.failed },
+    };
+  }
+
+  private async acceptSetup(params: SetupParams): Promise<SetupOutcome> {
+    const digest = setupDigest(params);
+    if (this.state.setup_digest !== null) {
+      if (this.state.setup_digest === digest) {
+        // Same setup again (the host reconnected before seeing our ack): re-announce the outcome.
+        if (this.state.ready) setImmediate(() => this.send({ type: "ready", body: this.state.ready! }));
+        if (this.state.failed) setImmediate(() => this.send({ type: "failed", body: this.state.failed! }));
+        return { ok: true, alreadyApplied: true };
+      }
+      return { ok: false, code: "setup_conflict", message: "a different setup was already accepted in this boot; setup is accepted once per boot" };
+    }
+    this.state = {
+      ...this.state,
+      phase: "setting_up",
+      setup: params,
+      setup_digest: digest,
+      stage: "accepted",
+      gateway_token: this.state.gateway_token ?? randomBytes(32).toString("hex"),
+    };
+    // Persisted before the ack so a restarted agent resumes the setup the host was told is accepted.
+    await this.d.store.save(this.state);
+    setImmediate(() => {
+      this.send({ type: "progress", body: { stage: "accepted", message: `setup for ${params.instance_name} accepted` } });
+      this.startSetup();
+    });
+    return { ok: true, alreadyApplied: false };
+  }
+
+  private startSetup(): void {
+    if (this.setupRun) return;
+    const params = this.state.setup!;
+    const token = this.state.gateway_token!;
+    this.setupRun = (async () => {
+      try {
+        const ready = await this.d.setup.run(params, token, (stage, message) => this.progress(stage, message), this.abort.signal);
+        if (this.stopped) return;
+        this.state = { ...this.state, phase: "ready", stage: "ready", ready, failed: null };
+        await this.d.store.save(this.state);
+        this.d.logger.info({ host_keys: ready.ssh_host_keys.length }, "ready");
+        this.send({ type: "ready", body: ready });
+      } catch (err) {
+        if (this.stopped) return;
+        const failure =
+          err instanceof StepFailure ? { code: err.code, message: err.message } : { code: "setup_failed" as const, message: "setup failed unexpectedly" };
+        if (!(err instanceof StepFailure)) this.d.logger.error({ err }, "setup failed unexpectedly");
+        this.state = { ...this.state, phase: "failed", failed: { code: failure.code, message: failure.message.slice(0, 1000) } };
+        await this.d.store.save(this.state);
+        this.d.logger.warn({ failure }, "setup failed");
+        this.send({ type: "failed", body: this.state.failed! });
+      }
+    })();
+  }
+
+  private async progress(stage: string, message: string): Promise<void> {
+    this.state = { ...this.state, stage };
+    await this.d.store.save(this.state);
+    this.send({ type: "progress", body: { stage, message } });
+  }
+
+  private async quote(nonce: Buffer): Promise<QuoteReply> {
+    const hostKeys = this.state.ready?.ssh_host_keys ?? (await readSshHostKeys(this.d.root, this.d.sshDir));
+    const reportData = reportDataFor(nonce, hostKeys);
+    const res = await this.d.quotes.getQuote(reportData);
+    const event_log = this.d.eventLog.entries();
+    if (!res.available) return { available: false, reason: res.reason, event_log };
+    return { available: true, quote: res.quote, report_data: reportData, event_log };
+  }
+
+  private async openclawHealth(): Promise<OpenClawHealth> {
+    if (this.state.phase === "awaiting_setup" || (this.state.phase === "setting_up" && STAGES_BEFORE_START.has(this.state.stage ?? ""))) return "stopped";
+    return (await httpOk(this.d.setup.readyzUrl, 2000)) ? "healthy" : "unhealthy";
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (!this.session?.isOpen) return;
+    try {
+      const [s, openclaw] = await Promise.all([this.d.stats.sample(), this.openclawHealth()]);
+      this.send({ type: "heartbeat", body: { ...s, openclaw } });
+    } catch (err) {
+      this.d.logger.warn({ err }, "heartbeat sample failed");
+    }
+  }
+
+  private async egressSample(): Promise<void> {
+    if (!this.d.egress || !this.session?.isOpen) return;
+    try {
+      const c = await this.d.egress.read();
+      this.send({ type: "egress", body: { bytes: c.bytes, packets: c.packets, sampled_at: new Date().toISOString() } });
+    } catch (err) {
+      this.d.logger.warn({ err }, "egress sample failed");
+    }
+  }
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env node
+/**
+ * cvm-agent composition root: the only place that reads argv and the environment, builds the
+ * dependencies and installs signal handlers.
+ */
+import { existsSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import pino from "pino";
+import { Agent } from "./agent.js";
+import { AgentStateStore } from "./agent-state.js";
+import { ConfigfsTsmQuoteProvider } from "./attest/configfs-tsm-quote.js";
+import { Rtmr3EventLog, SysfsRtmrExtender } from "./attest/rtmr3-event-log.js";
+import { NftEgressCounter } from "./egress/nft-egress-counter.js";
+import { SocatVsockHostTransport, UnixSocketHostTransport, VirtioSerialHostTransport, type HostTransport } from "./link/transports.js";
+import { DirectServiceManager, SystemdServiceManager, type ServiceManager } from "./setup/service-manager.js";
+import { SetupRunner } from "./setup/setup-runner.js";
+import { readSshdPort } from "./setup/ssh-host-keys.js";
+import { UseraddAccounts } from "./setup/user-accounts.js";
+import { RootFs } from "./system/root-fs.js";
+import { ProcSystemStats } from "./system/system-stats.js";
+import { AGENT_VERSION } from "./version.js";
+
+export const DEFAULT_VIRTIO_PORT = "/dev/virtio-ports/org.cvm.agent.0";
+export const DEFAULT_VSOCK_PORT = 1024;
+
+const { values: a } = parseArgs({
+  options: {
+    root: { type: "string", default: "/" },
+    "state-dir": { type: "string", default: "/run/cvm" },
+    user: { type: "string", default: "azureuser" },
+    useradd: { type: "string", default: "useradd" },
+    "ssh-dir": { type: "string", default: "/etc/ssh" },
+    "sshd-config": { type: "string", default: "/etc/ssh/sshd_config" },
+    "sshd-port": { type: "string" },
+    "sshd-timeout-ms": { type: "string", default: "60000" },
+    "openclaw-manifest": { type: "string", default: "/etc/cvm/openclaw.json" },
+    "openclaw-port": { type: "string", default: "18789" },
+    "openclaw-verify": { type: "string", default: "spot" },
+    "openclaw-ready-timeout-ms": { type: "string", default: "300000" },
+    "service-manager": { type: "string" },
+    systemctl: { type: "string", default: "systemctl" },
+    "unit-dir": { type: "string", default: "/run/systemd/system" },
+    nft: { type: "string", default: "nft" },
+    "nft-wrapper": { type: "string" },
+    "no-egress": { type: "boolean", default: false },
+    unix: { type: "string" },
+    "virtio-port": { type: "string" },
+    "vsock-port": { type: "string" },
+    "vsock-socket": { type: "string" },
+    socat: { type: "string", default: "socat" },
+    cmdline: { type: "string", default: "/proc/cmdline" },
+    "boot-id-file": { type: "string", default: "/proc/sys/kernel/random/boot_id" },
+    "tsm-report-dir": { type: "string", default: "/sys/kernel/config/tsm/report" },
+    "rtmr3-path": { type: "string", default: "/sys/devices/virtual/misc/tdx_guest/measurements/rtmr3:sha384" },
+    "heartbeat-ms": { type: "string", default: "5000" },
+    "egress-ms": { type: "string", default: "10000" },
+    "log-level": { type: "string", default: process.env.CVM_AGENT_LOG_LEVEL ?? "info" },
+  },
+  strict: true,
+});
+
+function int(name: string, v: string | undefined, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
+  return n;
+}
+
+async function main(): Promise<void> {
+  const logger = pino({ level: a["log-level"], name: "cvm-agent" });
+  const root = new RootFs(a.root!);
+  const stateDirGuest = a["state-dir"]!;
+  const stateDir = root.path(stateDirGuest);
+
+  const cmdline = await readFile(a.cmdline!, "utf8").catch(() => "");
+  const imageId = /(?:^|\s)cvm\.image=([A-Za-z0-9._:@\/+-]{1,128})(?:\s|$)/.exec(cmdline)?.[1] ?? null;
+  const bootId = (await readFile(a["boot-id-file"]!, "utf8")).trim();
+
+  const transport = selectTransport(logger, stateDir);
+  const eventLog = new Rtmr3EventLog(join(stateDir, "rtmr3-events.json"), new SysfsRtmrExtender(root.path(a["rtmr3-path"]!)), logger.child({ component: "rtmr3" }));
+  const accounts = new UseraddAccounts(root, a.useradd!);
+  const managerKind = a["service-manager"] ?? (existsSync(root.path("/run/systemd/system")) ? "systemd" : "direct");
+  let services: ServiceManager;
+  if (managerKind === "systemd") services = new SystemdServiceManager(root, { unitDir: a["unit-dir"]!, envDir: join(stateDirGuest, "env"), systemctl: a.systemctl! });
+  else if (managerKind === "direct") services = new DirectServiceManager(root, stateDir, logger.child({ component: "service" }), root.isSystemRoot);
+  else throw new Error("--service-manager must be systemd or direct");
+  const verifyMode = a["openclaw-verify"];
+  if (verifyMode !== "spot" && verifyMode !== "full") throw new Error("--openclaw-verify must be spot or full");
+  const sshdPortOverride = a["sshd-port"] === undefined ? null : int("sshd-port", a["sshd-port"], 1, 65535);
+
+  const setup = new SetupRunner({
+    root,
+    logger: logger.child({ component: "setup" }),
+    eventLog,
+    accounts,
+    services,
+    user: a.user!,
+    manifestPath: a["openclaw-manifest"]!,
+    openclawPort: int("openclaw-port", a["openclaw-port"], 1, 65535),
+    verifyMode,
+    sshdPort: async () => sshdPortOverride ?? (await readSshdPort(root, a["sshd-config"]!)),
+    sshDir: a["ssh-dir"]!,
+    sshdTimeoutMs: int("sshd-timeout-ms", a["sshd-timeout-ms"], 100, 3_600_000),
+    openclawReadyTimeoutMs: int("openclaw-ready-timeout-ms", a["openclaw-ready-timeout-ms"], 100, 3_600_000),
+  });
+
+  const nftCmd = [...(a["nft-wrapper"] ? a["nft-wrapper"].split(/\s+/).filter(Boolean) : []), a.nft!];
+  const agent = new Agent({
+    logger,
+    identity: { agentVersion: AGENT_VERSION, bootId, imageId },
+    root,
+    sshDir: a["ssh-dir"]!,
+    store: new AgentStateStore(join(stateDir, "agent-state.json")),
+    setup,
+    eventLog,
+    quotes: new ConfigfsTsmQuoteProvider(root.path(a["tsm-report-dir"]!)),
+    egress: a["no-egress"] ? null : new NftEgressCounter(nftCmd),
+    stats: new ProcSystemStats(),
+    transport,
+    heartbeatMs: int("heartbeat-ms", a["heartbeat-ms"], 50, 3_600_000),
+    egressMs: int("egress-ms", a["egress-ms"], 50, 3_600_000),
+  });
+
+  let stopping = false;
+  const stop = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal: sig }, "stopping");
+    agent.stop().finally(() => process.exit(0));
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  await agent.start();
+}
+
+function selectTransport(logger: pino.Logger, stateDir: string): HostTransport {
+  const chosen = [a.unix, a["virtio-port"], a["vsock-port"]].filter((x) => x !== undefined);
+  if (chosen.length > 1) throw new Error("choose one of --unix, --virtio-port, --vsock-port");
+  if (a.unix) return new UnixSocketHostTransport(a.unix);
+  const virtio = a["virtio-port"] ?? (a["vsock-port"] === undefined && existsSync(DEFAULT_VIRTIO_PORT) ? DEFAULT_VIRTIO_PORT : undefined);
+  if (virtio) return new VirtioSerialHostTransport(virtio, logger.child({ component: "virtio-serial" }));
+  return new SocatVsockHostTransport({
+    port: a["vsock-port"] === undefined ? DEFAULT_VSOCK_PORT : int("vsock-port", a["vsock-port"], 1, 0xffffffff),
+    socketPath: a["vsock-socket"] ?? join(stateDir, "agent.sock"),
+    socat: a.socat,
+    logger: logger.child({ component: "vsock" }),
+  });
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`cvm-agent: ${err.stack ?? err.message}\n`);
+  process.exit(1);
+});

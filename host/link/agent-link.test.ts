@@ -1,0 +1,125 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pino from "pino";
+import { afterEach, describe, expect, test } from "vitest";
+import { decodeHostMessage, encodeMessage } from "../../shared/protocol/codec.js";
+import { FrameDecoder } from "../../shared/protocol/frame.js";
+import type { AgentHello, AgentMessage, HostMessage } from "../../shared/protocol/messages.js";
+import { AGENT_SAMPLES, HOST_SAMPLES } from "../../shared/protocol/testdata/samples.js";
+import { AgentLink } from "./agent-link.js";
+import { UnixSocketConnector } from "./connectors.js";
+
+const HELLO = (AGENT_SAMPLES.hello as Extract<AgentMessage, { type: "hello" }>).body;
+const SETUP = (HOST_SAMPLES.setup as Extract<HostMessage, { type: "setup" }>).body;
+
+/** Test double of the agent end: scripted per connection. */
+class FakeAgentServer {
+  server!: Server;
+  connections = 0;
+  received: HostMessage[] = [];
+  constructor(readonly path: string, readonly onMessage: (m: HostMessage, s: Socket, conn: number) => void) {}
+  async start() {
+    this.server = createServer((s) => {
+      const conn = ++this.connections;
+      const d = new FrameDecoder();
+      s.on("error", () => undefined);
+      s.on("data", (c) => {
+        for (const ev of d.push(c)) {
+          if (ev.kind !== "frame") continue;
+          const r = decodeHostMessage(ev.payload);
+          if (!r.ok) throw new Error(r.reason);
+          this.received.push(r.message);
+          this.onMessage(r.message, s, conn);
+        }
+      });
+    });
+    await new Promise<void>((r) => this.server.listen(this.path, r));
+  }
+  close() {
+    return new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+let dir: string;
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+async function fixture(onMessage: (m: HostMessage, s: Socket, conn: number) => void, opts: Partial<ConstructorParameters<typeof AgentLink>[0]> = {}) {
+  dir = await mkdtemp(join(tmpdir(), "agent-link-"));
+  const fake = new FakeAgentServer(join(dir, "a.sock"), onMessage);
+  await fake.start();
+  const link = new AgentLink({
+    connector: new UnixSocketConnector(fake.path),
+    logger: pino({ level: "silent" }),
+    instanceId: "t",
+    backoff: { initialMs: 10, maxMs: 50 },
+    ...opts,
+  });
+  cleanups.push(async () => {
+    await link.close();
+    await fake.close();
+  });
+  return { fake, link };
+}
+
+describe("AgentLink", () => {
+  test("an unacknowledged setup is re-sent after a reconnect and resolves on the ack", async () => {
+    const { fake, link } = await fixture((m, s, conn) => {
+      if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: HELLO }));
+      if (m.type === "setup") {
+        if (conn === 1) s.destroy(); // agent died before acknowledging
+        else s.write(encodeMessage({ type: "ack", re: m.id, body: { already_applied: true } }));
+      }
+    });
+    link.start();
+    await expect(link.setup(SETUP)).resolves.toBeUndefined();
+    expect(fake.connections).toBe(2);
+    expect(fake.received.filter((m) => m.type === "setup")).toHaveLength(2);
+  });
+
+  test("a refused setup rejects with the agent's code; a conflicting concurrent setup is refused locally", async () => {
+    const { link } = await fixture((m, s) => {
+      if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: HELLO }));
+      if (m.type === "setup") setTimeout(() => s.write(encodeMessage({ type: "error", re: m.id, body: { code: "setup_conflict", message: "no" } })), 50);
+    });
+    link.start();
+    const first = link.setup(SETUP);
+    await expect(link.setup({ ...SETUP, inference_model: "x" })).rejects.toMatchObject({ code: "setup_conflict", message: /already in flight/ });
+    await expect(first).rejects.toMatchObject({ code: "setup_conflict", message: "no" });
+  });
+
+  test("no hello reply → reconnect; silence after hello → reconnect; hello state ready re-emits ready", async () => {
+    const ready: AgentHello = { ...HELLO, state: { phase: "ready", setup_digest: "0".repeat(64), stage: "ready", ready: { ssh_host_keys: ["ssh-ed25519 AAAA"], openclaw_version: "v", node_version: "n" }, failed: null } };
+    const { fake, link } = await fixture(
+      (m, s, conn) => {
+        if (m.type === "hello" && conn >= 2) s.write(encodeMessage({ type: "hello", re: m.id, body: ready }));
+      },
+      { helloTimeoutMs: 100, idleTimeoutMs: 150 },
+    );
+    let readies = 0;
+    let disconnects = 0;
+    link.on("ready", () => readies++);
+    link.on("disconnected", () => disconnects++);
+    link.start();
+    for (let i = 0; i < 100 && disconnects < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(fake.connections).toBeGreaterThanOrEqual(3);
+    expect(disconnects).toBeGreaterThanOrEqual(2); // sessions 2.. said hello then went silent
+    expect(readies).toBeGreaterThanOrEqual(2);
+  });
+
+  test("quote waits for a session, and fails with a clear error on disconnect", async () => {
+    const { link } = await fixture((m, s) => {
+      if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: HELLO }));
+      if (m.type === "quote") s.destroy();
+    });
+    link.start();
+    await expect(link.quote(Buffer.alloc(32))).rejects.toMatchObject({ code: "disconnected" });
+    await link.close();
+    await expect(link.quote(Buffer.alloc(32))).rejects.toMatchObject({ code: "closed" });
+  });
+});

@@ -1,0 +1,21 @@
+export { AgentLink, AgentRequestError, type AgentLinkEvents, type AgentLinkOptions, type LinkState } from "./agent-link.js";
+export {
+  AGENT_VSOCK_PORT,
+  StdioBridgeConnector,
+  UnixSocketConnector,
+  VsockSocatConnector,
+  socatVsockConnectArgs,
+  type AgentConnector,
+  type StdioBridgeOptions,
+} from "./connectors.js";
+export { checkSshHostKey, type SshHostKeyCheck, type SshHostKeyResult } from "./ssh-host-key.js";
+export type {
+  AgentHello,
+  EgressSample,
+  Failed,
+  Heartbeat,
+  Progress,
+  QuoteReply,
+  Ready,
+  SetupParams,
+} from "../../shared/protocol/messages.js";

@@ -1,0 +1,90 @@
+import { describe, expect, test } from "vitest";
+import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, MAX_FRAME_PAYLOAD, type FrameEvent } from "./frame.js";
+
+const frames = (evs: FrameEvent[]) => evs.filter((e) => e.kind === "frame").map((e) => (e as { payload: Buffer }).payload.toString());
+const skipped = (evs: FrameEvent[]) => evs.filter((e) => e.kind === "skipped").reduce((n, e) => n + (e as { bytes: number }).bytes, 0);
+
+describe("FrameDecoder", () => {
+  test("decodes back-to-back frames delivered one byte at a time", () => {
+    const d = new FrameDecoder();
+    const wire = Buffer.concat([encodeFrame(Buffer.from("one")), encodeFrame(Buffer.from("")), encodeFrame(Buffer.from("three"))]);
+    const out: FrameEvent[] = [];
+    for (const b of wire) out.push(...d.push(Buffer.from([b])));
+    expect(frames(out)).toEqual(["one", "", "three"]);
+    expect(skipped(out)).toBe(0);
+    expect(d.buffered).toBe(0);
+  });
+
+  test("skips garbage before a frame and reports how much", () => {
+    const d = new FrameDecoder();
+    const out = d.push(Buffer.concat([Buffer.from("stale bytes from a previous session"), encodeFrame(Buffer.from("hello"))]));
+    expect(frames(out)).toEqual(["hello"]);
+    expect(skipped(out)).toBe("stale bytes from a previous session".length);
+  });
+
+  test("a stale, never-finished frame does not swallow the next session's hello (virtio-serial case)", () => {
+    const d = new FrameDecoder();
+    const big = encodeFrame(Buffer.alloc(500_000, 7));
+    // The previous host went away after the header and 100 payload bytes; the new host sends hello.
+    const out1 = d.push(big.subarray(0, FRAME_HEADER_LEN + 100));
+    expect(frames(out1)).toEqual([]);
+    const out2 = d.push(encodeFrame(Buffer.from("hello")));
+    expect(frames(out2)).toEqual(["hello"]);
+    expect(skipped(out2)).toBe(FRAME_HEADER_LEN + 100);
+    expect(d.buffered).toBe(0);
+  });
+
+  test("the same recovery works when the new frame trickles in byte by byte", () => {
+    const d = new FrameDecoder();
+    d.push(encodeFrame(Buffer.alloc(300_000, 1)).subarray(0, 5000));
+    const out: FrameEvent[] = [];
+    for (const b of encodeFrame(Buffer.from("hello again"))) out.push(...d.push(Buffer.from([b])));
+    expect(frames(out)).toEqual(["hello again"]);
+  });
+
+  test("a torn frame whose body was overwritten by a later complete frame is detected by the payload CRC", () => {
+    const d = new FrameDecoder();
+    const a = encodeFrame(Buffer.from("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+    const b = encodeFrame(Buffer.from("B"));
+    // Header of `a` claims 40 bytes; we deliver 3 of them then `b` and filler to reach 40.
+    const torn = Buffer.concat([a.subarray(0, FRAME_HEADER_LEN + 3), b, Buffer.alloc(40, 0x20)]);
+    const out = d.push(torn);
+    expect(frames(out)).toEqual(["B"]);
+  });
+
+  test("rejects a header whose checksum is wrong without waiting for its length", () => {
+    const d = new FrameDecoder();
+    const f = encodeFrame(Buffer.from("x"));
+    f.writeUInt32BE(1_000_000, 4); // corrupt length, header CRC now wrong
+    const out = d.push(Buffer.concat([f, encodeFrame(Buffer.from("ok"))]));
+    expect(frames(out)).toEqual(["ok"]);
+    expect(out.some((e) => e.kind === "skipped" && e.reason.includes("header checksum"))).toBe(true);
+  });
+
+  test("rejects a frame whose (valid) header announces more than the maximum", () => {
+    const d = new FrameDecoder(1024);
+    const out = d.push(Buffer.concat([encodeFrame(Buffer.alloc(2000)), encodeFrame(Buffer.from("after"))]));
+    expect(out.some((e) => e.kind === "skipped" && e.reason.includes("exceeds"))).toBe(true);
+    expect(frames(out)).toEqual(["after"]);
+  });
+
+  test("encodeFrame refuses payloads above the maximum", () => {
+    expect(() => encodeFrame(Buffer.alloc(MAX_FRAME_PAYLOAD + 1))).toThrow(RangeError);
+  });
+
+  test("memory stays bounded while garbage without magic streams in", () => {
+    const d = new FrameDecoder();
+    for (let i = 0; i < 100; i++) d.push(Buffer.alloc(65536, 0x41));
+    expect(d.buffered).toBeLessThan(4);
+  });
+
+  test("trickled input into a large pending frame is not quadratic", () => {
+    const d = new FrameDecoder();
+    const f = encodeFrame(Buffer.alloc(MAX_FRAME_PAYLOAD, 3));
+    const t0 = Date.now();
+    let got = 0;
+    for (let off = 0; off < f.length; off += 64) got += frames(d.push(f.subarray(off, off + 64))).length;
+    expect(got).toBe(1);
+    expect(Date.now() - t0).toBeLessThan(5000);
+  });
+});

@@ -1,0 +1,199 @@
+import { crc32 } from "node:zlib";
+
+/**
+ * Framing for the host–agent channel.
+ *
+ * A frame is a 16-byte header followed by the payload (one CBOR message):
+ *
+ *   offset 0  magic          4 bytes  0xC7 0x56 0x4D 0x31
+ *   offset 4  payload length u32 big-endian, at most MAX_FRAME_PAYLOAD
+ *   offset 8  payload CRC-32 u32 big-endian (IEEE, zlib)
+ *   offset 12 header CRC-32  u32 big-endian, over bytes 0..11
+ *
+ * Why more than a bare length prefix: on QEMU virtio-serial the guest never learns that the host side
+ * disconnected, so the byte stream the agent reads can hold the tail of a frame the previous host
+ * connection started and never finished, followed by the new host's hello. With a bare length prefix
+ * that stale header would swallow the new frames as its "payload" and wedge the stream until enough
+ * bytes arrive, which never happens because the new host is waiting for the reply. Here:
+ *  - the magic gives the decoder a place to restart after garbage;
+ *  - the header CRC means a magic lookalike inside payload or stale bytes is not trusted before its
+ *    length is believed (a false hit costs a one-byte skip, not a 1 MiB wait);
+ *  - the payload CRC detects a frame whose body was replaced by a later frame's bytes;
+ *  - while a frame is incomplete the decoder looks ahead for a complete, CRC-valid frame starting
+ *    later in the buffer; finding one proves the earlier header was abandoned, so it is dropped.
+ * The CRCs are integrity checks against stale or torn bytes, not authentication: both transports are
+ * local to the host, and each side validates every message anyway.
+ */
+
+export const FRAME_MAGIC = Buffer.from([0xc7, 0x56, 0x4d, 0x31]);
+export const FRAME_HEADER_LEN = 16;
+/** Quotes are ~8 KB and event logs small; 1 MiB bounds memory per connection with a wide margin. */
+export const MAX_FRAME_PAYLOAD = 1024 * 1024;
+const MAX_PENDING_CANDIDATES = 16;
+
+export function encodeFrame(payload: Uint8Array): Buffer {
+  if (payload.length > MAX_FRAME_PAYLOAD) throw new RangeError(`frame payload of ${payload.length} bytes exceeds ${MAX_FRAME_PAYLOAD}`);
+  const header = Buffer.alloc(FRAME_HEADER_LEN);
+  FRAME_MAGIC.copy(header, 0);
+  header.writeUInt32BE(payload.length, 4);
+  header.writeUInt32BE(crc32(payload), 8);
+  header.writeUInt32BE(crc32(header.subarray(0, 12)), 12);
+  return Buffer.concat([header, payload]);
+}
+
+export type FrameEvent =
+  | { kind: "frame"; payload: Buffer }
+  /** Bytes dropped while looking for a frame boundary; `reason` says why. */
+  | { kind: "skipped"; bytes: number; reason: string };
+
+interface HeaderInfo {
+  length: number;
+  payloadCrc: number;
+}
+
+/** Incremental decoder: push() chunks in, get frames and skip notices out. Never throws on input. */
+export class FrameDecoder {
+  private store: Buffer = Buffer.alloc(0);
+  /** The unconsumed bytes: a view into `store`. */
+  private buf: Buffer = this.store;
+  /** Offset up to which the look-ahead scan for an incomplete frame has already searched. */
+  private scannedTo = 0;
+  /** Offsets (in buf) of valid headers found by the look-ahead whose payload has not fully arrived. */
+  private pending: number[] = [];
+
+  constructor(private readonly maxPayload = MAX_FRAME_PAYLOAD) {}
+
+  /** Bytes held waiting for the rest of a frame. */
+  get buffered(): number {
+    return this.buf.length;
+  }
+
+  reset(): void {
+    this.store = Buffer.alloc(0);
+    this.buf = this.store;
+    this.scannedTo = 0;
+    this.pending = [];
+  }
+
+  push(chunk: Uint8Array): FrameEvent[] {
+    const out: FrameEvent[] = [];
+    this.append(chunk);
+    for (;;) {
+      const start = this.buf.indexOf(FRAME_MAGIC);
+      if (start < 0) {
+        // Keep a possible magic prefix at the end; everything before it cannot start a frame.
+        const keep = Math.min(this.buf.length, FRAME_MAGIC.length - 1);
+        const drop = this.buf.length - keep;
+        if (drop > 0) out.push({ kind: "skipped", bytes: drop, reason: "no frame magic" });
+        this.drop(drop);
+        return out;
+      }
+      if (start > 0) {
+        out.push({ kind: "skipped", bytes: start, reason: "bytes before frame magic" });
+        this.drop(start);
+      }
+      if (this.buf.length < FRAME_HEADER_LEN) return out;
+      const header = this.headerAt(0);
+      if (header === "bad_crc") {
+        out.push({ kind: "skipped", bytes: 1, reason: "frame header checksum mismatch" });
+        this.drop(1);
+        continue;
+      }
+      if (header === "too_large") {
+        out.push({ kind: "skipped", bytes: 1, reason: `frame length exceeds ${this.maxPayload} bytes` });
+        this.drop(1);
+        continue;
+      }
+      const total = FRAME_HEADER_LEN + header.length;
+      if (this.buf.length < total) {
+        const later = this.findCompleteFrameAfter(FRAME_HEADER_LEN);
+        if (later < 0) return out;
+        out.push({ kind: "skipped", bytes: later, reason: "incomplete frame abandoned for a later complete frame" });
+        this.drop(later);
+        continue;
+      }
+      const payload = this.buf.subarray(FRAME_HEADER_LEN, total);
+      if (crc32(payload) !== header.payloadCrc) {
+        out.push({ kind: "skipped", bytes: 1, reason: "frame payload checksum mismatch" });
+        this.drop(1);
+        continue;
+      }
+      out.push({ kind: "frame", payload: Buffer.from(payload) });
+      this.drop(total);
+    }
+  }
+
+  /** Amortised append: trickled input must not turn into a copy of the whole buffer per byte. */
+  private append(chunk: Uint8Array): void {
+    const used = this.buf.length;
+    const offset = this.buf.byteOffset - this.store.byteOffset;
+    if (offset + used + chunk.length > this.store.length) {
+      const need = used + chunk.length;
+      const next = need > this.store.length / 2 ? Buffer.allocUnsafe(Math.max(need * 2, 4096)) : this.store;
+      this.buf.copy(next, 0);
+      this.store = next;
+      this.buf = next.subarray(0, used);
+    }
+    const base = this.buf.byteOffset - this.store.byteOffset;
+    this.store.set(chunk, base + used);
+    this.buf = this.store.subarray(base, base + used + chunk.length);
+  }
+
+  private drop(n: number): void {
+    this.buf = this.buf.subarray(n);
+    this.scannedTo = 0;
+    this.pending = [];
+  }
+
+  private headerAt(off: number): HeaderInfo | "bad_crc" | "too_large" {
+    const b = this.buf;
+    if (crc32(b.subarray(off, off + 12)) !== b.readUInt32BE(off + 12)) return "bad_crc";
+    const length = b.readUInt32BE(off + 4);
+    if (length > this.maxPayload) return "too_large";
+    return { length, payloadCrc: b.readUInt32BE(off + 8) };
+  }
+
+  /**
+   * Offset of the first complete, checksum-valid frame after the current (incomplete) one, or -1.
+   * New bytes are scanned once; candidates that are not complete yet are remembered (a bounded list)
+   * and rechecked on later pushes, so trickled input cannot make the scan quadratic.
+   */
+  private findCompleteFrameAfter(from: number): number {
+    let best = -1;
+    const stillPending: number[] = [];
+    for (const i of this.pending) {
+      const r = this.candidateAt(i);
+      if (r === "complete") {
+        if (best < 0 || i < best) best = i;
+      } else if (r === "pending") stillPending.push(i);
+    }
+    this.pending = stillPending;
+    let pos = Math.max(from, this.scannedTo);
+    while (best < 0) {
+      const i = this.buf.indexOf(FRAME_MAGIC, pos);
+      if (i < 0) {
+        pos = Math.max(pos, this.buf.length - (FRAME_MAGIC.length - 1));
+        break;
+      }
+      if (i + FRAME_HEADER_LEN > this.buf.length) {
+        // The header is not all here yet: look at this offset again next time.
+        pos = i;
+        break;
+      }
+      const r = this.candidateAt(i);
+      if (r === "complete") best = i;
+      else if (r === "pending" && this.pending.length < MAX_PENDING_CANDIDATES) this.pending.push(i);
+      pos = i + 1;
+    }
+    this.scannedTo = pos;
+    return best;
+  }
+
+  private candidateAt(i: number): "complete" | "pending" | "invalid" {
+    const h = this.headerAt(i);
+    if (typeof h !== "object") return "invalid";
+    const end = i + FRAME_HEADER_LEN + h.length;
+    if (end > this.buf.length) return "pending";
+    return crc32(this.buf.subarray(i + FRAME_HEADER_LEN, end)) === h.payloadCrc ? "complete" : "invalid";
+  }
+}

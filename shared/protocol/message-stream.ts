@@ -1,0 +1,108 @@
+import { EventEmitter } from "node:events";
+import type { Duplex } from "node:stream";
+import { encodeMessage, type DecodeResult } from "./codec.js";
+import { FrameDecoder } from "./frame.js";
+import type { AnyMessage } from "./messages.js";
+
+/** Above this many queued bytes, events (progress, heartbeats, egress) are dropped instead of queued. */
+const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+
+export interface MessageStreamEvents<In> {
+  message: [In];
+  /** Bytes the framing layer dropped while resynchronising (stale or torn input). */
+  skipped: [{ bytes: number; reason: string }];
+  /** A complete frame whose content is not a valid message for this side. */
+  invalid: [string];
+  /** The underlying stream ended, errored or was destroyed. Emitted once. */
+  closed: [string];
+}
+
+/**
+ * Typed messages over any byte stream: framing, decoding and validation on the way in, encoding on
+ * the way out. What to do about skipped bytes or invalid messages is the owner's policy (the host
+ * drops the connection; the agent on virtio-serial resets the session but keeps the port).
+ */
+export class MessageStream<In, Out extends AnyMessage> extends EventEmitter<MessageStreamEvents<In>> {
+  private readonly frames = new FrameDecoder();
+  private closedReason: string | null = null;
+  private paused = false;
+
+  constructor(
+    readonly stream: Duplex,
+    private readonly decode: (payload: Uint8Array) => DecodeResult<In>,
+  ) {
+    super();
+    stream.on("data", (chunk: Buffer) => this.onData(chunk));
+    stream.on("end", () => this.markClosed("peer closed the stream"));
+    stream.on("close", () => this.markClosed("stream closed"));
+    stream.on("error", (err: Error) => this.markClosed(`stream error: ${err.message}`));
+  }
+
+  get closed(): boolean {
+    return this.closedReason !== null;
+  }
+
+  /** Drops any partially received frame (used when a new host session starts on the same pipe). */
+  resetInput(): void {
+    this.frames.reset();
+  }
+
+  /** Stops delivering input (a session that is being torn down must not act on further messages). */
+  pauseInput(): void {
+    this.paused = true;
+  }
+
+  resumeInput(): void {
+    this.paused = false;
+  }
+
+  /** Writes one message; returns false if it was not written (stream closed, or event shed under backpressure). */
+  send(msg: Out): boolean {
+    if (this.closedReason !== null || this.stream.destroyed || !this.stream.writable) return false;
+    const isEvent = !("id" in msg) && !("re" in msg);
+    if (isEvent && msg.type !== "bye" && this.stream.writableLength > MAX_QUEUED_BYTES) return false;
+    try {
+      this.stream.write(encodeMessage(msg));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Closes the underlying stream at once; anything still queued is discarded. */
+  destroy(reason: string): void {
+    this.markClosed(reason);
+    this.stream.destroy();
+  }
+
+  /** Closes after queued writes (e.g. a bye with the reason) are flushed; forced after `graceMs`. */
+  end(reason: string, graceMs = 1000): void {
+    this.markClosed(reason);
+    if (this.stream.destroyed) return;
+    const timer = setTimeout(() => this.stream.destroy(), graceMs);
+    timer.unref();
+    this.stream.once("close", () => clearTimeout(timer));
+    this.stream.end(() => this.stream.destroy());
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closedReason !== null) return;
+    for (const ev of this.frames.push(chunk)) {
+      if (this.closedReason !== null) return;
+      if (ev.kind === "skipped") {
+        this.emit("skipped", { bytes: ev.bytes, reason: ev.reason });
+        continue;
+      }
+      if (this.paused) continue;
+      const res = this.decode(ev.payload);
+      if (res.ok) this.emit("message", res.message);
+      else this.emit("invalid", res.reason);
+    }
+  }
+
+  private markClosed(reason: string): void {
+    if (this.closedReason !== null) return;
+    this.closedReason = reason;
+    this.emit("closed", reason);
+  }
+}

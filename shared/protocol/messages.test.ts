@@ -1,0 +1,67 @@
+import { describe, expect, test } from "vitest";
+import { decodeAgentMessage, decodeHostMessage, encodeMessagePayload } from "./codec.js";
+import { validateAgentMessage, validateHostMessage, validateSetupParams } from "./messages.js";
+import { AGENT_SAMPLES, HOST_SAMPLES } from "./testdata/samples.js";
+import { Encoder } from "cbor-x";
+
+const raw = new Encoder({ useRecords: false, mapsAsObjects: true, variableMapSize: true, tagUint8Array: false });
+const enc = (v: unknown) => Buffer.from(raw.encode(v));
+
+describe("message validation", () => {
+  const setup = HOST_SAMPLES.setup as Extract<(typeof HOST_SAMPLES)[string], { type: "setup" }>;
+
+  test.each([
+    ["unknown type", { type: "exec", id: 1, body: { cmd: "id" } }, /unknown host message type/],
+    ["missing id on a request", { type: "setup", body: setup.body }, /missing id/],
+    ["reply key on a request", { type: "setup", id: 1, re: 2, body: setup.body }, /unknown key "re"/],
+    ["extra body key", { type: "setup", id: 1, body: { ...setup.body, command: "rm -rf /" } }, /unknown key "command"/],
+    ["non-openclaw agent", { type: "setup", id: 1, body: { ...setup.body, agent: "other" } }, /agent: must be one of openclaw/],
+    ["gateway not http", { type: "setup", id: 1, body: { ...setup.body, gateway_address: "file:///etc/passwd" } }, /http\(s\) URL/],
+    ["gateway with credentials", { type: "setup", id: 1, body: { ...setup.body, gateway_address: "http://u:p@h/" } }, /credentials/],
+    ["model with spaces", { type: "setup", id: 1, body: { ...setup.body, inference_model: "a b" } }, /invalid format/],
+    ["instance name uppercase", { type: "setup", id: 1, body: { ...setup.body, instance_name: "ABC" } }, /invalid format/],
+    ["nonce too short", { type: "quote", id: 1, body: { nonce: Buffer.alloc(8) } }, /16\.\.64 bytes/],
+    ["nonce as text", { type: "quote", id: 1, body: { nonce: "aa" } }, /byte string/],
+    ["empty versions", { type: "hello", id: 1, body: { versions: [], host_version: "x" } }, /must not be empty/],
+    ["negative id", { type: "hello", id: -1, body: { versions: [1], host_version: "x" } }, /non-negative integer/],
+    ["float id", { type: "hello", id: 1.5, body: { versions: [1], host_version: "x" } }, /non-negative integer/],
+    ["array instead of map", [1, 2, 3], /must be a map/],
+  ])("host → agent: rejects %s", (_name, value, reason) => {
+    const res = decodeHostMessage(enc(value));
+    expect(res.ok).toBe(false);
+    if (!res.ok) expect(res.reason).toMatch(reason);
+  });
+
+  test.each([
+    ["bigint counter", { type: "egress", body: { bytes: 2n ** 64n - 1n, packets: 1, sampled_at: "2026-01-01T00:00:00Z" } }, /non-negative integer/],
+    ["bad timestamp", { type: "egress", body: { bytes: 1, packets: 1, sampled_at: "yesterday" } }, /invalid format/],
+    ["unknown failure code", { type: "failed", body: { code: "oops", message: "x" } }, /must be one of/],
+    ["NaN load", { type: "heartbeat", body: { uptime_s: 1, load: [NaN, 0, 0], mem_total_bytes: 1, mem_available_bytes: 1, openclaw: "healthy" } }, /finite/],
+    ["quote without report data", { type: "quote_reply", re: 1, body: { available: true, quote: Buffer.alloc(100), event_log: [] } }, /unknown key|missing report_data/],
+    ["event log with wrong imr", { type: "quote_reply", re: 1, body: { available: false, reason: "x", event_log: [{ imr: 2, digest: "a".repeat(96), event_type: "t", event: "e" }] } }, /must be 3/],
+    ["a Date where a string belongs", { type: "egress", body: { bytes: 1, packets: 1, sampled_at: new Date() } }, /must be a string/],
+  ])("agent → host: rejects %s", (_name, value, reason) => {
+    const res = decodeAgentMessage(enc(value));
+    expect(res.ok).toBe(false);
+    if (!res.ok) expect(res.reason).toMatch(reason);
+  });
+
+  test("malformed CBOR and trailing bytes are reported, not thrown", () => {
+    expect(decodeHostMessage(Buffer.from([0xa1, 0x61]))).toMatchObject({ ok: false, reason: expect.stringMatching(/malformed CBOR/) });
+    const good = encodeMessagePayload(HOST_SAMPLES.hello!);
+    expect(decodeHostMessage(Buffer.concat([good, Buffer.from([0x00])]))).toMatchObject({ ok: false, reason: expect.stringMatching(/malformed CBOR/) });
+  });
+
+  test("__proto__ keys cannot pollute prototypes", () => {
+    const payload = Buffer.from("a3647479706565" + "68656c6c6f" + "626964" + "01" + "69" + Buffer.from("__proto__").toString("hex") + "a16178" + "01", "hex");
+    const res = decodeHostMessage(payload);
+    expect(res.ok).toBe(false);
+    expect(({} as Record<string, unknown>).x).toBeUndefined();
+  });
+
+  test("every sample validates in its own direction only", () => {
+    for (const m of Object.values(HOST_SAMPLES)) expect(validateHostMessage(JSON.parse(JSON.stringify(m), (_k, v) => (v?.type === "Buffer" ? Buffer.from(v.data) : v)))).toEqual(m);
+    for (const m of Object.values(AGENT_SAMPLES)) expect(validateAgentMessage(JSON.parse(JSON.stringify(m), (_k, v) => (v?.type === "Buffer" ? Buffer.from(v.data) : v)))).toEqual(m);
+    expect(() => validateSetupParams({ ...setup.body, public_key: "" })).toThrow(/too short/);
+  });
+});

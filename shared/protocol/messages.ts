@@ -1,0 +1,439 @@
+/**
+ * The host–agent message set, in one place for both sides.
+ *
+ * Every message is a CBOR map `{type, id?, re?, body}`: requests (host → agent) carry `id`, replies
+ * carry `re` (the request's id), events carry neither. Keys are snake_case on the wire. Validators are
+ * strict: unknown types, unknown keys, wrong types and out-of-range values are all rejected with a
+ * reason, which the receiving side logs before closing the session.
+ */
+
+/** Protocol versions this build speaks, best first. */
+export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [1];
+
+export const FAILURE_CODES = [
+  "ssh_key_rejected",
+  "openclaw_digest_mismatch",
+  "openclaw_start_failed",
+  "sshd_unavailable",
+  "setup_failed",
+] as const;
+export type FailureCode = (typeof FAILURE_CODES)[number];
+
+/** Codes of `error` replies to requests. */
+export const ERROR_CODES = [
+  "unsupported_version",
+  "not_ready_for_request",
+  "setup_conflict",
+  "invalid_request",
+  "internal_error",
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export const AGENT_PHASES = ["awaiting_setup", "setting_up", "ready", "failed"] as const;
+export type AgentPhase = (typeof AGENT_PHASES)[number];
+
+export const OPENCLAW_HEALTH = ["healthy", "unhealthy", "stopped"] as const;
+export type OpenClawHealth = (typeof OPENCLAW_HEALTH)[number];
+
+export interface HostHello {
+  versions: number[];
+  host_version: string;
+}
+
+export interface Ready {
+  ssh_host_keys: string[];
+  openclaw_version: string;
+  node_version: string;
+}
+
+export interface Failed {
+  code: FailureCode;
+  message: string;
+}
+
+/** What a (re)connecting host needs to know to pick up where the agent is. */
+export interface AgentStateSummary {
+  phase: AgentPhase;
+  /** SHA-256 (hex) of the accepted setup parameters, so a host can tell whether its setup is the one applied. */
+  setup_digest: string | null;
+  /** Last progress stage reported. */
+  stage: string | null;
+  ready: Ready | null;
+  failed: Failed | null;
+}
+
+export interface AgentHello {
+  version: number;
+  agent_version: string;
+  boot_id: string;
+  image_id: string | null;
+  state: AgentStateSummary;
+}
+
+export interface SetupParams {
+  public_key: string;
+  agent: string;
+  inference_model: string;
+  gateway_address: string;
+  instance_name: string;
+}
+
+export interface SetupAck {
+  /** True when an identical setup had already been accepted in this boot. */
+  already_applied: boolean;
+}
+
+export interface ErrorReply {
+  code: ErrorCode;
+  message: string;
+}
+
+export interface QuoteRequest {
+  nonce: Buffer;
+}
+
+export interface Rtmr3Event {
+  imr: 3;
+  /** SHA-384 of utf8(event_type + ":" + event), hex. */
+  digest: string;
+  event_type: string;
+  event: string;
+}
+
+export type QuoteReply =
+  | { available: true; quote: Buffer; report_data: Buffer; event_log: Rtmr3Event[] }
+  | { available: false; reason: string; event_log: Rtmr3Event[] };
+
+export interface Progress {
+  stage: string;
+  message: string;
+}
+
+export interface Heartbeat {
+  uptime_s: number;
+  load: [number, number, number];
+  mem_total_bytes: number;
+  mem_available_bytes: number;
+  openclaw: OpenClawHealth;
+}
+
+export interface EgressSample {
+  bytes: number;
+  packets: number;
+  /** ISO 8601 UTC with milliseconds. */
+  sampled_at: string;
+}
+
+export interface Bye {
+  reason: string;
+}
+
+export type HostMessage =
+  | { type: "hello"; id: number; body: HostHello }
+  | { type: "setup"; id: number; body: SetupParams }
+  | { type: "quote"; id: number; body: QuoteRequest }
+  | { type: "bye"; body: Bye };
+
+export type AgentMessage =
+  | { type: "hello"; re: number; body: AgentHello }
+  | { type: "ack"; re: number; body: SetupAck }
+  | { type: "quote_reply"; re: number; body: QuoteReply }
+  | { type: "error"; re: number; body: ErrorReply }
+  | { type: "progress"; body: Progress }
+  | { type: "ready"; body: Ready }
+  | { type: "failed"; body: Failed }
+  | { type: "heartbeat"; body: Heartbeat }
+  | { type: "egress"; body: EgressSample }
+  | { type: "bye"; body: Bye };
+
+export type AnyMessage = HostMessage | AgentMessage;
+
+// ---------------------------------------------------------------------------------------------------
+// Validation
+
+export class ValidationError extends Error {
+  override name = "ValidationError";
+}
+
+type Obj = Record<string, unknown>;
+
+const MAX_STRING = 4096;
+const MAX_KEY_LINE = 8192;
+export const MAX_REQUEST_ID = 0xffff_ffff;
+const MAX_EVENT_LOG_ENTRIES = 256;
+const MAX_QUOTE_BYTES = 64 * 1024;
+
+function fail(path: string, what: string): never {
+  throw new ValidationError(`${path}: ${what}`);
+}
+
+function isPlainObject(v: unknown): v is Obj {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || Buffer.isBuffer(v) || v instanceof Uint8Array) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
+}
+
+function object(v: unknown, path: string, required: readonly string[], optional: readonly string[] = []): Obj {
+  if (!isPlainObject(v)) fail(path, "must be a map");
+  for (const k of Object.keys(v)) {
+    if (!required.includes(k) && !optional.includes(k)) fail(path, `unknown key ${JSON.stringify(k.slice(0, 64))}`);
+  }
+  for (const k of required) if (!Object.hasOwn(v, k)) fail(path, `missing ${k}`);
+  return v;
+}
+
+function str(v: unknown, path: string, opts: { min?: number; max?: number; pattern?: RegExp } = {}): string {
+  if (typeof v !== "string") fail(path, "must be a string");
+  const max = opts.max ?? MAX_STRING;
+  if (v.length < (opts.min ?? 0)) fail(path, "is too short");
+  if (v.length > max) fail(path, `is longer than ${max}`);
+  if (opts.pattern && !opts.pattern.test(v)) fail(path, "has an invalid format");
+  return v;
+}
+
+function nullableStr(v: unknown, path: string, opts: { min?: number; max?: number; pattern?: RegExp } = {}): string | null {
+  return v === null ? null : str(v, path, opts);
+}
+
+function uint(v: unknown, path: string, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) fail(path, "must be a non-negative integer");
+  if (v > max) fail(path, `must be at most ${max}`);
+  return v;
+}
+
+function finite(v: unknown, path: string, min = 0): number {
+  if (typeof v !== "number" || !Number.isFinite(v)) fail(path, "must be a finite number");
+  if (v < min) fail(path, `must be at least ${min}`);
+  return v;
+}
+
+function bool(v: unknown, path: string): boolean {
+  if (typeof v !== "boolean") fail(path, "must be a boolean");
+  return v;
+}
+
+function bytes(v: unknown, path: string, min: number, max: number): Buffer {
+  if (!(v instanceof Uint8Array)) fail(path, "must be a byte string");
+  if (v.length < min || v.length > max) fail(path, `must be ${min}..${max} bytes`);
+  return Buffer.from(v.buffer, v.byteOffset, v.length);
+}
+
+function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]): T {
+  if (typeof v !== "string" || !(allowed as readonly string[]).includes(v)) fail(path, `must be one of ${allowed.join(", ")}`);
+  return v as T;
+}
+
+function array(v: unknown, path: string, max: number): unknown[] {
+  if (!Array.isArray(v)) fail(path, "must be an array");
+  if (v.length > max) fail(path, `has more than ${max} items`);
+  return v;
+}
+
+const TOKEN = /^[A-Za-z0-9._:@\/+-]+$/;
+const PRINTABLE = /^[\x20-\x7e]*$/;
+const HEX_SHA256 = /^[0-9a-f]{64}$/;
+const HEX_SHA384 = /^[0-9a-f]{96}$/;
+/** ISO 8601 UTC as produced by Date.toISOString(). */
+const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
+
+function validateHostHello(v: unknown, p: string): HostHello {
+  const o = object(v, p, ["versions", "host_version"]);
+  const versions = array(o.versions, `${p}.versions`, 16).map((x, i) => uint(x, `${p}.versions[${i}]`, 0xffff));
+  if (versions.length === 0) fail(`${p}.versions`, "must not be empty");
+  return { versions, host_version: str(o.host_version, `${p}.host_version`, { max: 128, pattern: PRINTABLE }) };
+}
+
+function validateReady(v: unknown, p: string): Ready {
+  const o = object(v, p, ["ssh_host_keys", "openclaw_version", "node_version"]);
+  const keys = array(o.ssh_host_keys, `${p}.ssh_host_keys`, 16).map((k, i) =>
+    str(k, `${p}.ssh_host_keys[${i}]`, { min: 1, max: MAX_KEY_LINE, pattern: PRINTABLE }),
+  );
+  return {
+    ssh_host_keys: keys,
+    openclaw_version: str(o.openclaw_version, `${p}.openclaw_version`, { max: 64, pattern: PRINTABLE }),
+    node_version: str(o.node_version, `${p}.node_version`, { max: 64, pattern: PRINTABLE }),
+  };
+}
+
+function validateFailed(v: unknown, p: string): Failed {
+  const o = object(v, p, ["code", "message"]);
+  return { code: oneOf(o.code, `${p}.code`, FAILURE_CODES), message: str(o.message, `${p}.message`) };
+}
+
+function validateState(v: unknown, p: string): AgentStateSummary {
+  const o = object(v, p, ["phase", "setup_digest", "stage", "ready", "failed"]);
+  return {
+    phase: oneOf(o.phase, `${p}.phase`, AGENT_PHASES),
+    setup_digest: nullableStr(o.setup_digest, `${p}.setup_digest`, { pattern: HEX_SHA256 }),
+    stage: nullableStr(o.stage, `${p}.stage`, { max: 64, pattern: TOKEN }),
+    ready: o.ready === null ? null : validateReady(o.ready, `${p}.ready`),
+    failed: o.failed === null ? null : validateFailed(o.failed, `${p}.failed`),
+  };
+}
+
+function validateAgentHello(v: unknown, p: string): AgentHello {
+  const o = object(v, p, ["version", "agent_version", "boot_id", "image_id", "state"]);
+  return {
+    version: uint(o.version, `${p}.version`, 0xffff),
+    agent_version: str(o.agent_version, `${p}.agent_version`, { max: 128, pattern: PRINTABLE }),
+    boot_id: str(o.boot_id, `${p}.boot_id`, { min: 1, max: 64, pattern: TOKEN }),
+    image_id: nullableStr(o.image_id, `${p}.image_id`, { min: 1, max: 128, pattern: TOKEN }),
+    state: validateState(o.state, `${p}.state`),
+  };
+}
+
+/** Shape checks only; the agent parses the key itself so a bad key becomes `ssh_key_rejected`. */
+export function validateSetupParams(v: unknown, p = "setup"): SetupParams {
+  const o = object(v, p, ["public_key", "agent", "inference_model", "gateway_address", "instance_name"]);
+  const gateway = str(o.gateway_address, `${p}.gateway_address`, { min: 1, max: 512, pattern: PRINTABLE });
+  let url: URL;
+  try {
+    url = new URL(gateway);
+  } catch {
+    fail(`${p}.gateway_address`, "must be an absolute URL");
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") fail(`${p}.gateway_address`, "must be an http(s) URL");
+  if (url.username || url.password) fail(`${p}.gateway_address`, "must not carry credentials");
+  return {
+    public_key: str(o.public_key, `${p}.public_key`, { min: 1, max: MAX_KEY_LINE }),
+    agent: oneOf(o.agent, `${p}.agent`, ["openclaw"]),
+    inference_model: str(o.inference_model, `${p}.inference_model`, { min: 1, max: 200, pattern: TOKEN }),
+    gateway_address: gateway,
+    instance_name: str(o.instance_name, `${p}.instance_name`, { min: 1, max: 63, pattern: /^[a-z0-9][a-z0-9-]*$/ }),
+  };
+}
+
+function validateRtmr3Event(v: unknown, p: string): Rtmr3Event {
+  const o = object(v, p, ["imr", "digest", "event_type", "event"]);
+  if (o.imr !== 3) fail(`${p}.imr`, "must be 3");
+  return {
+    imr: 3,
+    digest: str(o.digest, `${p}.digest`, { pattern: HEX_SHA384 }),
+    event_type: str(o.event_type, `${p}.event_type`, { min: 1, max: 64, pattern: TOKEN }),
+    event: str(o.event, `${p}.event`, { max: MAX_STRING, pattern: PRINTABLE }),
+  };
+}
+
+function validateQuoteReply(v: unknown, p: string): QuoteReply {
+  if (!isPlainObject(v)) fail(p, "must be a map");
+  const eventLog = (x: unknown) => array(x, `${p}.event_log`, MAX_EVENT_LOG_ENTRIES).map((e, i) => validateRtmr3Event(e, `${p}.event_log[${i}]`));
+  if (v.available === true) {
+    const o = object(v, p, ["available", "quote", "report_data", "event_log"]);
+    return {
+      available: true,
+      quote: bytes(o.quote, `${p}.quote`, 48, MAX_QUOTE_BYTES),
+      report_data: bytes(o.report_data, `${p}.report_data`, 64, 64),
+      event_log: eventLog(o.event_log),
+    };
+  }
+  const o = object(v, p, ["available", "reason", "event_log"]);
+  if (bool(o.available, `${p}.available`) !== false) fail(`${p}.available`, "must be a boolean");
+  return { available: false, reason: str(o.reason, `${p}.reason`, { min: 1 }), event_log: eventLog(o.event_log) };
+}
+
+function validateHeartbeat(v: unknown, p: string): Heartbeat {
+  const o = object(v, p, ["uptime_s", "load", "mem_total_bytes", "mem_available_bytes", "openclaw"]);
+  const load = array(o.load, `${p}.load`, 3).map((x, i) => finite(x, `${p}.load[${i}]`));
+  if (load.length !== 3) fail(`${p}.load`, "must have 3 items");
+  return {
+    uptime_s: finite(o.uptime_s, `${p}.uptime_s`),
+    load: [load[0]!, load[1]!, load[2]!],
+    mem_total_bytes: uint(o.mem_total_bytes, `${p}.mem_total_bytes`),
+    mem_available_bytes: uint(o.mem_available_bytes, `${p}.mem_available_bytes`),
+    openclaw: oneOf(o.openclaw, `${p}.openclaw`, OPENCLAW_HEALTH),
+  };
+}
+
+function validateEgress(v: unknown, p: string): EgressSample {
+  const o = object(v, p, ["bytes", "packets", "sampled_at"]);
+  return {
+    bytes: uint(o.bytes, `${p}.bytes`),
+    packets: uint(o.packets, `${p}.packets`),
+    sampled_at: str(o.sampled_at, `${p}.sampled_at`, { max: 32, pattern: ISO_UTC }),
+  };
+}
+
+function validateBye(v: unknown, p: string): Bye {
+  const o = object(v, p, ["reason"]);
+  return { reason: str(o.reason, `${p}.reason`, { max: 512, pattern: PRINTABLE }) };
+}
+
+function envelope(v: unknown, kind: "request" | "reply" | "event"): Obj {
+  const keys = kind === "request" ? ["type", "id", "body"] : kind === "reply" ? ["type", "re", "body"] : ["type", "body"];
+  const o = object(v, "message", keys);
+  if (kind === "request") uint(o.id, "message.id", MAX_REQUEST_ID);
+  if (kind === "reply") uint(o.re, "message.re", MAX_REQUEST_ID);
+  return o;
+}
+
+/** Validates a decoded value as a message the agent may receive from the host. */
+export function validateHostMessage(v: unknown): HostMessage {
+  if (!isPlainObject(v)) fail("message", "must be a map");
+  const type = v.type;
+  switch (type) {
+    case "hello": {
+      const o = envelope(v, "request");
+      return { type, id: o.id as number, body: validateHostHello(o.body, "hello") };
+    }
+    case "setup": {
+      const o = envelope(v, "request");
+      return { type, id: o.id as number, body: validateSetupParams(o.body, "setup") };
+    }
+    case "quote": {
+      const o = envelope(v, "request");
+      const b = object(o.body, "quote", ["nonce"]);
+      return { type, id: o.id as number, body: { nonce: bytes(b.nonce, "quote.nonce", 16, 64) } };
+    }
+    case "bye":
+      return { type, body: validateBye(envelope(v, "event").body, "bye") };
+    default:
+      fail("message.type", `unknown host message type ${JSON.stringify(String(type).slice(0, 32))}`);
+  }
+}
+
+/** Validates a decoded value as a message the host may receive from the agent. */
+export function validateAgentMessage(v: unknown): AgentMessage {
+  if (!isPlainObject(v)) fail("message", "must be a map");
+  const type = v.type;
+  switch (type) {
+    case "hello": {
+      const o = envelope(v, "reply");
+      return { type, re: o.re as number, body: validateAgentHello(o.body, "hello") };
+    }
+    case "ack": {
+      const o = envelope(v, "reply");
+      const b = object(o.body, "ack", ["already_applied"]);
+      return { type, re: o.re as number, body: { already_applied: bool(b.already_applied, "ack.already_applied") } };
+    }
+    case "quote_reply": {
+      const o = envelope(v, "reply");
+      return { type, re: o.re as number, body: validateQuoteReply(o.body, "quote_reply") };
+    }
+    case "error": {
+      const o = envelope(v, "reply");
+      const b = object(o.body, "error", ["code", "message"]);
+      return { type, re: o.re as number, body: { code: oneOf(b.code, "error.code", ERROR_CODES), message: str(b.message, "error.message") } };
+    }
+    case "progress": {
+      const b = object(envelope(v, "event").body, "progress", ["stage", "message"]);
+      return { type, body: { stage: str(b.stage, "progress.stage", { min: 1, max: 64, pattern: TOKEN }), message: str(b.message, "progress.message") } };
+    }
+    case "ready":
+      return { type, body: validateReady(envelope(v, "event").body, "ready") };
+    case "failed":
+      return { type, body: validateFailed(envelope(v, "event").body, "failed") };
+    case "heartbeat":
+      return { type, body: validateHeartbeat(envelope(v, "event").body, "heartbeat") };
+    case "egress":
+      return { type, body: validateEgress(envelope(v, "event").body, "egress") };
+    case "bye":
+      return { type, body: validateBye(envelope(v, "event").body, "bye") };
+    default:
+      fail("message.type", `unknown agent message type ${JSON.stringify(String(type).slice(0, 32))}`);
+  }
+}
+
+/** Makes a free-form reason fit a `bye` (printable ASCII, bounded), e.g. one quoting bytes from a bad frame. */
+export function byeReason(s: string): string {
+  return s.replace(/[^\x20-\x7e]/g, "?").slice(0, 512);
+}

@@ -1,0 +1,219 @@
+/** Shared fixtures for the agent system tests: a guest root tree, sshd, the compiled agent. */
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, existsSync, mkdirSync } from "node:fs";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import pino from "pino";
+import { buildTreeListing } from "../../guest/setup/openclaw-tree.js";
+import { createHash } from "node:crypto";
+
+export const REPO = fileURLToPath(new URL("../..", import.meta.url));
+export const AGENT_MAIN = join(REPO, "dist/agent-test/guest/main.js");
+const STAND_IN = fileURLToPath(new URL("./openclaw-stand-in.mjs", import.meta.url));
+
+export const isRoot = process.getuid?.() === 0;
+export const hasTool = (p: string) => existsSync(p);
+
+export function testLogger(name: string) {
+  return pino({ level: process.env.CVM_TEST_LOG ?? "silent", name });
+}
+
+let built = false;
+/** Compiles the agent (and its imports) into dist/agent-test; emits even if unrelated files have type errors. */
+export function buildAgent(): void {
+  if (built && existsSync(AGENT_MAIN)) return;
+  try {
+    execFileSync(join(REPO, "node_modules/.bin/tsc"), ["-p", join(REPO, "test/agent/tsconfig.agent.json")], { cwd: REPO, stdio: "pipe" });
+  } catch (err) {
+    // Type errors elsewhere still emit (noEmitOnError false); only a missing output is fatal.
+    if (!existsSync(AGENT_MAIN)) throw err;
+  }
+  built = true;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface GuestRoot {
+  dir: string;
+  hostKeyPub: string;
+  treeDigest: string;
+  tenantKey: { privatePath: string; publicLine: string };
+}
+
+/** A guest filesystem tree: /etc (passwd, ssh host key), the pinned "OpenClaw" (the stand-in) and its manifest. */
+export async function makeGuestRoot(opts: { readyDelayMs?: number } = {}): Promise<GuestRoot> {
+  const dir = await mkdtemp(join(tmpdir(), "cvm-guest-root-"));
+  await mkdir(join(dir, "etc/ssh"), { recursive: true });
+  await mkdir(join(dir, "home"), { recursive: true });
+  await mkdir(join(dir, "etc/cvm"), { recursive: true });
+  await writeFile(join(dir, "etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n");
+  await writeFile(join(dir, "etc/group"), "root:x:0:\n");
+  await writeFile(join(dir, "etc/shadow"), "root:*:19000:0:99999:7:::\n", { mode: 0o640 });
+  await writeFile(join(dir, "etc/gshadow"), "root:*::\n", { mode: 0o640 });
+  execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "host@guest", "-f", join(dir, "etc/ssh/ssh_host_ed25519_key")]);
+  const hostKeyPub = (await readFile(join(dir, "etc/ssh/ssh_host_ed25519_key.pub"), "utf8")).trim();
+
+  const pkg = join(dir, "opt/openclaw/node_modules/openclaw");
+  await mkdir(pkg, { recursive: true });
+  await writeFile(join(pkg, "package.json"), JSON.stringify({ name: "openclaw", version: "2026.9.6", type: "module", bin: { openclaw: "openclaw.mjs" } }, null, 2) + "\n");
+  await copyFile(STAND_IN, join(pkg, "openclaw.mjs"));
+  await chmod(join(pkg, "openclaw.mjs"), 0o755);
+  await writeFile(join(pkg, "stand-in.json"), JSON.stringify({ ready_delay_ms: opts.readyDelayMs ?? 0 }) + "\n");
+  await mkdir(join(dir, "opt/node/bin"), { recursive: true });
+  await symlink(process.execPath, join(dir, "opt/node/bin/node"));
+  const listing = await buildTreeListing(join(dir, "opt/openclaw"));
+  await mkdir(join(dir, "usr/share/cvm"), { recursive: true });
+  await writeFile(join(dir, "usr/share/cvm/openclaw.listing"), listing);
+  const treeDigest = createHash("sha256").update(listing).digest("hex");
+  await writeFile(
+    join(dir, "etc/cvm/openclaw.json"),
+    JSON.stringify({ version: "2026.9.6", dir: "/opt/openclaw", node: "/opt/node/bin/node", tree_digest: treeDigest, listing: "/usr/share/cvm/openclaw.listing" }, null, 2),
+  );
+  await writeFile(join(dir, "cmdline"), "console=ttyS0 root=/dev/vda cvm.image=test-image-1 quiet\n");
+
+  const keyDir = await mkdtemp(join(tmpdir(), "cvm-tenant-key-"));
+  const privatePath = join(keyDir, "id_ed25519");
+  execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "tenant@example", "-f", privatePath]);
+  const publicLine = (await readFile(privatePath + ".pub", "utf8")).trim();
+  return { dir, hostKeyPub, treeDigest, tenantKey: { privatePath, publicLine } };
+}
+
+export interface Sshd {
+  port: number;
+  proc: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/**
+ * A real OpenSSH sshd on loopback using the guest root's host key and, as its only authorized keys
+ * file, the one the agent writes. Login is as root (the guest's azureuser only exists in the temp
+ * root's /etc/passwd); StrictModes is off because the temp tree is not owned like /home.
+ */
+export async function startSshd(root: GuestRoot): Promise<Sshd> {
+  if (!existsSync("/run/sshd")) await mkdir("/run/sshd", { mode: 0o755 }); // sshd's privilege-separation dir
+  const port = await freePort();
+  const cfg = join(root.dir, "etc/ssh/sshd_config");
+  await writeFile(
+    cfg,
+    [
+      `Port ${port}`,
+      "ListenAddress 127.0.0.1",
+      `HostKey ${join(root.dir, "etc/ssh/ssh_host_ed25519_key")}`,
+      `AuthorizedKeysFile ${join(root.dir, "home/azureuser/.ssh/authorized_keys")}`,
+      "StrictModes no",
+      "PubkeyAuthentication yes",
+      "PasswordAuthentication no",
+      "KbdInteractiveAuthentication no",
+      "PermitRootLogin prohibit-password",
+      "AllowUsers root",
+      "UsePAM no",
+      `PidFile ${join(root.dir, "sshd.pid")}`,
+      "",
+    ].join("\n"),
+  );
+  const proc = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", cfg, "-o", `Port=${port}`, "-o", "ListenAddress=127.0.0.1"], { stdio: ["ignore", "ignore", "pipe"] });
+  let stderr = "";
+  proc.stderr!.on("data", (d) => (stderr += String(d)));
+  const deadline = Date.now() + 10_000;
+  while (!/Server listening/.test(stderr)) {
+    if (proc.exitCode !== null) throw new Error(`sshd exited: ${stderr}`);
+    if (Date.now() > deadline) throw new Error(`sshd did not start: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    port,
+    proc,
+    stop: async () => {
+      if (proc.exitCode === null) {
+        const exited = new Promise((r) => proc.once("exit", r));
+        proc.kill("SIGTERM");
+        await exited;
+      }
+    },
+  };
+}
+
+export interface AgentProcess {
+  proc: ChildProcess;
+  logPath: string;
+  exited: Promise<number | null>;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+export function agentArgs(root: GuestRoot, extra: string[]): string[] {
+  return [
+    "--root",
+    root.dir,
+    "--cmdline",
+    join(root.dir, "cmdline"),
+    "--service-manager",
+    "direct",
+    "--sshd-timeout-ms",
+    "10000",
+    "--openclaw-ready-timeout-ms",
+    "20000",
+    "--heartbeat-ms",
+    "500",
+    ...extra,
+  ];
+}
+
+export function spawnAgent(args: string[], logName: string): AgentProcess {
+  // One file per test role, overwritten on each run, kept for reading after a failure.
+  const logDir = join(tmpdir(), "cvm-agent-test-logs");
+  mkdirSync(logDir, { recursive: true });
+  const logPath = join(logDir, `${logName}.log`);
+  const out = createWriteStream(logPath);
+  const proc = spawn(process.execPath, [AGENT_MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CVM_AGENT_LOG_LEVEL: "debug" } });
+  proc.stdout!.pipe(out);
+  proc.stderr!.pipe(out);
+  const exited = new Promise<number | null>((resolve) => proc.once("exit", (code) => resolve(code)));
+  return {
+    proc,
+    logPath,
+    exited,
+    kill: async (signal = "SIGTERM") => {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill(signal);
+        await exited;
+      }
+    },
+  };
+}
+
+/** Kills the OpenClaw stand-in the direct service manager left running (pid file under the state dir). */
+export async function killStandIn(root: GuestRoot): Promise<void> {
+  try {
+    const pid = Number((await readFile(join(root.dir, "run/cvm/cvm-openclaw.pid"), "utf8")).split("\n")[0]);
+    if (pid > 1) process.kill(pid, "SIGTERM");
+  } catch {
+    /* not running */
+  }
+}
+
+export async function removeRoot(root: GuestRoot): Promise<void> {
+  await rm(root.dir, { recursive: true, force: true });
+  await rm(join(root.tenantKey.privatePath, ".."), { recursive: true, force: true });
+}
+
+export function once<T>(emitter: { once(ev: string, fn: (v: T) => void): unknown }, ev: string, timeoutMs: number, what = ev): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), timeoutMs);
+    emitter.once(ev, (v: T) => {
+      clearTimeout(t);
+      resolve(v);
+    });
+  });
+}
