@@ -3,7 +3,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["{host,guest,shared,test,images}/**/*.test.ts"],
-    exclude: ["node_modules/**", "dist/**", "var/**", "images/out/**"],
+    exclude: ["node_modules/**", "dist/**", "var/**", "images/out/**", "images/cache/**"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: "forks",

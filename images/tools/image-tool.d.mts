@@ -1,0 +1,22 @@
+// Types for images/tools/image-tool.mjs, so its tests type-check under strict TypeScript.
+export function listing(dir: string, outFile: string): Promise<string>;
+export function agentDeps(nodeModules: string, jsDirs: string[]): string[];
+export function replay(digests: Buffer[]): Buffer;
+export function peImageHash(buf: Buffer, alg: string): Buffer;
+export function qemuPatchedKernel(kernel: Buffer, initrdSize: number, memoryBytes: number): Buffer;
+export interface Measurements {
+  rtmr1_candidates: { kernel_unmodified: string; kernel_qemu_patched: { memory_mib: number; value: string } };
+  rtmr2: string;
+  events: { rtmr1: { event: string; digest: string }[]; rtmr2: { event: string; digest: string }[] };
+}
+export function measure(kernelPath: string, initrdPath: string, cmdline: string, memoryMiB: number): Measurements;
+export interface TdvfSection {
+  dataOffset: number;
+  rawSize: number;
+  gpa: string;
+  memSize: number;
+  type: string | number;
+  attributes: number;
+}
+export function mrtd(fwPath: string): { value: string; sections: TdvfSection[] };
+export function manifest(specPath: string): Promise<void>;
