@@ -2,12 +2,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build run test bench clean typecheck
+.PHONY: help deps build image run test bench clean typecheck install
 
 help:
 	@echo "make run    install dependencies, build, start cvmd (data in ./var)"
 	@echo "make test   install dependencies and run every test"
 	@echo "make bench  run the benchmarks in bench/ and print their figures"
+	@echo "make image  build (or reuse from cache) the measured guest image into images/out/current"
 
 deps:
 	@bash scripts/install-deps.sh
@@ -18,10 +19,14 @@ build: deps
 typecheck: deps
 	npx tsc -p tsconfig.json --noEmit
 
-run: build
+# The image carries the compiled agent, so it follows `build`; its recipe caches the slow parts.
+image: build
+	bash images/build.sh --require-agent
+
+run: image
 	node dist/host/main.js
 
-test: deps
+test: image
 	npx tsc -p tsconfig.json --noEmit
 	npx vitest run
 
@@ -30,3 +35,26 @@ bench: deps
 
 clean:
 	rm -rf dist
+
+# `make install` (as root): the built daemon under $(PREFIX)/lib/cvm with its production
+# node_modules, cvmd/cvmctl in $(PREFIX)/bin, the systemd unit, and a default configuration
+# (never overwritten). Then: systemctl daemon-reload && systemctl enable --now cvmd
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR ?= /etc/systemd/system
+APPDIR = $(PREFIX)/lib/cvm
+SUBST = sed -e 's|/usr/local|$(PREFIX)|g' -e 's|/etc/cvm|$(SYSCONFDIR)/cvm|g'
+
+install: build
+	install -d -m 0755 $(DESTDIR)$(APPDIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR)
+	install -d -m 0750 $(DESTDIR)$(SYSCONFDIR)/cvm
+	rm -rf $(DESTDIR)$(APPDIR)/dist $(DESTDIR)$(APPDIR)/node_modules
+	cp -a dist node_modules package.json package-lock.json README.md $(DESTDIR)$(APPDIR)/
+	cd $(DESTDIR)$(APPDIR) && npm prune --omit=dev --no-audit --no-fund --silent
+	chmod 0755 $(DESTDIR)$(APPDIR)/dist/host/main.js $(DESTDIR)$(APPDIR)/dist/host/cli/main.js
+	ln -sfn $(APPDIR)/dist/host/main.js $(DESTDIR)$(PREFIX)/bin/cvmd
+	$(SUBST) systemd/cvmctl.sh > $(DESTDIR)$(PREFIX)/bin/cvmctl && chmod 0755 $(DESTDIR)$(PREFIX)/bin/cvmctl
+	$(SUBST) systemd/cvmd.service > $(DESTDIR)$(UNITDIR)/cvmd.service && chmod 0644 $(DESTDIR)$(UNITDIR)/cvmd.service
+	test -e $(DESTDIR)$(SYSCONFDIR)/cvm/cvmd.json || $(SUBST) systemd/cvmd.json > $(DESTDIR)$(SYSCONFDIR)/cvm/cvmd.json
+	chmod 0640 $(DESTDIR)$(SYSCONFDIR)/cvm/cvmd.json
+	@echo "installed cvmd in $(DESTDIR)$(APPDIR); next: systemctl daemon-reload && systemctl enable --now cvmd"

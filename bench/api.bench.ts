@@ -26,7 +26,7 @@ async function load(opts: autocannon.Options): Promise<{ rps: number; p99: numbe
 
 test("API throughput: cvmd vs a bare Koa handler, same run", async () => {
   const dir = tempDir("cvm-bench-");
-  const env = { CVM_DATA_DIR: dir.path, CVM_DRIVER: "none", CVM_LOG_LEVEL: "info" };
+  const env = { CVM_DATA_DIR: dir.path, CVM_DRIVER: "none", CVM_LOG_LEVEL: "info", CVM_RATE_LIMIT: "0" };
   const cvmd = await startCvmd(env);
   const bare = await startBare();
   try {

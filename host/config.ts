@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { resolve } from "node:path";
 import { loadCatalogue, type ModelCatalogue } from "./gateway/catalogue.js";
 
@@ -12,10 +13,20 @@ export interface Config {
   baseDomain: string;
   pricing: { subscriptionCostUsd: string; instanceHoursIncluded: number; overagePerHourUsd: string };
   egressLimitBytes: number;
+  /** How often the host's egress counters are sampled; must divide 60. */
+  egressPollSeconds: number;
   catalogue: ModelCatalogue;
   driver: "qemu" | "none";
   logLevel: string;
   shutdownGraceMs: number;
+  /** Operator listener for /metrics; null keeps it off. Never the tenant listener. */
+  metricsListen: { host: string; port: number } | null;
+  /** Requests per minute; 0 turns that limit off. */
+  rateLimit: { perKeyPerMinute: number; perAddressPerMinute: number; authFailuresPerMinute: number };
+  /** Addresses or CIDRs whose X-Forwarded-For is believed. */
+  trustedProxies: string[];
+  /** Native HTTPS on the tenant listener when both are set (re-read on SIGHUP). */
+  tls: { certFile: string; keyFile: string } | null;
 }
 
 export class ConfigError extends Error {
@@ -35,6 +46,49 @@ function parseListen(v: string, name: string): { host: string; port: number } {
 function parseIntStrict(v: string, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new ConfigError(`${name}=${v}: expected an integer between ${min} and ${max}`);
   return Number(v);
+}
+
+/** The operator-facing settings of issue 10 (metrics, rate limits, proxies, TLS). */
+function opsConfig(get: (name: string) => string | undefined, cwd: string): Pick<Config, "metricsListen" | "rateLimit" | "trustedProxies" | "tls"> {
+  const metrics = get("CVM_METRICS_LISTEN");
+  const MAX_PER_MINUTE = 10_000_000;
+  const perKeyPerMinute = parseIntStrict(get("CVM_RATE_LIMIT") ?? "600", "CVM_RATE_LIMIT", 0, MAX_PER_MINUTE);
+  const trustedProxies = (get("CVM_TRUSTED_PROXIES") ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+  for (const p of trustedProxies) {
+    if (!isAddressOrCidr(p)) throw new ConfigError(`CVM_TRUSTED_PROXIES=${p}: expected comma-separated IP addresses or CIDRs, e.g. 127.0.0.1,10.0.0.0/8`);
+  }
+  const cert = get("CVM_TLS_CERT");
+  const key = get("CVM_TLS_KEY");
+  if ((cert === undefined) !== (key === undefined)) throw new ConfigError(`${cert ? "CVM_TLS_KEY" : "CVM_TLS_CERT"}: CVM_TLS_CERT and CVM_TLS_KEY go together`);
+  return {
+    metricsListen: metrics ? parseListen(metrics, "CVM_METRICS_LISTEN") : null,
+    rateLimit: {
+      perKeyPerMinute,
+      perAddressPerMinute: parseIntStrict(
+        get("CVM_RATE_LIMIT_PER_ADDRESS") ?? String(Math.min(perKeyPerMinute * 2, MAX_PER_MINUTE)),
+        "CVM_RATE_LIMIT_PER_ADDRESS",
+        0,
+        MAX_PER_MINUTE,
+      ),
+      authFailuresPerMinute: parseIntStrict(get("CVM_AUTH_FAILURE_LIMIT") ?? "10", "CVM_AUTH_FAILURE_LIMIT", 0, MAX_PER_MINUTE),
+    },
+    trustedProxies,
+    tls: cert && key ? { certFile: resolve(cwd, cert), keyFile: resolve(cwd, key) } : null,
+  };
+}
+
+function isAddressOrCidr(v: string): boolean {
+  const [addr, bits, extra] = v.split("/");
+  const family = isIP(addr ?? "");
+  if (!family || extra !== undefined) return false;
+  if (bits === undefined) return true;
+  return /^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128);
+}
+
+function parseDivisorOf60(v: string, name: string): number {
+  const n = parseIntStrict(v, name, 1, 30);
+  if (60 % n !== 0) throw new ConfigError(`${name}=${v}: must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20 or 30)`);
+  return n;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config {
@@ -82,10 +136,12 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
       overagePerHourUsd,
     },
     egressLimitBytes: parseIntStrict(get("CVM_EGRESS_LIMIT_BYTES") ?? "5368709120", "CVM_EGRESS_LIMIT_BYTES", 1),
+    egressPollSeconds: parseDivisorOf60(get("CVM_EGRESS_POLL_SECONDS") ?? "10", "CVM_EGRESS_POLL_SECONDS"),
     catalogue,
     driver,
     logLevel: get("CVM_LOG_LEVEL") ?? "info",
     shutdownGraceMs: parseIntStrict(get("CVM_SHUTDOWN_GRACE_MS") ?? "10000", "CVM_SHUTDOWN_GRACE_MS", 0),
+    ...opsConfig(get, cwd),
   };
   if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(cfg.logLevel)) {
     throw new ConfigError(`CVM_LOG_LEVEL=${cfg.logLevel}: expected one of fatal, error, warn, info, debug, trace, silent`);

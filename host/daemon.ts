@@ -1,5 +1,4 @@
 import { mkdirSync, readFileSync } from "node:fs";
-import { createServer, type Server } from "node:http";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { buildApp } from "./api/app.js";
@@ -12,12 +11,28 @@ import { Database } from "./store/db.js";
 import { IdempotencyStore } from "./store/idempotency.js";
 import { InstanceStore } from "./store/instances.js";
 import { TenantStore } from "./store/tenants.js";
+import { EgressStore } from "./store/egress.js";
+import { EgressMonitor } from "./jobs/egress-monitor.js";
+import { Scheduler } from "./jobs/scheduler.js";
+import type { EgressFirewall } from "./net/egress-firewall.js";
+import { TrustedProxies } from "./ops/client-address.js";
+import { startControlSocket } from "./ops/control-socket.js";
+import { acquireDaemonLock } from "./ops/daemon-lock.js";
+import { Metrics } from "./ops/metrics.js";
+import { OperatorActions } from "./ops/operator-actions.js";
+import { startOperatorListener } from "./ops/operator-listener.js";
+import { RateLimiter } from "./ops/rate-limit.js";
+import { createTenantServer } from "./ops/tenant-server.js";
 
 export interface DaemonDeps {
   driver: Driver;
   logger: Logger;
   securityLog?: Logger;
   clock?: Clock;
+  /** Given by main.ts so that components it builds (driver, pool, attestation) report into the same registry. */
+  metrics?: Metrics;
+  /** The host's egress enforcement (shared with the driver, which installs each instance's rules). */
+  egressFirewall?: EgressFirewall;
 }
 
 export interface RunningDaemon {
@@ -25,6 +40,13 @@ export interface RunningDaemon {
   port: number;
   db: Database;
   engine: LifecycleEngine;
+  metrics: Metrics;
+  /** Egress sampling; null when the host has no firewall (CVM_DRIVER=none). */
+  egress: EgressMonitor | null;
+  /** The operator listener (`/metrics`), when CVM_METRICS_LISTEN is set. */
+  metricsUrl: string | null;
+  /** Re-reads CVM_TLS_CERT/CVM_TLS_KEY (SIGHUP); rejects, keeping the old pair, when they are bad. */
+  reloadTls(): Promise<void>;
   /** Drains HTTP, stops waiting on guests (they keep running), closes the database. */
   close(): Promise<void>;
 }
@@ -45,9 +67,20 @@ export function packageVersion(): string {
 }
 
 export async function startDaemon(config: Config, deps: DaemonDeps): Promise<RunningDaemon> {
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  // One cvmd per data dir: two would adopt, and fight over, the same guests.
+  const lock = await acquireDaemonLock(config.dataDir);
+  try {
+    return await startLocked(config, deps, lock);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): void }): Promise<RunningDaemon> {
   const clock = deps.clock ?? systemClock;
   const log = deps.logger;
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const db = await Database.open(join(config.dataDir, DB_FILE));
   const version = await db.migrate();
   log.info({ schema_version: version, data_dir: config.dataDir }, "database ready");
@@ -56,6 +89,13 @@ export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Run
   const keys = new ApiKeyStore(db);
   const instances = new InstanceStore(db);
   const idempotency = new IdempotencyStore(db);
+  const egressStore = new EgressStore(db);
+  const cvmdVersion = packageVersion();
+  const metrics = deps.metrics ?? new Metrics({ processMetrics: config.metricsListen !== null, version: cvmdVersion });
+  instances.observe((e) => metrics.onInstanceEvent(e));
+  metrics.countInstancesWith(() => instances.countByStatus());
+  metrics.egressWith(() => egressStore.hostTotals());
+  const securityLog = deps.securityLog ?? log.child({ stream: "security" });
   const engine = new LifecycleEngine({
     db,
     instances,
@@ -71,7 +111,7 @@ export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Run
   let draining = false;
   const { app } = buildApp({
     logger: log.child({ component: "api" }),
-    securityLog: deps.securityLog ?? log.child({ stream: "security" }),
+    securityLog,
     clock,
     tenants,
     keys,
@@ -79,27 +119,56 @@ export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Run
     engine,
     catalogue: config.catalogue,
     baseDomain: config.baseDomain,
-    version: packageVersion(),
+    version: cvmdVersion,
     draining: () => draining,
+    metrics,
+    rateLimiter: new RateLimiter(config.rateLimit, { securityLog, metrics }),
+    trustedProxies: new TrustedProxies(config.trustedProxies),
     usage: {
       egressLimitBytes: config.egressLimitBytes,
       inferenceCostUsd: async () => "0.00",
-      egress: async () => ({ bytes: 0, observedAt: null, blocked: false, blockAppliedAt: null }),
+      egress: (tenantId) => egressStore.tenantSummary(tenantId),
     },
   });
 
+  const egress = deps.egressFirewall
+    ? new EgressMonitor({ db, firewall: deps.egressFirewall, egress: egressStore, instances, clock, logger: log.child({ component: "egress" }), securityLog })
+    : null;
+  // Egress rules first: an adopted guest must never run a moment without its cap.
+  await egress?.reconcile();
   await engine.recover();
+  const scheduler = new Scheduler(log.child({ component: "jobs" }));
+  if (egress) {
+    scheduler.add({ name: "egress-poll", schedule: `*/${config.egressPollSeconds} * * * * *`, run: () => egress.pollOnce() });
+    scheduler.add({ name: "egress-history-prune", schedule: "17 3 * * *", run: () => egress.pruneHistory(30 * 24 * 3600_000) });
+  }
+  scheduler.add({ name: "idempotency-expiry", schedule: "7 * * * *", run: () => idempotency.expire(new Date(clock.now().getTime() - 24 * 3600_000)) });
 
-  const server: Server = createServer(app.callback());
+  const tenantServer = await createTenantServer(config.tls, app.callback());
+  const control = await startControlSocket(config.dataDir, {
+    actions: new OperatorActions({ db, tenants, instances, clock, engine }),
+    logger: log.child({ component: "control" }),
+    version: cvmdVersion,
+  });
+  const operator = config.metricsListen ? await startOperatorListener(config.metricsListen, { metrics, logger: log.child({ component: "metrics" }) }) : null;
+  if (operator) log.info({ url: operator.url }, "metrics listener up");
+
+  const server = tenantServer.server;
   server.keepAliveTimeout = 5_000;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(config.listen.port, config.listen.host, () => resolve());
+  }).catch(async (err: unknown) => {
+    await control?.close();
+    await operator?.close();
+    await engine.close();
+    await db.close();
+    throw err;
   });
   const addr = server.address();
   const port = typeof addr === "object" && addr ? addr.port : config.listen.port;
   const host = config.listen.host.includes(":") ? `[${config.listen.host}]` : config.listen.host;
-  const url = `http://${host}:${port}`;
+  const url = `${tenantServer.scheme}://${host}:${port}`;
   log.info({ url, driver: deps.driver.name }, "cvmd listening");
 
   let closed: Promise<void> | undefined;
@@ -110,11 +179,15 @@ export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Run
       server.closeIdleConnections();
       await Promise.race([serverClosed, new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
       server.closeAllConnections();
+      await scheduler.stop();
       await engine.close();
       await deps.driver.close?.();
+      await control?.close();
+      await operator?.close();
       await db.close();
+      lock.release();
       log.info("cvmd stopped; guests left running for the next start to adopt");
     })());
 
-  return { url, port, db, engine, close };
+  return { url, port, db, engine, metrics, egress, metricsUrl: operator?.url ?? null, reloadTls: tenantServer.reloadTls, close };
 }

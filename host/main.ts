@@ -1,9 +1,12 @@
 #!/usr/bin/env node
 import { ConfigError, loadConfig } from "./config.js";
-import { startDaemon } from "./daemon.js";
+import { packageVersion, startDaemon } from "./daemon.js";
 import type { Driver } from "./instances/driver.js";
 import { UnavailableDriver } from "./instances/unavailable-driver.js";
+import { buildQemuDriver, type BuiltDriver } from "./instances/qemu-driver-factory.js";
+import { loadVmConfig } from "./vm-config.js";
 import { createLogger } from "./logger.js";
+import { Metrics } from "./ops/metrics.js";
 
 /** cvmd's composition root: the only place that reads the environment and installs signal handlers. */
 async function main(): Promise<void> {
@@ -20,12 +23,19 @@ async function main(): Promise<void> {
   const logger = createLogger(config.logLevel, "cvmd");
   const securityLog = logger.child({ stream: "security" });
 
-  let driver: Driver;
-  if (config.driver === "none") driver = new UnavailableDriver("CVM_DRIVER=none");
-  else driver = new UnavailableDriver("the QEMU driver is not available in this build");
+  let built: BuiltDriver;
+  try {
+    built = config.driver === "none" ? { driver: new UnavailableDriver("CVM_DRIVER=none") } : await buildQemuDriver(loadVmConfig(process.env), config.dataDir, logger);
+  } catch (err) {
+    process.stderr.write(`cvmd: ${err instanceof ConfigError ? "configuration error: " : ""}${(err as Error).message}\n`);
+    process.exit(78);
+  }
+  const driver: Driver = built.driver;
 
   // Handlers go in before start-up so a signal that arrives while we start is still a clean stop.
-  const daemon = startDaemon(config, { driver, logger, securityLog });
+  // One registry for the process: components built here (driver, warm pool, attestation) report into it too.
+  const metrics = new Metrics({ processMetrics: config.metricsListen !== null, version: packageVersion() });
+  const daemon = startDaemon(config, { driver, logger, securityLog, metrics, egressFirewall: built.firewall });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -43,6 +53,15 @@ async function main(): Promise<void> {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+  // SIGHUP re-reads the TLS certificate and key (renewals); nothing else is reloaded.
+  process.on("SIGHUP", () => {
+    daemon
+      .then((d) => d.reloadTls())
+      .then(
+        () => logger.info({ cert: config.tls?.certFile ?? null }, "tls reloaded"),
+        (err: Error) => logger.error({ err: err.message }, "tls reload failed; the previous certificate stays in use"),
+      );
+  });
   await daemon;
 }
 

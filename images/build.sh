@@ -186,6 +186,7 @@ OC_KEY="$( {
   echo "v1 node $NODE_VERSION"
   cat "$HERE/openclaw/package.json" "$HERE/openclaw/package-lock.json"
   sed -n '/^\/\/ Listing/,/^\/\/ Agent dependencies/p' "$TOOL"
+  cat "$DIST/guest/setup/openclaw-tree.js" 2>/dev/null || echo "no listing implementation"
 } | hash_of)"
 OC_CACHE="$CACHE/openclaw/$OC_KEY"
 if [ -f "$OC_CACHE/digest" ] && [ -f "$OC_CACHE/tree.tar" ]; then
@@ -213,7 +214,7 @@ else
   (cd "$OC_TMP/tree" && "$NODE24" -e 'require("koffi")') || die "koffi prebuild does not load"
   stage "openclaw: listing $(du -sh "$OC_TMP/tree" | cut -f1)"
   mkdir -p "$OC_CACHE.tmp"
-  node "$TOOL" listing "$OC_TMP/tree" "$OC_CACHE.tmp/listing" >"$OC_CACHE.tmp/digest"
+  CVM_DIST="$DIST" node "$TOOL" listing "$OC_TMP/tree" "$OC_CACHE.tmp/listing" >"$OC_CACHE.tmp/digest"
   # Kept as a tar: an unpacked tree under images/ would put the dependencies' own *.test.ts
   # files in reach of the repository's vitest include pattern.
   tar -C "$OC_TMP/tree" --sort=name --numeric-owner --owner=0 --group=0 \
@@ -242,7 +243,7 @@ if [ -f "$DIST/guest/main.js" ]; then
     rm -rf "$AGENT_DIR/node_modules/$dep/node_modules"
   done <"$WORK/agent-deps"
   chown -R 0:0 "$AGENT_DIR"
-  AGENT_DIGEST="\"$(node "$TOOL" listing "$AGENT_DIR" "$WORK/agent.listing")\""
+  AGENT_DIGEST="\"$(CVM_DIST="$DIST" node "$TOOL" listing "$AGENT_DIR" "$WORK/agent.listing")\""
   AGENT_PRESENT=true
   stage "agent: $(wc -l <"$WORK/agent-deps") packages: $(tr '\n' ' ' <"$WORK/agent-deps")"
 else

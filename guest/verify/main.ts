@@ -38,7 +38,8 @@ import { ConfigfsTsm, DEFAULT_TSM_ROOT, TsmUnavailableError, nodeTsmFs, type Tsm
 
 export const DEFAULT_MANIFEST = "/etc/cvm/image-manifest.json";
 export const DEFAULT_EVENT_LOG = "/run/cvm/rtmr3-events.json";
-export const DEFAULT_SSH_DIR = "/etc/ssh";
+// The image generates host keys per boot into tmpfs state, not the read-only /etc/ssh.
+export const DEFAULT_SSH_DIR = "/var/lib/cvm/ssh";
 export const DEFAULT_AUTHORIZED_KEYS = "/home/azureuser/.ssh/authorized_keys";
 
 export interface Io {

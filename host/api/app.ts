@@ -14,6 +14,10 @@ import { envelope } from "./middleware/envelope.js";
 import { openApiDocument } from "./openapi.js";
 import { instanceRoutes } from "./routes/instances.js";
 import { usageRoutes, type UsageSources } from "./routes/usage.js";
+import { resolveClientAddress, TrustedProxies } from "../ops/client-address.js";
+import { httpMetrics } from "../ops/http-metrics.js";
+import type { Metrics } from "../ops/metrics.js";
+import type { RateLimiter } from "../ops/rate-limit.js";
 
 export interface AppDeps {
   logger: Logger;
@@ -29,6 +33,10 @@ export interface AppDeps {
   version: string;
   /** True once shutdown began: new requests get 503 while in-flight ones finish. */
   draining(): boolean;
+  metrics?: Metrics;
+  rateLimiter?: RateLimiter;
+  /** Peers whose X-Forwarded-For names the client (none by default). */
+  trustedProxies?: TrustedProxies;
 }
 
 /** Builds the Koa app without listening, so tests and the daemon share it. */
@@ -38,7 +46,10 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   app.silent = true;
 
   app.use(requestContext(deps.logger));
+  app.use(resolveClientAddress(deps.trustedProxies ?? new TrustedProxies([])));
+  if (deps.metrics) app.use(httpMetrics(deps.metrics, (ctx) => routeTemplate(ctx)));
   app.use(envelope());
+  if (deps.rateLimiter) app.use(deps.rateLimiter.perAddress());
   app.use(async (ctx, next) => {
     if (deps.draining()) {
       ctx.set("Connection", "close");
@@ -58,9 +69,12 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
     keys: deps.keys,
     tenants: deps.tenants,
     clock: deps.clock,
-    onFailure: (ctx: Context, reason, prefix) =>
-      deps.securityLog.warn({ event: "auth_failure", reason, key_prefix: prefix, ip: ctx.ip, req_id: ctx.state.requestId }, "authentication failed"),
+    onFailure: (ctx: Context, reason, prefix) => {
+      deps.securityLog.warn({ event: "auth_failure", reason, key_prefix: prefix, ip: ctx.state.clientAddress ?? ctx.ip, req_id: ctx.state.requestId }, "authentication failed");
+      deps.rateLimiter?.authFailed(ctx, reason);
+    },
   });
+  const guardedAuth = deps.rateLimiter ? deps.rateLimiter.aroundAuth(auth) : auth;
   const tenantApi = new Router();
   const instances = instanceRoutes({ engine: deps.engine, instances: deps.instances, catalogue: deps.catalogue, baseDomain: deps.baseDomain, clock: deps.clock });
   const usage = usageRoutes({ ...deps.usage, instances: deps.instances, clock: deps.clock });
@@ -70,10 +84,18 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   app.use(open.routes());
   // Authentication runs only for matched tenant routes: an unknown path is not_found for everyone.
   app.use(async (ctx, next) => {
-    if (tenantApi.match(ctx.path, ctx.method).pathAndMethod.length > 0) return auth(ctx, next);
+    if (tenantApi.match(ctx.path, ctx.method).pathAndMethod.length > 0) return guardedAuth(ctx, next);
     return next();
   });
   app.use(tenantApi.routes());
+
+  const routeTemplate = (ctx: Context): string | undefined => {
+    for (const r of [open, tenantApi]) {
+      const layers = r.match(ctx.path, ctx.method).pathAndMethod;
+      if (layers.length > 0) return String(layers[layers.length - 1]!.path);
+    }
+    return undefined;
+  };
 
   const routes = [...open.stack, ...instances.stack, ...usage.stack].flatMap((layer) =>
     layer.methods.filter((m) => m !== "HEAD").map((method) => ({ method, path: String(layer.path) })),

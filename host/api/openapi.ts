@@ -115,6 +115,21 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
               description: "Extension: how to reach the instance over SSH (null until ready).",
               oneOf: [{ type: "null" }, { type: "object", properties: { host: { type: "string" }, port: { type: "integer" }, user: { type: "string" } } }],
             },
+            egress: {
+              description: "Extension: egress the host counted for this instance against egress_limit_bytes (null before the first sample).",
+              oneOf: [
+                { type: "null" },
+                {
+                  type: "object",
+                  properties: {
+                    bytes: { type: "integer" },
+                    observed_at: { type: "string", format: "date-time" },
+                    blocked: { type: "boolean" },
+                    block_applied_at: { type: ["string", "null"], format: "date-time" },
+                  },
+                },
+              ],
+            },
           },
         },
         InstanceEvent: {

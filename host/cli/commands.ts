@@ -9,6 +9,8 @@ import { Database } from "../store/db.js";
 import { InstanceStore } from "../store/instances.js";
 import { TenantStore } from "../store/tenants.js";
 import { isoSeconds } from "../../shared/api/types.js";
+import { OPS_OPTIONS, OPS_USAGE, runOpsCommand } from "../ops/cli.js";
+import { VM_OPTIONS, VM_USAGE, runVmCommand } from "./vm-commands.js";
 
 const USAGE = `usage: cvmctl <command>
 
@@ -20,6 +22,8 @@ const USAGE = `usage: cvmctl <command>
   key revoke PREFIX               revoke a key at once
   instances [--tenant SLUG] [--json]
                                   list instances (all tenants by default)
+${OPS_USAGE}
+${VM_USAGE}
 
 Environment: CVM_DATA_DIR (default ./var) selects the database; cvmctl works while cvmd runs.`;
 
@@ -40,7 +44,7 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promi
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { json: { type: "boolean", default: false }, tenant: { type: "string" }, help: { type: "boolean", short: "h" } },
+    options: { json: { type: "boolean", default: false }, tenant: { type: "string" }, help: { type: "boolean", short: "h" }, ...OPS_OPTIONS, ...VM_OPTIONS },
   });
   if (values.help || positionals.length === 0) {
     io.out(USAGE);
@@ -56,6 +60,10 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promi
     }
     throw err;
   }
+  const ops = await runOpsCommand(positionals, values, config, io, DB_FILE);
+  if (ops !== undefined) return ops;
+  const vm = await runVmCommand(positionals, values, config, env, io);
+  if (vm !== undefined) return vm;
   const { mkdirSync } = await import("node:fs");
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const db = await Database.open(join(config.dataDir, DB_FILE));

@@ -20,5 +20,8 @@ export function toRecord(inst: Instance, tenantSlug: string, baseDomain: string)
     ready_at: iso(inst.readyAt),
     terminated_at: iso(inst.terminatedAt),
     ssh: inst.status === "ready" ? inst.ssh : null,
+    egress: inst.egress
+      ? { bytes: inst.egress.bytes, observed_at: isoSeconds(inst.egress.observedAt), blocked: inst.egress.blocked, block_applied_at: iso(inst.egress.blockAppliedAt) }
+      : null,
   };
 }

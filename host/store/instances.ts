@@ -21,6 +21,8 @@ export interface Instance {
   terminatedAt: Date | null;
   ssh: { host: string; port: number; user: string } | null;
   runtime: Record<string, unknown> | null;
+  /** Host-counted egress so far; null before the first sample. */
+  egress: { bytes: number; observedAt: Date; blocked: boolean; blockAppliedAt: Date | null } | null;
 }
 
 interface InstanceRow {
@@ -45,7 +47,15 @@ interface InstanceRow {
   ssh_port: number | null;
   ssh_user: string | null;
   runtime: string | null;
+  egress_bytes: number | null;
+  egress_observed_at: number | null;
+  egress_blocked: number | null;
+  egress_block_applied_at: number | null;
 }
+
+/** Instances joined with their latest egress view (absent until the first sample). */
+const SELECT_INSTANCE = `SELECT i.*, e.bytes + e.after_block_bytes AS egress_bytes, e.observed_at AS egress_observed_at, e.blocked AS egress_blocked,
+  e.block_applied_at AS egress_block_applied_at FROM instances i LEFT JOIN egress_state e ON e.instance_id = i.id`;
 
 const date = (ms: number | null) => (ms === null ? null : new Date(ms));
 
@@ -69,6 +79,10 @@ const toInstance = (r: InstanceRow): Instance => ({
   terminatedAt: date(r.terminated_at),
   ssh: r.ssh_host !== null && r.ssh_port !== null ? { host: r.ssh_host, port: r.ssh_port, user: r.ssh_user ?? "azureuser" } : null,
   runtime: r.runtime ? (JSON.parse(r.runtime) as Record<string, unknown>) : null,
+  egress:
+    r.egress_observed_at === null || r.egress_observed_at === undefined
+      ? null
+      : { bytes: r.egress_bytes ?? 0, observedAt: new Date(r.egress_observed_at), blocked: r.egress_blocked === 1, blockAppliedAt: date(r.egress_block_applied_at) },
 });
 
 export interface NewInstance {
@@ -106,8 +120,36 @@ export interface TransitionFields {
   ssh_user?: string | null;
 }
 
+/** What an observer of recorded events sees (metrics derive phases and failures from it). */
+export interface InstanceEventNotice {
+  instanceId: string;
+  type: string;
+  from: InstanceStatus | null;
+  to: InstanceStatus | null;
+  message: string | null;
+  at: Date;
+  /** The columns a status transition set alongside the status. */
+  fields?: TransitionFields;
+}
+
 export class InstanceStore {
+  private readonly observers: Array<(e: InstanceEventNotice) => void> = [];
+
   constructor(private readonly db: Database) {}
+
+  /**
+   * Registers a synchronous observer of every recorded event. It runs inside the writing
+   * transaction, so it must be cheap and must not write; a throwing observer is ignored.
+   */
+  observe(fn: (e: InstanceEventNotice) => void): void {
+    this.observers.push(fn);
+  }
+
+  /** Instance rows per status (terminated rows are kept, so that count only grows). */
+  async countByStatus(): Promise<Partial<Record<InstanceStatus, number>>> {
+    const rows = await this.db.all<{ status: InstanceStatus; n: number }>(`SELECT status, COUNT(*) AS n FROM instances GROUP BY status`);
+    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+  }
 
   /** Inside the caller's transaction. Returns false when the name is taken for this tenant. */
   async insert(n: NewInstance): Promise<boolean> {
@@ -125,19 +167,19 @@ export class InstanceStore {
   }
 
   async byName(tenantId: number, name: string): Promise<Instance | undefined> {
-    const r = await this.db.get<InstanceRow>(`SELECT * FROM instances WHERE tenant_id = ? AND name = ?`, [tenantId, name]);
+    const r = await this.db.get<InstanceRow>(`${SELECT_INSTANCE} WHERE i.tenant_id = ? AND i.name = ?`, [tenantId, name]);
     return r && toInstance(r);
   }
 
   async byId(id: string): Promise<Instance | undefined> {
-    const r = await this.db.get<InstanceRow>(`SELECT * FROM instances WHERE id = ?`, [id]);
+    const r = await this.db.get<InstanceRow>(`${SELECT_INSTANCE} WHERE i.id = ?`, [id]);
     return r && toInstance(r);
   }
 
   /** A tenant's instances, terminated ones only while `terminatedSince` has not passed. */
   async listForTenant(tenantId: number, terminatedSince: Date): Promise<Instance[]> {
     const rows = await this.db.all<InstanceRow>(
-      `SELECT * FROM instances WHERE tenant_id = ? AND (status != 'terminated' OR terminated_at >= ?) ORDER BY created_at, name`,
+      `${SELECT_INSTANCE} WHERE i.tenant_id = ? AND (i.status != 'terminated' OR i.terminated_at >= ?) ORDER BY i.created_at, i.name`,
       [tenantId, terminatedSince.getTime()],
     );
     return rows.map(toInstance);
@@ -147,15 +189,15 @@ export class InstanceStore {
     const where: string[] = [];
     const params: SqlValue[] = [];
     if (filter.tenantId !== undefined) {
-      where.push("tenant_id = ?");
+      where.push("i.tenant_id = ?");
       params.push(filter.tenantId);
     }
     if (filter.statuses?.length) {
-      where.push(`status IN (${filter.statuses.map(() => "?").join(",")})`);
+      where.push(`i.status IN (${filter.statuses.map(() => "?").join(",")})`);
       params.push(...filter.statuses);
     }
     const rows = await this.db.all<InstanceRow>(
-      `SELECT * FROM instances ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY created_at, name`,
+      `${SELECT_INSTANCE} ${where.length ? "WHERE " + where.join(" AND ") : ""} ORDER BY i.created_at, i.name`,
       params,
     );
     return rows.map(toInstance);
@@ -167,8 +209,8 @@ export class InstanceStore {
    */
   async billableOverlapping(tenantId: number, from: Date, to: Date): Promise<Instance[]> {
     const rows = await this.db.all<InstanceRow>(
-      `SELECT * FROM instances WHERE tenant_id = ? AND ready_at IS NOT NULL AND ready_at < ?
-         AND (COALESCE(terminating_at, failed_at, terminated_at) IS NULL OR COALESCE(terminating_at, failed_at, terminated_at) > ?)`,
+      `${SELECT_INSTANCE} WHERE i.tenant_id = ? AND i.ready_at IS NOT NULL AND i.ready_at < ?
+         AND (COALESCE(i.terminating_at, i.failed_at, i.terminated_at) IS NULL OR COALESCE(i.terminating_at, i.failed_at, i.terminated_at) > ?)`,
       [tenantId, to.getTime(), from.getTime()],
     );
     return rows.map(toInstance);
@@ -188,7 +230,7 @@ export class InstanceStore {
     params.push(id, from);
     const { changes } = await this.db.run(`UPDATE instances SET ${sets.join(", ")} WHERE id = ? AND status = ?`, params);
     if (changes !== 1) return false;
-    await this.appendEvent(id, "status", from, to, message, at);
+    await this.appendEvent(id, "status", from, to, message, at, fields);
     return true;
   }
 
@@ -197,7 +239,15 @@ export class InstanceStore {
   }
 
   /** Inside the caller's transaction: the sequence is per instance and gap-free. */
-  async appendEvent(id: string, type: string, from: InstanceStatus | null, to: InstanceStatus | null, message: string | null, at: Date): Promise<number> {
+  async appendEvent(
+    id: string,
+    type: string,
+    from: InstanceStatus | null,
+    to: InstanceStatus | null,
+    message: string | null,
+    at: Date,
+    fields?: TransitionFields,
+  ): Promise<number> {
     const row = await this.db.get<{ next_event_seq: number }>(`SELECT next_event_seq FROM instances WHERE id = ?`, [id]);
     if (!row) throw new Error(`no instance ${id}`);
     const seq = row.next_event_seq;
@@ -211,6 +261,13 @@ export class InstanceStore {
       message,
       at.getTime(),
     ]);
+    for (const fn of this.observers) {
+      try {
+        fn({ instanceId: id, type, from, to, message, at, fields });
+      } catch {
+        /* observers are best-effort by contract */
+      }
+    }
     return seq;
   }
 

@@ -74,4 +74,33 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX idempotency_created ON idempotency_keys(created_at);
   `,
+  /* 2: egress — latest host/guest view per instance, plus a sample history */ `
+  CREATE TABLE egress_state (
+    instance_id       TEXT PRIMARY KEY REFERENCES instances(id),
+    limit_bytes       INTEGER NOT NULL,
+    bytes             INTEGER NOT NULL DEFAULT 0,   -- admitted under the cap (host nft counter)
+    packets           INTEGER NOT NULL DEFAULT 0,
+    quota_used_bytes  INTEGER NOT NULL DEFAULT 0,
+    after_block_bytes INTEGER NOT NULL DEFAULT 0,
+    after_block_packets INTEGER NOT NULL DEFAULT 0,
+    dropped_bytes     INTEGER NOT NULL DEFAULT 0,
+    dropped_packets   INTEGER NOT NULL DEFAULT 0,
+    blocked           INTEGER NOT NULL DEFAULT 0,
+    block_applied_at  INTEGER,
+    observed_at       INTEGER,
+    guest_bytes       INTEGER,
+    guest_packets     INTEGER,
+    guest_sampled_at  INTEGER
+  );
+
+  CREATE TABLE egress_samples (
+    instance_id   TEXT NOT NULL REFERENCES instances(id),
+    at            INTEGER NOT NULL,
+    source        TEXT NOT NULL CHECK (source IN ('host','guest')),
+    bytes         INTEGER NOT NULL,
+    packets       INTEGER NOT NULL
+  );
+  CREATE INDEX egress_samples_at ON egress_samples(at);
+  CREATE INDEX egress_samples_instance ON egress_samples(instance_id, at);
+  `,
 ];

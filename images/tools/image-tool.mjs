@@ -9,7 +9,7 @@
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const fail = (msg) => {
   throw new Error(`image-tool: ${msg}`);
@@ -28,39 +28,21 @@ async function fileSha256(path) {
 // bytewise by path. Symlinks list their target's length and the sha256 of the target string, so
 // a relinked tree changes the digest too. Owner and mtime are not listed: the image fixes both.
 
-function walk(root, rel, out) {
-  const dir = rel ? join(root, rel) : root;
-  for (const name of readdirSync(dir)) {
-    const relPath = rel ? `${rel}/${name}` : name;
-    if (/[\t\n\r\\]/.test(relPath)) fail(`unlistable file name: ${JSON.stringify(relPath)}`);
-    const st = lstatSync(join(root, relPath));
-    if (st.isDirectory()) walk(root, relPath, out);
-    else out.push({ relPath, st });
-  }
-}
+// The listing format belongs to the agent, which checks the shipped tree against it at activation
+// (guest/setup/openclaw-tree.ts). The image build runs that same compiled code, so the two can
+// never drift apart; `make image` builds dist/ first.
+const DEFAULT_DIST = process.env.CVM_DIST ?? fileURLToPath(new URL("../../dist", import.meta.url));
 
-export async function listing(dir, outFile) {
-  const entries = [];
-  walk(dir, "", entries);
-  entries.sort((a, b) => Buffer.compare(Buffer.from(a.relPath), Buffer.from(b.relPath)));
-  const lines = [];
-  for (const { relPath, st } of entries) {
-    const mode = st.mode.toString(8).padStart(6, "0");
-    let size;
-    let digest;
-    if (st.isSymbolicLink()) {
-      const target = readlinkSync(join(dir, relPath));
-      size = Buffer.byteLength(target);
-      digest = sha("sha256", target).toString("hex");
-    } else if (st.isFile()) {
-      size = st.size;
-      digest = await fileSha256(join(dir, relPath));
-    } else {
-      fail(`not a file, directory or symlink: ${relPath}`);
-    }
-    lines.push(`${relPath}\t${mode}\t${size}\t${digest}\n`);
+export async function listing(dir, outFile, distDir = DEFAULT_DIST) {
+  const impl = join(distDir, "guest/setup/openclaw-tree.js");
+  if (!existsSync(impl)) fail(`${impl} is missing: run \`npm run build\` before building the image`);
+  const { buildTreeListing } = await import(pathToFileURL(impl).href);
+  let text;
+  try {
+    text = await buildTreeListing(dir);
+  } catch (err) {
+    fail(`unlistable tree: ${err.message}`);
   }
-  const text = lines.join("");
   writeFileSync(outFile, text);
   return sha("sha256", text).toString("hex");
 }

@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
+import { parseTreeListing } from "../../guest/setup/openclaw-tree.js";
 import { agentDeps, listing, mrtd, peImageHash, qemuPatchedKernel, replay } from "./image-tool.mjs";
 
 const sha256 = (b: Buffer | string) => createHash("sha256").update(b).digest("hex");
@@ -31,15 +32,18 @@ describe("listing", () => {
 
     const digest = await listing(tree, join(dir, "listing"));
     const text = readFileSync(join(dir, "listing"), "utf8");
-    expect(text).toBe(
-      [
-        `B.txt\t100644\t5\t${sha256("upper")}`,
-        `b/x.js\t100644\t1\t${sha256("x")}`,
-        `link\t120777\t6\t${sha256("b/x.js")}`,
-        `run\t100755\t10\t${sha256("#!/bin/sh\n")}`,
-        "",
-      ].join("\n"),
-    );
+    // The agent's own parser reads what the image build wrote: one format, two sides.
+    const entries = parseTreeListing(text);
+    expect(entries.map((e) => [e.kind, e.path])).toEqual([
+      ["f", "B.txt"],
+      ["d", "b"],
+      ["f", "b/x.js"],
+      ["d", "empty"],
+      ["l", "link"],
+      ["f", "run"],
+    ]);
+    expect(entries.find((e) => e.path === "run")).toMatchObject({ mode: 0o755, size: 10, sha256: sha256("#!/bin/sh\n") });
+    expect(entries.find((e) => e.path === "link")?.sha256).toBe(sha256("b/x.js"));
     expect(digest).toBe(sha256(text));
   });
 

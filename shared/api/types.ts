@@ -38,6 +38,8 @@ export interface InstanceRecord {
   terminated_at: string | null;
   /** Extension: how to reach the instance over SSH once it is ready. */
   ssh: SshEndpoint | null;
+  /** Extension: egress the host counted for this instance (null before the first sample). */
+  egress: { bytes: number; observed_at: string; blocked: boolean; block_applied_at: string | null } | null;
 }
 
 export interface UsageRecord {

@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The contract's quickstart (000-confidential-agents-api.txt, steps 2–6), verbatim. The caller exports
 # API_BASE, TENANT_SLUG, CA_API_KEY and HOME (whose ~/.ssh holds the tenant key); only the exports of
-# step 1 are left to the caller. QUICKSTART_SSH=1 also runs the SSH line of step 5.
+# step 1 are left to the caller. QUICKSTART_SSH=1 also runs the SSH line of step 5 (commands for the
+# remote shell come on this script's standard input). QUICKSTART_PART=create stops before step 6;
+# QUICKSTART_PART=delete runs only step 6 for the exported INSTANCE_NAME.
 set -eu
+PART="${QUICKSTART_PART:-all}"
+
+if [ "$PART" != delete ]; then
 
 # 2. Test your API key
 curl -sS "$API_BASE/v1/usage" \
@@ -51,10 +56,14 @@ done
 echo "Instance is ready: $INSTANCE_HOSTNAME"
 
 if [ "${QUICKSTART_SSH:-0}" = 1 ]; then
-ssh -i ~/.ssh/id_ed25519 "$INSTANCE_HOSTNAME" "${QUICKSTART_SSH_COMMAND:-true}"
+ssh -i ~/.ssh/id_ed25519 "$INSTANCE_HOSTNAME"
 fi
+fi
+
+if [ "$PART" != create ]; then
 
 # 6. Delete the instance
 curl -sS -X DELETE "$API_BASE/v1/instances/$INSTANCE_NAME" \
 -H "Authorization: Bearer $CA_API_KEY" \
 | jq .
+fi

@@ -7,6 +7,7 @@ import { systemClock, type Clock } from "../../host/clock.js";
 import { loadConfig, type Config } from "../../host/config.js";
 import { startDaemon, type RunningDaemon } from "../../host/daemon.js";
 import type { Driver } from "../../host/instances/driver.js";
+import type { EgressFirewall } from "../../host/net/egress-firewall.js";
 import { ApiKeyStore } from "../../host/store/api-keys.js";
 import { TenantStore } from "../../host/store/tenants.js";
 
@@ -24,11 +25,17 @@ export interface TestDaemon extends RunningDaemon {
 }
 
 /** The real daemon (real SQLite file, real HTTP on a loopback port) with a driver of the test's choice. */
-export async function startTestDaemon(opts: { dataDir: string; driver: Driver; clock?: Clock; env?: Record<string, string> }): Promise<TestDaemon> {
+export async function startTestDaemon(opts: {
+  dataDir: string;
+  driver: Driver;
+  clock?: Clock;
+  env?: Record<string, string>;
+  egressFirewall?: EgressFirewall;
+}): Promise<TestDaemon> {
   const config = loadConfig({ CVM_DATA_DIR: opts.dataDir, CVM_LISTEN: "127.0.0.1:0", CVM_LOG_LEVEL: "silent", ...opts.env });
   const clock = opts.clock ?? systemClock;
   const logger = pino({ level: process.env.CVM_TEST_LOG ?? "silent" });
-  const d = await startDaemon(config, { driver: opts.driver, logger, clock });
+  const d = await startDaemon(config, { driver: opts.driver, logger, clock, egressFirewall: opts.egressFirewall });
   const admin = () => ({ db: d.db, tenants: new TenantStore(d.db), keys: new ApiKeyStore(d.db), clock, pricing: config.pricing });
   return {
     ...d,

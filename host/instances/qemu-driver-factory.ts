@@ -1,0 +1,75 @@
+import { access } from "node:fs/promises";
+import { join } from "node:path";
+import type { Logger } from "pino";
+import { ImageCatalog } from "../images/image-catalog.js";
+import { NftEgressFirewall } from "../net/egress-firewall.js";
+import { NetnsGuestNetwork } from "../net/guest-network.js";
+import { NftCommandRunner } from "../net/nft-runner.js";
+import type { VmConfig } from "../vm-config.js";
+import { probeAccel } from "../vmm/accel-probe.js";
+import { QemuHypervisor } from "../vmm/qemu-hypervisor.js";
+import { tdxPreflight } from "../vmm/tdx-preflight.js";
+import type { Driver } from "./driver.js";
+import { QemuDriver } from "./qemu-driver.js";
+import { UnavailableDriver } from "./unavailable-driver.js";
+import { run } from "../../shared/util/run.js";
+
+export interface BuiltDriver {
+  driver: Driver;
+  firewall?: NftEgressFirewall;
+  qemu?: QemuDriver;
+}
+
+/**
+ * Builds the QEMU driver from its configuration, or the unavailable driver with the reason when
+ * this host cannot run it. The `tdx` profile refuses to start without its prerequisites: silently
+ * falling back to a non-confidential guest would be worse than not starting.
+ */
+export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger): Promise<BuiltDriver> {
+  if (process.getuid?.() !== 0) return { driver: new UnavailableDriver("cvmd must run as root to manage network namespaces, taps and nftables") };
+  for (const tool of ["qemu-system-x86_64", "nft", "ip", "dnsmasq"]) {
+    const found = await run("sh", ["-c", `command -v ${tool}`]).then(
+      () => true,
+      () => false,
+    );
+    if (!found) return { driver: new UnavailableDriver(`${tool} is not installed (run scripts/install-deps.sh)`) };
+  }
+  if (vm.profile === "tdx") {
+    const pre = await tdxPreflight({ firmware: vm.tdxFirmware });
+    if (!pre.ok) throw new Error(`CVM_PROFILE=tdx but this host cannot run TDX guests:\n  - ${pre.problems.join("\n  - ")}`);
+  }
+  const accel = vm.profile === "tdx" ? { accel: "kvm" as const, reason: "tdx" } : await probeAccel({ override: vm.accel });
+  log.info({ accel: accel.accel, reason: accel.reason }, "QEMU acceleration chosen");
+  await access(vm.imageDir).catch(() => log.warn({ image_dir: vm.imageDir }, "no guest image yet: instances will fail with image_unavailable until `make image` builds one"));
+
+  const network = new NetnsGuestNetwork({
+    stateDir: join(dataDir, "net"),
+    netns: vm.netns,
+    pool: vm.pool,
+    link: vm.link,
+    hostTable: vm.hostTable,
+    hostVeth: vm.hostVeth,
+    nsVeth: vm.nsVeth,
+    nat: vm.nat,
+    sshListen: vm.sshListen,
+    sshPorts: vm.sshPorts,
+  });
+  await network.ensure();
+  const firewall = new NftEgressFirewall({ nft: new NftCommandRunner({ netns: vm.netns }), table: vm.egressTable });
+  const qemu = new QemuDriver({
+    dataDir,
+    hypervisor: new QemuHypervisor({ dataDir }),
+    network,
+    firewall,
+    images: new ImageCatalog({ dir: vm.imageDir, logger: log.child({ component: "images" }) }),
+    logger: log.child({ component: "qemu-driver" }),
+    profile: vm.profile,
+    accel: accel.accel,
+    memoryMiB: vm.memoryMiB,
+    vcpus: vm.vcpus,
+    tdx: vm.profile === "tdx" ? { firmware: vm.tdxFirmware } : undefined,
+    guestGatewayUrl: vm.guestGatewayUrl,
+    timeouts: vm.timeouts,
+  });
+  return { driver: qemu, firewall, qemu };
+}
