@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { resolve } from "node:path";
 import { loadCatalogue, type ModelCatalogue } from "./gateway/catalogue.js";
+import { parseDnsConfig, type DnsConfig } from "./dns/dns-config.js";
 
 /**
  * cvmd's configuration, compiled in stages: raw (env, optionally over a JSON file) → defaults →
@@ -13,6 +14,8 @@ export interface Config {
   baseDomain: string;
   pricing: { subscriptionCostUsd: string; instanceHoursIncluded: number; overagePerHourUsd: string };
   egressLimitBytes: number;
+  /** Per-instance DNS records: embedded server (CVM_DNS_LISTEN) or RFC 2136 updates. */
+  dns: DnsConfig;
   /** How often the host's egress counters are sampled; must divide 60. */
   egressPollSeconds: number;
   catalogue: ModelCatalogue;
@@ -111,6 +114,13 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
   const baseDomain = (get("CVM_BASE_DOMAIN") ?? "cvm.localhost").toLowerCase().replace(/\.$/, "");
   if (!baseDomain.split(".").every((l) => DNS_LABEL.test(l))) throw new ConfigError(`CVM_BASE_DOMAIN=${baseDomain}: not a DNS name`);
 
+  let dns: DnsConfig;
+  try {
+    dns = parseDnsConfig(get, baseDomain);
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+
   const subscriptionCostUsd = get("CVM_PRICE_SUBSCRIPTION_USD") ?? "200.00";
   if (!USD.test(subscriptionCostUsd)) throw new ConfigError(`CVM_PRICE_SUBSCRIPTION_USD=${subscriptionCostUsd}: expected dollars with cents, e.g. 200.00`);
   const overagePerHourUsd = get("CVM_PRICE_OVERAGE_PER_HOUR_USD") ?? "0.45";
@@ -136,6 +146,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
       overagePerHourUsd,
     },
     egressLimitBytes: parseIntStrict(get("CVM_EGRESS_LIMIT_BYTES") ?? "5368709120", "CVM_EGRESS_LIMIT_BYTES", 1),
+    dns,
     egressPollSeconds: parseDivisorOf60(get("CVM_EGRESS_POLL_SECONDS") ?? "10", "CVM_EGRESS_POLL_SECONDS"),
     catalogue,
     driver,

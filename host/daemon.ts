@@ -12,8 +12,10 @@ import { IdempotencyStore } from "./store/idempotency.js";
 import { InstanceStore } from "./store/instances.js";
 import { TenantStore } from "./store/tenants.js";
 import { EgressStore } from "./store/egress.js";
+import { InferenceUsageStore } from "./gateway/metering-store.js";
 import { EgressMonitor } from "./jobs/egress-monitor.js";
 import { Scheduler } from "./jobs/scheduler.js";
+import { startDns } from "./dns/dns-service.js";
 import type { EgressFirewall } from "./net/egress-firewall.js";
 import { TrustedProxies } from "./ops/client-address.js";
 import { startControlSocket } from "./ops/control-socket.js";
@@ -41,6 +43,8 @@ export interface RunningDaemon {
   db: Database;
   engine: LifecycleEngine;
   metrics: Metrics;
+  /** Port of the embedded DNS server, when CVM_DNS_LISTEN is set. */
+  dnsPort: number | null;
   /** Egress sampling; null when the host has no firewall (CVM_DRIVER=none). */
   egress: EgressMonitor | null;
   /** The operator listener (`/metrics`), when CVM_METRICS_LISTEN is set. */
@@ -90,14 +94,18 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   const instances = new InstanceStore(db);
   const idempotency = new IdempotencyStore(db);
   const egressStore = new EgressStore(db);
+  const inferenceUsage = new InferenceUsageStore(db);
   const cvmdVersion = packageVersion();
   const metrics = deps.metrics ?? new Metrics({ processMetrics: config.metricsListen !== null, version: cvmdVersion });
   instances.observe((e) => metrics.onInstanceEvent(e));
   metrics.countInstancesWith(() => instances.countByStatus());
   metrics.egressWith(() => egressStore.hostTotals());
   const securityLog = deps.securityLog ?? log.child({ stream: "security" });
+  const dns = await startDns(config.dns, { baseDomain: config.baseDomain, tenants, instances, logger: log.child({ component: "dns" }), now: () => clock.now() });
+  if (dns.server) log.info({ listen: `${config.dns.listen?.host}:${dns.server.port}` }, "dns server up");
   const engine = new LifecycleEngine({
     db,
+    dns,
     instances,
     idempotency,
     driver: deps.driver,
@@ -126,7 +134,8 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     trustedProxies: new TrustedProxies(config.trustedProxies),
     usage: {
       egressLimitBytes: config.egressLimitBytes,
-      inferenceCostUsd: async () => "0.00",
+      // Issue 8: inference spend comes from the gateway's per-request records (host/gateway/metering-store.ts).
+      inferenceCostUsd: (tenantId, from, to) => inferenceUsage.costUsd(tenantId, from, to),
       egress: (tenantId) => egressStore.tenantSummary(tenantId),
     },
   });
@@ -137,6 +146,10 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   // Egress rules first: an adopted guest must never run a moment without its cap.
   await egress?.reconcile();
   await engine.recover();
+  dns.sync().then(
+    (r) => r.failed.forEach((f) => log.warn({ hostname: f.hostname, err: f.error.message }, "dns record not repaired")),
+    (err) => log.error({ err }, "dns sync failed"),
+  );
   const scheduler = new Scheduler(log.child({ component: "jobs" }));
   if (egress) {
     scheduler.add({ name: "egress-poll", schedule: `*/${config.egressPollSeconds} * * * * *`, run: () => egress.pollOnce() });
@@ -162,6 +175,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     await control?.close();
     await operator?.close();
     await engine.close();
+    await dns.close();
     await db.close();
     throw err;
   });
@@ -184,10 +198,11 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
       await deps.driver.close?.();
       await control?.close();
       await operator?.close();
+      await dns.close();
       await db.close();
       lock.release();
       log.info("cvmd stopped; guests left running for the next start to adopt");
     })());
 
-  return { url, port, db, engine, metrics, egress, metricsUrl: operator?.url ?? null, reloadTls: tenantServer.reloadTls, close };
+  return { url, port, db, engine, metrics, egress, dnsPort: dns.server?.port ?? null, metricsUrl: operator?.url ?? null, reloadTls: tenantServer.reloadTls, close };
 }

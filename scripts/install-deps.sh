@@ -9,7 +9,7 @@ PACKAGES=(
   nftables iproute2 dnsmasq-base socat    # guest networks, egress cap, vsock bridge
   openssh-server openssh-client           # real sshd/ssh in tests
   mmdebstrap cryptsetup-bin erofs-utils squashfs-tools e2fsprogs cpio busybox-static zstd  # image build
-  jq curl dnsutils                        # the contract's quickstart, DNS checks
+  jq curl dnsutils bind9 systemd          # the contract's quickstart, DNS checks (BIND for RFC 2136), systemd-analyze
 )
 
 missing=()

@@ -40,6 +40,8 @@ export interface EngineDeps {
   baseDomain: string;
   egressLimitBytes: number;
   tenantSlug(tenantId: number): Promise<string>;
+  /** Per-instance DNS: published at ready, withdrawn at failure and before terminated. */
+  dns?: { publish(hostname: string, sshHost: string): Promise<void>; withdraw(hostname: string): Promise<void> };
 }
 
 const IDEMPOTENCY_WINDOW_MS = 24 * 3600_000;
@@ -245,13 +247,21 @@ export class LifecycleEngine {
   private async markReady(id: string, info: ReadyInfo): Promise<void> {
     const inst = await this.d.instances.byId(id);
     if (!inst || inst.status !== "provisioning") return;
-    await this.transition(inst, "ready", { ready_at: this.d.clock.now().getTime(), ssh_host: info.ssh.host, ssh_port: info.ssh.port, ssh_user: info.ssh.user }, "guest ready; SSH checked");
+    const moved = await this.transition(inst, "ready", { ready_at: this.d.clock.now().getTime(), ssh_host: info.ssh.host, ssh_port: info.ssh.port, ssh_user: info.ssh.user }, "guest ready; SSH checked");
+    if (moved && this.d.dns) {
+      const hostname = (await this.spec(inst)).hostname;
+      await this.d.dns.publish(hostname, info.ssh.host).catch((err) => this.d.logger.error({ err, hostname }, "dns publish failed"));
+    }
   }
 
   private async fail(id: string, code: FailureCode, message: string): Promise<void> {
     const inst = await this.d.instances.byId(id);
     if (!inst || (inst.status !== "provisioning" && inst.status !== "ready")) return;
-    await this.transition(inst, "failed", { failure_code: code, failure_message: message, failed_at: this.d.clock.now().getTime() }, `${code}: ${message}`);
+    const moved = await this.transition(inst, "failed", { failure_code: code, failure_message: message, failed_at: this.d.clock.now().getTime() }, `${code}: ${message}`);
+    if (moved && this.d.dns) {
+      const hostname = (await this.spec(inst)).hostname;
+      await this.d.dns.withdraw(hostname).catch((err) => this.d.logger.warn({ err, hostname }, "dns withdraw failed"));
+    }
   }
 
   private async onGuestExit(id: string, reason: string): Promise<void> {
@@ -280,6 +290,15 @@ export class LifecycleEngine {
       // Stays `terminating`; the next recover() retries the teardown.
       log.error({ err }, "teardown failed; will retry on next start");
       return;
+    }
+    if (this.d.dns) {
+      const hostname = (await this.spec(inst)).hostname;
+      try {
+        await this.d.dns.withdraw(hostname);
+      } catch (err) {
+        log.error({ err, hostname }, "dns withdraw failed; teardown will be retried on next start");
+        return;
+      }
     }
     const current = await this.d.instances.byId(inst.id);
     if (current?.status === "terminating") {
