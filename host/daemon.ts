@@ -12,7 +12,6 @@ import { IdempotencyStore } from "./store/idempotency.js";
 import { InstanceStore } from "./store/instances.js";
 import { TenantStore } from "./store/tenants.js";
 import { EgressStore } from "./store/egress.js";
-import { InferenceUsageStore } from "./gateway/metering-store.js";
 import { EgressMonitor } from "./jobs/egress-monitor.js";
 import { Scheduler } from "./jobs/scheduler.js";
 import { startDns } from "./dns/dns-service.js";
@@ -94,7 +93,6 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   const instances = new InstanceStore(db);
   const idempotency = new IdempotencyStore(db);
   const egressStore = new EgressStore(db);
-  const inferenceUsage = new InferenceUsageStore(db);
   const cvmdVersion = packageVersion();
   const metrics = deps.metrics ?? new Metrics({ processMetrics: config.metricsListen !== null, version: cvmdVersion });
   instances.observe((e) => metrics.onInstanceEvent(e));
@@ -134,8 +132,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     trustedProxies: new TrustedProxies(config.trustedProxies),
     usage: {
       egressLimitBytes: config.egressLimitBytes,
-      // Issue 8: inference spend comes from the gateway's per-request records (host/gateway/metering-store.ts).
-      inferenceCostUsd: (tenantId, from, to) => inferenceUsage.costUsd(tenantId, from, to),
+      inferenceCostUsd: async () => "0.00",
       egress: (tenantId) => egressStore.tenantSummary(tenantId),
     },
   });
