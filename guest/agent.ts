@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import {
+  GATEWAY_PROTOCOL_VERSION,
   type AgentHello,
   type AgentMessage,
   type OpenClawHealth,
@@ -13,6 +14,7 @@ import type { Rtmr3EventLog } from "./attest/rtmr3-event-log.js";
 import { reportDataFor } from "./attest/tdx-digests.js";
 import type { AgentStateStore, PersistedAgentState } from "./agent-state.js";
 import type { EgressCounter } from "./egress/nft-egress-counter.js";
+import type { GatewayProxyServer } from "./gateway/gateway-proxy.js";
 import { HostSession, type SetupOutcome } from "./link/host-session.js";
 import type { HostConnection, HostTransport } from "./link/transports.js";
 import { httpOk } from "./setup/probes.js";
@@ -44,6 +46,8 @@ export interface AgentDeps {
   transport: HostTransport;
   heartbeatMs: number;
   egressMs: number;
+  /** The loopback inference gateway (forwards over the host channel); null disables it. */
+  gateway?: GatewayProxyServer | null;
 }
 
 /**
@@ -78,6 +82,16 @@ export class Agent {
         this.d.egress = null;
       }
     }
+    if (this.d.gateway) {
+      try {
+        await this.d.gateway.start();
+        logger.info({ url: this.d.gateway.description }, "inference gateway listening");
+      } catch (err) {
+        // The agent's own job (setup, quotes) does not depend on it; OpenClaw's model calls will fail visibly.
+        logger.error({ err }, "inference gateway could not listen; model calls from the guest will fail");
+        this.d.gateway = null;
+      }
+    }
     await this.d.transport.start((c) => this.attach(c));
     logger.info({ transport: this.d.transport.description, phase: this.state.phase, boot_id: this.d.identity.bootId }, "cvm-agent started");
     if (this.state.phase === "setting_up" && this.state.setup) {
@@ -93,6 +107,7 @@ export class Agent {
     this.abort.abort();
     for (const t of this.timers) clearInterval(t);
     this.session?.close("agent shutting down");
+    await this.d.gateway?.close();
     await this.d.transport.close();
     await this.setupRun?.catch(() => undefined);
   }
@@ -110,11 +125,19 @@ export class Agent {
       opened: (s) => {
         if (this.session && this.session !== s) this.session.close("replaced by a newer host connection");
         this.session = s;
+        if (s.version >= GATEWAY_PROTOCOL_VERSION) this.d.gateway?.attach((m) => s.send(m));
+        else this.d.gateway?.detach("the host does not speak the gateway protocol");
         void this.heartbeat();
         void this.egressSample();
       },
       closed: (s) => {
-        if (this.session === s) this.session = null;
+        if (this.session === s) {
+          this.session = null;
+          this.d.gateway?.detach("host session closed");
+        }
+      },
+      gateway: (s, m) => {
+        if (this.session === s) this.d.gateway?.onHostMessage(m);
       },
     }, this.d.logger.child({ component: "host-session" }));
     void session;

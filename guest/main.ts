@@ -13,6 +13,7 @@ import { AgentStateStore } from "./agent-state.js";
 import { ConfigfsTsmQuoteProvider } from "./attest/configfs-tsm-quote.js";
 import { Rtmr3EventLog, SysfsRtmrExtender } from "./attest/rtmr3-event-log.js";
 import { NftEgressCounter } from "./egress/nft-egress-counter.js";
+import { DEFAULT_GATEWAY_LISTEN, GatewayProxyServer } from "./gateway/gateway-proxy.js";
 import { SocatVsockHostTransport, UnixSocketHostTransport, VirtioSerialHostTransport, type HostTransport } from "./link/transports.js";
 import { DirectServiceManager, SystemdServiceManager, type ServiceManager } from "./setup/service-manager.js";
 import { SetupRunner } from "./setup/setup-runner.js";
@@ -56,6 +57,8 @@ const { values: a } = parseArgs({
     "rtmr3-path": { type: "string", default: "/sys/devices/virtual/misc/tdx_guest/measurements/rtmr3:sha384" },
     "heartbeat-ms": { type: "string", default: "5000" },
     "egress-ms": { type: "string", default: "10000" },
+    "gateway-port": { type: "string", default: String(DEFAULT_GATEWAY_LISTEN.port) },
+    "no-gateway": { type: "boolean", default: false },
     "log-level": { type: "string", default: process.env.CVM_AGENT_LOG_LEVEL ?? "info" },
   },
   strict: true,
@@ -120,6 +123,10 @@ async function main(): Promise<void> {
     transport,
     heartbeatMs: int("heartbeat-ms", a["heartbeat-ms"], 50, 3_600_000),
     egressMs: int("egress-ms", a["egress-ms"], 50, 3_600_000),
+    // Loopback only: the gateway is for processes inside this guest, and it is billed to this instance.
+    gateway: a["no-gateway"]
+      ? null
+      : new GatewayProxyServer({ host: DEFAULT_GATEWAY_LISTEN.host, port: int("gateway-port", a["gateway-port"], 0, 65535), logger: logger.child({ component: "gateway" }) }),
   });
 
   let stopping = false;

@@ -3,6 +3,7 @@ import { isIP } from "node:net";
 import { resolve } from "node:path";
 import { loadCatalogue, type ModelCatalogue } from "./gateway/catalogue.js";
 import { parseDnsConfig, type DnsConfig } from "./dns/dns-config.js";
+import { gatewayLimitsFromEnv, type GatewayLimits } from "./gateway/limits.js";
 
 /**
  * cvmd's configuration, compiled in stages: raw (env, optionally over a JSON file) → defaults →
@@ -14,6 +15,8 @@ export interface Config {
   baseDomain: string;
   pricing: { subscriptionCostUsd: string; instanceHoursIncluded: number; overagePerHourUsd: string };
   egressLimitBytes: number;
+  /** Inference gateway limits (CVM_GATEWAY_*). */
+  gatewayLimits: GatewayLimits;
   /** Per-instance DNS records: embedded server (CVM_DNS_LISTEN) or RFC 2136 updates. */
   dns: DnsConfig;
   /** How often the host's egress counters are sampled; must divide 60. */
@@ -121,6 +124,13 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     throw new ConfigError((err as Error).message);
   }
 
+  let gatewayLimits: GatewayLimits;
+  try {
+    gatewayLimits = gatewayLimitsFromEnv(get);
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+
   const subscriptionCostUsd = get("CVM_PRICE_SUBSCRIPTION_USD") ?? "200.00";
   if (!USD.test(subscriptionCostUsd)) throw new ConfigError(`CVM_PRICE_SUBSCRIPTION_USD=${subscriptionCostUsd}: expected dollars with cents, e.g. 200.00`);
   const overagePerHourUsd = get("CVM_PRICE_OVERAGE_PER_HOUR_USD") ?? "0.45";
@@ -147,6 +157,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     },
     egressLimitBytes: parseIntStrict(get("CVM_EGRESS_LIMIT_BYTES") ?? "5368709120", "CVM_EGRESS_LIMIT_BYTES", 1),
     dns,
+    gatewayLimits,
     egressPollSeconds: parseDivisorOf60(get("CVM_EGRESS_POLL_SECONDS") ?? "10", "CVM_EGRESS_POLL_SECONDS"),
     catalogue,
     driver,

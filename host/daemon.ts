@@ -12,6 +12,7 @@ import { IdempotencyStore } from "./store/idempotency.js";
 import { InstanceStore } from "./store/instances.js";
 import { TenantStore } from "./store/tenants.js";
 import { EgressStore } from "./store/egress.js";
+import { InferenceGateway } from "./gateway/index.js";
 import { EgressMonitor } from "./jobs/egress-monitor.js";
 import { Scheduler } from "./jobs/scheduler.js";
 import { startDns } from "./dns/dns-service.js";
@@ -93,6 +94,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   const instances = new InstanceStore(db);
   const idempotency = new IdempotencyStore(db);
   const egressStore = new EgressStore(db);
+  const gateway = new InferenceGateway({ db, catalogue: config.catalogue, clock, logger: log.child({ component: "gateway" }), limits: config.gatewayLimits });
   const cvmdVersion = packageVersion();
   const metrics = deps.metrics ?? new Metrics({ processMetrics: config.metricsListen !== null, version: cvmdVersion });
   instances.observe((e) => metrics.onInstanceEvent(e));
@@ -132,7 +134,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     trustedProxies: new TrustedProxies(config.trustedProxies),
     usage: {
       egressLimitBytes: config.egressLimitBytes,
-      inferenceCostUsd: async () => "0.00",
+      inferenceCostUsd: (tenantId, from, to) => gateway.costUsd(tenantId, from, to),
       egress: (tenantId) => egressStore.tenantSummary(tenantId),
     },
   });
@@ -140,6 +142,10 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   const egress = deps.egressFirewall
     ? new EgressMonitor({ db, firewall: deps.egressFirewall, egress: egressStore, instances, clock, logger: log.child({ component: "egress" }), securityLog })
     : null;
+  deps.driver.bindHostServices?.({
+    gateway,
+    onGuestEgress: (id, s) => void egress?.recordGuestSample(id, s).catch((err) => log.warn({ err, instance_id: id }, "guest egress sample not stored")),
+  });
   // Egress rules first: an adopted guest must never run a moment without its cap.
   await egress?.reconcile();
   await engine.recover();
@@ -192,6 +198,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
       server.closeAllConnections();
       await scheduler.stop();
       await engine.close();
+      await gateway.close();
       await deps.driver.close?.();
       await control?.close();
       await operator?.close();

@@ -2,8 +2,11 @@ import type { Logger } from "pino";
 import { decodeHostMessage } from "../../shared/protocol/codec.js";
 import { MessageStream } from "../../shared/protocol/message-stream.js";
 import {
+  GATEWAY_PROTOCOL_VERSION,
   SUPPORTED_PROTOCOL_VERSIONS,
   byeReason,
+  isGatewayMessage,
+  type GatewayHostMessage,
   type AgentHello,
   type AgentMessage,
   type ErrorCode,
@@ -23,6 +26,8 @@ export interface SessionHandler {
   /** The session completed a hello and may now receive events. */
   opened(session: HostSession): void;
   closed(session: HostSession): void;
+  /** A gateway stream frame in a session of version ≥ GATEWAY_PROTOCOL_VERSION. */
+  gateway?(session: HostSession, m: GatewayHostMessage): void;
 }
 
 /**
@@ -36,6 +41,8 @@ export class HostSession {
   private state: "awaiting_hello" | "open" | "closed" = "awaiting_hello";
   /** Increments per hello; replies computed for an earlier epoch are not sent into a newer session. */
   private epoch = 0;
+  /** Protocol version negotiated by the current hello. */
+  private negotiated = 0;
 
   constructor(
     private readonly conn: HostConnection,
@@ -65,6 +72,11 @@ export class HostSession {
 
   get isOpen(): boolean {
     return this.state === "open";
+  }
+
+  /** The version the open session negotiated (0 before a hello). */
+  get version(): number {
+    return this.state === "open" ? this.negotiated : 0;
   }
 
   /** Sends an event if a session is open. */
@@ -109,6 +121,7 @@ export class HostSession {
       }
       const wasOpen = this.state === "open";
       this.epoch++;
+      this.negotiated = version;
       this.state = "open";
       if (wasOpen) this.logger.info({ transport: this.conn.label }, "new host hello on the same stream; session restarted");
       this.stream.send({ type: "hello", re: m.id, body: this.handler.hello(version) });
@@ -124,6 +137,13 @@ export class HostSession {
           this.handler.closed(this);
         }
       } else this.close("host said bye");
+      return;
+    }
+    if (isGatewayMessage(m)) {
+      // Outside a session these can only be stale frames of an earlier host connection.
+      if (this.state !== "open") return;
+      if (this.negotiated < GATEWAY_PROTOCOL_VERSION) return this.violation(`${m.type} in a protocol ${this.negotiated} session`);
+      this.handler.gateway?.(this, m);
       return;
     }
     if (this.state !== "open") {

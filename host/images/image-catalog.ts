@@ -93,6 +93,27 @@ export class ImageCatalog {
     return this.inflight;
   }
 
+  /**
+   * The manifest of image `id`: the current image's, or the one in a sibling directory named by the
+   * id (the layout `make image` produces), so a guest can be checked against the image it booted from
+   * after `current` moved on. Null when there is none.
+   */
+  async manifestOf(id: string): Promise<ImageManifest | null> {
+    if (!/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/.test(id)) return null;
+    if (this.cached?.image.id === id) return this.cached.image.manifest;
+    const real = await realpath(this.o.dir).catch(() => null);
+    if (!real) return null;
+    for (const dir of [real, path.join(path.dirname(real), id)]) {
+      try {
+        const m = JSON.parse(await readFile(path.join(dir, "manifest.json"), "utf8")) as ImageManifest;
+        if (m?.image_id === id) return m;
+      } catch {
+        // not this directory
+      }
+    }
+    return null;
+  }
+
   private async fingerprint(): Promise<string> {
     const real = await realpath(this.o.dir).catch(() => {
       throw new ImageError(`image directory ${this.o.dir} does not exist (build one with \`make image\`)`);

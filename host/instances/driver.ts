@@ -1,4 +1,6 @@
 import type { SshEndpoint } from "../../shared/api/types.js";
+import type { GatewayHandler } from "../link/gateway-streams.js";
+import type { Rtmr3Event } from "../../shared/protocol/messages.js";
 
 /** What a driver needs to bring up one instance. */
 export interface InstanceSpec {
@@ -20,6 +22,26 @@ export interface ReadyInfo {
   hostKeys?: string[];
 }
 
+/** The image an instance booted from and the measurements its manifest expects (the manifest's own field, unfiltered). */
+export interface BootedImage {
+  id: string;
+  expectedMeasurements: Record<string, unknown> | null;
+}
+
+/**
+ * What the guest's agent answered to a quote request over the channel the host dialled. `hostKeys`
+ * are the SSH host keys the agent reported at ready (and the host checked over SSH), never keys taken
+ * from the quote reply: the host recomputes REPORTDATA from them. Without TDX the agent says so.
+ */
+export type AttestationEvidence =
+  | { available: true; quote: Buffer; reportData: Buffer; eventLog: Rtmr3Event[]; hostKeys: string[]; image?: BootedImage }
+  | { available: false; reason: string; eventLog: Rtmr3Event[]; image?: BootedImage };
+
+/** The guest could not be asked right now (no channel, agent silent); the API answers `unavailable`. */
+export class AttestationUnavailableError extends Error {
+  override name = "AttestationUnavailableError";
+}
+
 export interface DriverContext {
   /** Aborted when the instance is deleted while provisioning, or when cvmd shuts down. */
   signal: AbortSignal;
@@ -27,6 +49,11 @@ export interface DriverContext {
   event(type: string, message: string): void;
   /** Persists driver state; called BEFORE the side effect it describes (restart safety). */
   saveRuntime(runtime: Record<string, unknown>): Promise<void>;
+}
+
+export interface HostServices {
+  gateway?: { handlerFor(instanceId: string): GatewayHandler };
+  onGuestEgress?(instanceId: string, sample: { bytes: number; packets: number; sampledAt: Date }): void;
 }
 
 export type AdoptResult =
@@ -45,6 +72,17 @@ export interface Driver {
   adopt(spec: InstanceSpec, ctx: DriverContext): Promise<AdoptResult>;
   destroy(spec: InstanceSpec): Promise<void>;
   inspect(spec: InstanceSpec): Promise<{ running: boolean; detail?: Record<string, unknown> }>;
+  /**
+   * Fresh attestation evidence of a ready guest over `nonce` (16–64 bytes). Rejects with
+   * AttestationUnavailableError when the guest cannot be asked. Drivers without guests that can
+   * attest leave it out.
+   */
+  attest?(spec: InstanceSpec, nonce: Buffer): Promise<AttestationEvidence>;
+  /**
+   * Host services the guests' agent channels lead to (wired by the daemon before adoption): the
+   * inference gateway for each instance's model calls, and the sink of the guests' own egress samples.
+   */
+  bindHostServices?(s: HostServices): void;
   /** Called once by the engine so the driver can report guests that die on their own. */
   onExit?(listener: (instanceId: string, reason: string) => void): void;
   close?(): Promise<void>;

@@ -6,7 +6,7 @@ import type { Database } from "../store/db.js";
 import type { IdempotencyStore } from "../store/idempotency.js";
 import type { Instance, InstanceStore, TransitionFields } from "../store/instances.js";
 import type { Tenant } from "../store/tenants.js";
-import type { AdoptResult, Driver, DriverContext, InstanceSpec, ReadyInfo } from "./driver.js";
+import type { AdoptResult, AttestationEvidence, Driver, DriverContext, InstanceSpec, ReadyInfo } from "./driver.js";
 import { FAILURE_CODES, ProvisionError, type FailureCode } from "./failure-codes.js";
 import { newInstanceName } from "./names.js";
 import { assertTransition } from "./state-machine.js";
@@ -138,6 +138,19 @@ export class LifecycleEngine {
 
   async events(inst: Instance) {
     return this.d.instances.events(inst.id);
+  }
+
+  /**
+   * Fresh attestation evidence of an instance from its driver; null when the driver's guests cannot
+   * attest at all (the caller says so instead of inventing evidence). The caller checks readiness.
+   */
+  async attest(inst: Instance, nonce: Buffer): Promise<AttestationEvidence | null> {
+    if (!this.d.driver.attest) return null;
+    return this.d.driver.attest(await this.spec(inst), nonce);
+  }
+
+  get driverName(): string {
+    return this.d.driver.name;
   }
 
   /** Stops waiting on guests without touching them: the next cvmd adopts them. */

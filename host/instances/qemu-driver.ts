@@ -1,13 +1,13 @@
 import type { Logger } from "pino";
 import { ImageError, type ImageCatalog } from "../images/image-catalog.js";
-import { AgentLink, checkSshHostKey, UnixSocketConnector, type AgentHello, type EgressSample, type Heartbeat, type Ready } from "../link/index.js";
+import { AgentLink, AgentRequestError, checkSshHostKey, UnixSocketConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready } from "../link/index.js";
 import type { EgressFirewall } from "../net/egress-firewall.js";
 import type { GuestAttachment, GuestNetwork } from "../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "../vmm/boot-phases.js";
 import { allocateCid } from "../vmm/cid.js";
 import type { Accel, GuestProfile, Hypervisor } from "../vmm/hypervisor.js";
 import { runPaths } from "../vmm/run-dir.js";
-import type { AdoptResult, Driver, DriverContext, InstanceSpec, ReadyInfo } from "./driver.js";
+import { AttestationUnavailableError, type AdoptResult, type AttestationEvidence, type BootedImage, type Driver, type DriverContext, type HostServices, type InstanceSpec, type ReadyInfo } from "./driver.js";
 import { ProvisionError } from "./failure-codes.js";
 
 export interface QemuDriverOptions {
@@ -26,8 +26,6 @@ export interface QemuDriverOptions {
   guestGatewayUrl: string;
   /** Phase-aware deadlines: QEMU start → agent hello, setup → ready, ready → SSH handshake. */
   timeouts: { bootMs: number; setupMs: number; sshMs: number };
-  /** Guest egress samples, for the cross-check against the host's counters. */
-  onGuestEgress?(instanceId: string, sample: EgressSample): void;
 }
 
 interface Runtime {
@@ -38,6 +36,8 @@ interface Runtime {
   cid: number;
   ssh: { host: string; port: number };
   imageId: string;
+  /** SSH host keys the agent reported at ready and SSH confirmed; attestation binds its quotes to them. */
+  hostKeys?: string[];
 }
 
 /** Runtime facts of a live guest, for status endpoints and operators. */
@@ -62,9 +62,15 @@ export class QemuDriver implements Driver {
   private readonly destroying = new Set<string>();
   private exitListener?: (id: string, reason: string) => void;
   private readonly unsubscribe = new Map<string, () => void>();
+  private services: HostServices = {};
 
   constructor(private readonly o: QemuDriverOptions) {
     this.name = `qemu (${o.profile}, ${o.profile === "tdx" ? "kvm" : o.accel})`;
+  }
+
+  bindHostServices(s: HostServices): void {
+    this.services = s;
+    for (const [id, link] of this.links) link.onGatewayRequest(s.gateway?.handlerFor(id) ?? null);
   }
 
   onExit(listener: (instanceId: string, reason: string) => void): void {
@@ -165,6 +171,29 @@ export class QemuDriver implements Driver {
     return { running: i.state === "running", detail: { pid: i.pid, status: i.status } };
   }
 
+  async attest(spec: InstanceSpec, nonce: Buffer): Promise<AttestationEvidence> {
+    const rt = spec.runtime as Runtime | null;
+    const link = this.links.get(spec.id);
+    if (!rt || !link) throw new AttestationUnavailableError("cvmd has no channel to this instance's agent (yet)");
+    if (!rt.hostKeys?.length) throw new AttestationUnavailableError("the SSH host keys of this instance are not recorded yet");
+    let reply: QuoteReply;
+    try {
+      reply = await link.quote(nonce);
+    } catch (err) {
+      if (err instanceof AgentRequestError) throw new AttestationUnavailableError(`the instance's agent did not answer the quote request (${err.code}: ${err.message})`, { cause: err });
+      throw err;
+    }
+    const image = await this.bootedImage(rt.imageId);
+    if (!reply.available) return { available: false, reason: reply.reason, eventLog: reply.event_log, image };
+    return { available: true, quote: reply.quote, reportData: reply.report_data, eventLog: reply.event_log, hostKeys: [...rt.hostKeys], image };
+  }
+
+  private async bootedImage(id: string): Promise<BootedImage> {
+    const manifest = await this.o.images.manifestOf(id).catch(() => null);
+    const em = manifest?.expected_measurements;
+    return { id, expectedMeasurements: em && typeof em === "object" ? em : null };
+  }
+
   async close(): Promise<void> {
     for (const u of this.unsubscribe.values()) u();
     await Promise.all([...this.links.values()].map((l) => l.close()));
@@ -218,6 +247,10 @@ export class QemuDriver implements Driver {
       const sshStarted = performance.now();
       await this.checkSsh(rt, ready.ssh_host_keys, ctx.signal);
       ctx.event("ssh", `SSH host key matches the agent's report (${Math.round(performance.now() - sshStarted)} ms); total ${Math.round(performance.now() - started)} ms`);
+      // Kept in the runtime record (not a column): only this driver reads them, to recompute the
+      // REPORTDATA of later quotes, and they must survive a cvmd restart like the rest of the record.
+      rt.hostKeys = [...ready.ssh_host_keys];
+      await ctx.saveRuntime({ ...rt });
       return { ssh: { host: rt.ssh.host, port: rt.ssh.port, user: USER }, hostKeys: ready.ssh_host_keys };
     } finally {
       link.off("progress", onProgress);
@@ -242,7 +275,9 @@ export class QemuDriver implements Driver {
       facts.heartbeat = h;
       facts.heartbeatAt = new Date();
     });
-    link.on("egress", (s) => this.o.onGuestEgress?.(spec.id, s));
+    link.on("egress", (s: EgressSample) => this.services.onGuestEgress?.(spec.id, { bytes: s.bytes, packets: s.packets, sampledAt: new Date(s.sampled_at) }));
+    // The channel is the instance's identity: this link's model calls are billed to spec.id.
+    link.onGatewayRequest(this.services.gateway?.handlerFor(spec.id) ?? null);
     this.links.set(spec.id, link);
     link.start();
     return link;

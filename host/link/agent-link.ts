@@ -4,6 +4,7 @@ import type { Logger } from "pino";
 import { decodeAgentMessage } from "../../shared/protocol/codec.js";
 import { MessageStream } from "../../shared/protocol/message-stream.js";
 import {
+  GATEWAY_PROTOCOL_VERSION,
   MAX_REQUEST_ID,
   SUPPORTED_PROTOCOL_VERSIONS,
   byeReason,
@@ -21,6 +22,7 @@ import {
 } from "../../shared/protocol/messages.js";
 import { setupDigest } from "../../shared/protocol/setup-digest.js";
 import type { AgentConnector } from "./connectors.js";
+import { DEFAULT_GATEWAY_STREAM_LIMITS, GatewayStreams, type GatewayHandler, type GatewayStreamLimits } from "./gateway-streams.js";
 
 export interface AgentLinkEvents {
   connected: [];
@@ -45,6 +47,8 @@ export interface AgentLinkOptions {
   /** No message at all for this long ends the session (the agent heartbeats every few seconds). */
   idleTimeoutMs?: number;
   backoff?: { initialMs: number; maxMs: number };
+  /** Bounds on the inference gateway streams the agent may open on this link. */
+  gatewayLimits?: Partial<GatewayStreamLimits>;
 }
 
 /** The agent refused a request with a stable code. */
@@ -81,7 +85,7 @@ interface PendingSetup {
  * restart all end in the same place, a new session whose hello carries the agent's current state.
  */
 export class AgentLink extends EventEmitter<AgentLinkEvents> {
-  private readonly o: Required<Omit<AgentLinkOptions, "backoff">> & { backoff: { initialMs: number; maxMs: number } };
+  private readonly o: Required<Omit<AgentLinkOptions, "backoff" | "gatewayLimits">> & { backoff: { initialMs: number; maxMs: number }; gatewayLimits: GatewayStreamLimits };
   private readonly log: Logger;
   private linkState: LinkState = "idle";
   private stream: MessageStream<AgentMessage, HostMessage> | null = null;
@@ -96,6 +100,9 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
   private readonly closeCtl = new AbortController();
   private loop: Promise<void> | null = null;
   private waiters = new Set<() => void>();
+  private gatewayHandler: GatewayHandler | null = null;
+  /** Gateway streams of the current session; null when none is open or it negotiated a version without them. */
+  private gateway: GatewayStreams | null = null;
 
   constructor(opts: AgentLinkOptions) {
     super();
@@ -107,6 +114,7 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
       idleTimeoutMs: 30_000,
       ...opts,
       backoff: opts.backoff ?? { initialMs: 200, maxMs: 5_000 },
+      gatewayLimits: { ...DEFAULT_GATEWAY_STREAM_LIMITS, ...opts.gatewayLimits },
     };
     this.log = opts.logger.child({ component: "agent-link", instance: opts.instanceId, channel: opts.connector.description });
   }
@@ -162,6 +170,15 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
     this.setupReq = { params, digest, promise, resolve, reject, sentOn: null };
     this.trySendSetup();
     return promise;
+  }
+
+  /**
+   * Serves the inference gateway requests the agent forwards on this link. The link is the identity:
+   * whatever the handler was built for (an instance id) is what every request on this channel is
+   * billed to. Null refuses them (503). Takes effect for requests that complete after the call.
+   */
+  onGatewayRequest(handler: GatewayHandler | null): void {
+    this.gatewayHandler = handler;
   }
 
   /** Asks the agent for a quote over `nonce`; waits for a session up to the request timeout. */
@@ -257,6 +274,8 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
     stream.send({ type: "hello", id: helloId, body: { versions: [...SUPPORTED_PROTOCOL_VERSIONS], host_version: this.o.hostVersion } });
     const reason = await ended;
     this.stream = null;
+    this.gateway?.closeAll(`agent session ended: ${reason}`);
+    this.gateway = null;
     if (reason.startsWith("protocol violation")) this.log.warn({ reason }, "agent session closed");
     else this.log.info({ reason }, "agent session closed");
     this.failAll(new AgentRequestError("disconnected", `agent connection lost: ${reason}`));
@@ -271,6 +290,10 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
 
   private onHello(stream: MessageStream<AgentMessage, HostMessage>, hello: AgentHello): void {
     this.lastHello = hello;
+    this.gateway =
+      hello.version >= GATEWAY_PROTOCOL_VERSION
+        ? new GatewayStreams(stream, () => this.gatewayHandler, this.o.gatewayLimits, this.log.child({ component: "gateway-streams" }))
+        : null;
     this.linkState = "connected";
     this.log.info({ boot_id: hello.boot_id, image_id: hello.image_id, phase: hello.state.phase, agent_version: hello.agent_version }, "agent session open");
     this.emit("connected");
@@ -318,6 +341,11 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
       case "egress":
         this.emit("egress", m.body);
         return null;
+      case "gw_request":
+      case "gw_request_body":
+      case "gw_cancel":
+        if (!this.gateway) return `${m.type} in a protocol ${this.lastHello?.version ?? "?"} session`;
+        return this.gateway.onMessage(m);
       case "bye":
         this.log.info({ reason: m.body.reason }, "agent said bye");
         this.stream?.destroy(`agent said bye: ${m.body.reason}`);

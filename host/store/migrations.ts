@@ -103,4 +103,27 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX egress_samples_at ON egress_samples(at);
   CREATE INDEX egress_samples_instance ON egress_samples(instance_id, at);
   `,
+  /* 3: inference gateway — one row per request that reached an upstream (host/gateway) */ `
+  CREATE TABLE inference_requests (
+    id            INTEGER PRIMARY KEY,
+    request_id    TEXT NOT NULL UNIQUE,      -- the gateway's id, also the x-request-id the guest sees
+    tenant_id     INTEGER NOT NULL REFERENCES tenants(id),
+    instance_id   TEXT NOT NULL REFERENCES instances(id),
+    model         TEXT NOT NULL,
+    endpoint      TEXT NOT NULL CHECK (endpoint IN ('chat.completions','embeddings')),
+    stream        INTEGER NOT NULL,
+    status        INTEGER NOT NULL,          -- HTTP status returned to the guest
+    outcome       TEXT NOT NULL CHECK (outcome IN ('ok','upstream_error','cancelled','failed')),
+    input_tokens  INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    estimated     INTEGER NOT NULL,          -- 1: counted by the gateway, the upstream reported no usage
+    price_input_micro_usd  INTEGER NOT NULL, -- per million tokens, as priced when the request ran
+    price_output_micro_usd INTEGER NOT NULL,
+    cost_pico_usd INTEGER NOT NULL,          -- exact: tokens x micro-USD per Mtok, in 1e-12 USD
+    started_at    INTEGER NOT NULL,          -- unix ms
+    at            INTEGER NOT NULL           -- unix ms of completion; places the cost in a billing window
+  );
+  CREATE INDEX inference_requests_tenant_at ON inference_requests(tenant_id, at);
+  CREATE INDEX inference_requests_instance_at ON inference_requests(instance_id, at);
+  `,
 ];

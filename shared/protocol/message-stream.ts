@@ -60,13 +60,34 @@ export class MessageStream<In, Out extends AnyMessage> extends EventEmitter<Mess
   send(msg: Out): boolean {
     if (this.closedReason !== null || this.stream.destroyed || !this.stream.writable) return false;
     const isEvent = !("id" in msg) && !("re" in msg);
-    if (isEvent && msg.type !== "bye" && this.stream.writableLength > MAX_QUEUED_BYTES) return false;
+    // Gateway frames are stream data, not telemetry: losing one would corrupt a response. Their
+    // senders bound them instead (per-stream sizes, concurrency, and waiting on drained()).
+    if (isEvent && msg.type !== "bye" && !msg.type.startsWith("gw_") && this.stream.writableLength > MAX_QUEUED_BYTES) return false;
     try {
       this.stream.write(encodeMessage(msg));
       return true;
     } catch {
       return false;
     }
+  }
+
+  /** Bytes written but not yet taken by the underlying stream. */
+  get backlog(): number {
+    return this.stream.writableLength;
+  }
+
+  /** Resolves once the backlog has drained (or at once if there is none, or the stream is gone). */
+  drained(): Promise<void> {
+    if (this.closedReason !== null || this.stream.destroyed || !this.stream.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.stream.off("drain", done);
+        this.off("closed", done);
+        resolve();
+      };
+      this.stream.on("drain", done);
+      this.on("closed", done);
+    });
   }
 
   /** Closes the underlying stream at once; anything still queued is discarded. */

@@ -7,8 +7,21 @@
  * reason, which the receiving side logs before closing the session.
  */
 
-/** Protocol versions this build speaks, best first. */
-export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [1];
+/**
+ * Protocol versions this build speaks, best first. Version 2 is version 1 plus the inference gateway
+ * streams (`gw_*`); those messages are a protocol violation in a session that negotiated version 1, so
+ * an old agent and a new host (or the reverse) still agree on everything they send each other.
+ */
+export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [2, 1];
+/** The first protocol version that carries inference gateway streams. */
+export const GATEWAY_PROTOCOL_VERSION = 2;
+
+/** Largest body chunk in one gateway frame; well under the 1 MiB frame limit, with room for the envelope. */
+export const MAX_GATEWAY_CHUNK = 256 * 1024;
+/** Headers per gateway request or response (only a small allow-listed subset is ever forwarded). */
+export const MAX_GATEWAY_HEADERS = 16;
+export const GATEWAY_METHODS = ["GET", "POST"] as const;
+export type GatewayMethod = (typeof GATEWAY_METHODS)[number];
 
 export const FAILURE_CODES = [
   "ssh_key_rejected",
@@ -128,10 +141,59 @@ export interface Bye {
   reason: string;
 }
 
+/** Lower-case header name → value. */
+export type GatewayHeaders = Record<string, string>;
+
+/**
+ * Inference gateway streams (protocol ≥ 2). The agent opens a stream per HTTP request its loopback
+ * gateway receives; `stream` ids are chosen by the agent, unique within a session. The host answers
+ * with one `gw_response` (status, headers, first body bytes) and zero or more `gw_response_body`
+ * frames; the frame with `end: true` completes the stream. Which instance a stream belongs to is
+ * never in a message: it is the channel the host dialled.
+ */
+export interface GatewayRequestOpen {
+  stream: number;
+  method: GatewayMethod;
+  /** Path and query as the guest client sent them, e.g. `/v1/chat/completions`. */
+  path: string;
+  headers: GatewayHeaders;
+  /** The request body, or its first part when `end` is false. */
+  body: Buffer;
+  end: boolean;
+}
+
+export interface GatewayBodyChunk {
+  stream: number;
+  data: Buffer;
+  end: boolean;
+}
+
+/** The guest client went away: the host stops working on the stream. */
+export interface GatewayCancel {
+  stream: number;
+}
+
+export interface GatewayResponseHead {
+  stream: number;
+  status: number;
+  headers: GatewayHeaders;
+  body: Buffer;
+  end: boolean;
+}
+
+/** The host abandoned a stream mid-way: the agent cuts the client's connection instead of ending it cleanly. */
+export interface GatewayReset {
+  stream: number;
+  reason: string;
+}
+
 export type HostMessage =
   | { type: "hello"; id: number; body: HostHello }
   | { type: "setup"; id: number; body: SetupParams }
   | { type: "quote"; id: number; body: QuoteRequest }
+  | { type: "gw_response"; body: GatewayResponseHead }
+  | { type: "gw_response_body"; body: GatewayBodyChunk }
+  | { type: "gw_reset"; body: GatewayReset }
   | { type: "bye"; body: Bye };
 
 export type AgentMessage =
@@ -144,7 +206,18 @@ export type AgentMessage =
   | { type: "failed"; body: Failed }
   | { type: "heartbeat"; body: Heartbeat }
   | { type: "egress"; body: EgressSample }
+  | { type: "gw_request"; body: GatewayRequestOpen }
+  | { type: "gw_request_body"; body: GatewayBodyChunk }
+  | { type: "gw_cancel"; body: GatewayCancel }
   | { type: "bye"; body: Bye };
+
+export type GatewayAgentMessage = Extract<AgentMessage, { type: "gw_request" | "gw_request_body" | "gw_cancel" }>;
+export type GatewayHostMessage = Extract<HostMessage, { type: "gw_response" | "gw_response_body" | "gw_reset" }>;
+
+/** Whether a message belongs to a gateway stream (only valid in a session of version ≥ GATEWAY_PROTOCOL_VERSION). */
+export function isGatewayMessage(m: AnyMessage): m is GatewayAgentMessage | GatewayHostMessage {
+  return m.type.startsWith("gw_");
+}
 
 export type AnyMessage = HostMessage | AgentMessage;
 
@@ -358,6 +431,58 @@ function validateBye(v: unknown, p: string): Bye {
   return { reason: str(o.reason, `${p}.reason`, { max: 512, pattern: PRINTABLE }) };
 }
 
+const HEADER_NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
+/** Path plus query: visible ASCII only (clients percent-encode everything else). */
+const HTTP_PATH = /^\/[\x21-\x7e]*$/;
+
+function streamId(v: unknown, p: string): number {
+  const n = uint(v, p, MAX_REQUEST_ID);
+  if (n === 0) fail(p, "must be at least 1");
+  return n;
+}
+
+function gatewayHeaders(v: unknown, p: string): GatewayHeaders {
+  if (!isPlainObject(v)) fail(p, "must be a map");
+  const keys = Object.keys(v);
+  if (keys.length > MAX_GATEWAY_HEADERS) fail(p, `has more than ${MAX_GATEWAY_HEADERS} entries`);
+  const out: GatewayHeaders = {};
+  for (const k of keys) {
+    if (!HEADER_NAME.test(k)) fail(p, `header name ${JSON.stringify(k.slice(0, 64))} is not a lower-case token`);
+    out[k] = str(v[k], `${p}.${k}`, { max: 1024, pattern: PRINTABLE });
+  }
+  return out;
+}
+
+function validateGatewayRequest(v: unknown, p: string): GatewayRequestOpen {
+  const o = object(v, p, ["stream", "method", "path", "headers", "body", "end"]);
+  return {
+    stream: streamId(o.stream, `${p}.stream`),
+    method: oneOf(o.method, `${p}.method`, GATEWAY_METHODS),
+    path: str(o.path, `${p}.path`, { min: 1, max: 2048, pattern: HTTP_PATH }),
+    headers: gatewayHeaders(o.headers, `${p}.headers`),
+    body: bytes(o.body, `${p}.body`, 0, MAX_GATEWAY_CHUNK),
+    end: bool(o.end, `${p}.end`),
+  };
+}
+
+function validateGatewayChunk(v: unknown, p: string): GatewayBodyChunk {
+  const o = object(v, p, ["stream", "data", "end"]);
+  return { stream: streamId(o.stream, `${p}.stream`), data: bytes(o.data, `${p}.data`, 0, MAX_GATEWAY_CHUNK), end: bool(o.end, `${p}.end`) };
+}
+
+function validateGatewayResponse(v: unknown, p: string): GatewayResponseHead {
+  const o = object(v, p, ["stream", "status", "headers", "body", "end"]);
+  const status = uint(o.status, `${p}.status`, 599);
+  if (status < 100) fail(`${p}.status`, "must be an HTTP status (100..599)");
+  return {
+    stream: streamId(o.stream, `${p}.stream`),
+    status,
+    headers: gatewayHeaders(o.headers, `${p}.headers`),
+    body: bytes(o.body, `${p}.body`, 0, MAX_GATEWAY_CHUNK),
+    end: bool(o.end, `${p}.end`),
+  };
+}
+
 function envelope(v: unknown, kind: "request" | "reply" | "event"): Obj {
   const keys = kind === "request" ? ["type", "id", "body"] : kind === "reply" ? ["type", "re", "body"] : ["type", "body"];
   const o = object(v, "message", keys);
@@ -383,6 +508,14 @@ export function validateHostMessage(v: unknown): HostMessage {
       const o = envelope(v, "request");
       const b = object(o.body, "quote", ["nonce"]);
       return { type, id: o.id as number, body: { nonce: bytes(b.nonce, "quote.nonce", 16, 64) } };
+    }
+    case "gw_response":
+      return { type, body: validateGatewayResponse(envelope(v, "event").body, "gw_response") };
+    case "gw_response_body":
+      return { type, body: validateGatewayChunk(envelope(v, "event").body, "gw_response_body") };
+    case "gw_reset": {
+      const b = object(envelope(v, "event").body, "gw_reset", ["stream", "reason"]);
+      return { type, body: { stream: streamId(b.stream, "gw_reset.stream"), reason: str(b.reason, "gw_reset.reason", { max: 512, pattern: PRINTABLE }) } };
     }
     case "bye":
       return { type, body: validateBye(envelope(v, "event").body, "bye") };
@@ -426,6 +559,14 @@ export function validateAgentMessage(v: unknown): AgentMessage {
       return { type, body: validateHeartbeat(envelope(v, "event").body, "heartbeat") };
     case "egress":
       return { type, body: validateEgress(envelope(v, "event").body, "egress") };
+    case "gw_request":
+      return { type, body: validateGatewayRequest(envelope(v, "event").body, "gw_request") };
+    case "gw_request_body":
+      return { type, body: validateGatewayChunk(envelope(v, "event").body, "gw_request_body") };
+    case "gw_cancel": {
+      const b = object(envelope(v, "event").body, "gw_cancel", ["stream"]);
+      return { type, body: { stream: streamId(b.stream, "gw_cancel.stream") } };
+    }
     case "bye":
       return { type, body: validateBye(envelope(v, "event").body, "bye") };
     default:

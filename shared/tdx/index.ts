@@ -43,6 +43,7 @@ export {
 } from "./collateral.js";
 export { INTEL_SGX_ROOT_CA_PEM, INTEL_SGX_ROOT_CA_SHA256 } from "./root-ca.js";
 export { PkiError, parseSgxExtension, type SgxExtension } from "./pck.js";
+export { pckInfoOf, type PckInfo } from "./pck-info.js";
 export {
   parseManifest,
   compareMeasurements,

@@ -20,6 +20,17 @@ export const HOST_SAMPLES: Record<string, HostMessage> = {
   },
   quote: { type: "quote", id: 3, body: { nonce: Buffer.alloc(32, 0x5a) } },
   bye: { type: "bye", body: { reason: "host shutting down" } },
+  hello_v2: { type: "hello", id: 9, body: { versions: [2, 1], host_version: "cvmd/0.2.0" } },
+  gw_response: {
+    type: "gw_response",
+    body: { stream: 1, status: 200, headers: { "content-type": "text/event-stream", "x-request-id": "gw_0123456789abcdef" }, body: Buffer.alloc(0), end: false },
+  },
+  gw_response_whole: {
+    type: "gw_response",
+    body: { stream: 2, status: 429, headers: { "content-type": "application/json", "retry-after": "3" }, body: Buffer.from('{"error":{"code":"rate_limit_exceeded"}}'), end: true },
+  },
+  gw_response_body: { type: "gw_response_body", body: { stream: 1, data: Buffer.from('data: {"choices":[]}\n\n'), end: true } },
+  gw_reset: { type: "gw_reset", body: { stream: 1, reason: "upstream response exceeded 16777216 bytes" } },
 };
 
 export const AGENT_SAMPLES: Record<string, AgentMessage> = {
@@ -77,4 +88,32 @@ export const AGENT_SAMPLES: Record<string, AgentMessage> = {
   },
   egress: { type: "egress", body: { bytes: 1048576, packets: 1024, sampled_at: "2026-11-24T02:10:00.000Z" } },
   bye: { type: "bye", body: { reason: "protocol violation: unknown host message type" } },
+  hello_v2: {
+    type: "hello",
+    re: 9,
+    body: {
+      version: 2,
+      agent_version: "0.2.0",
+      boot_id: "6f1c0f2e-7a51-4b0e-9d3a-0c6b7f0a1d2e",
+      image_id: "cvm-2026.12.1",
+      state: { phase: "awaiting_setup", setup_digest: null, stage: null, ready: null, failed: null },
+    },
+  },
+  gw_request: {
+    type: "gw_request",
+    body: {
+      stream: 1,
+      method: "POST",
+      path: "/v1/chat/completions",
+      headers: { accept: "text/event-stream", "content-type": "application/json" },
+      body: Buffer.from('{"model":"llama-3.1-8b","stream":true,"messages":[{"role":"user","content":"hi"}]}'),
+      end: true,
+    },
+  },
+  gw_request_partial: {
+    type: "gw_request",
+    body: { stream: 2, method: "POST", path: "/v1/embeddings", headers: { "content-type": "application/json" }, body: Buffer.from('{"input":"'), end: false },
+  },
+  gw_request_body: { type: "gw_request_body", body: { stream: 2, data: Buffer.from('abc"}'), end: true } },
+  gw_cancel: { type: "gw_cancel", body: { stream: 1 } },
 };

@@ -1,0 +1,196 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Encoder } from "cbor-x";
+import pino from "pino";
+import { afterEach, describe, expect, test } from "vitest";
+import { decodeHostMessage, encodeMessage } from "../../shared/protocol/codec.js";
+import { encodeFrame, FrameDecoder } from "../../shared/protocol/frame.js";
+import type { AgentMessage, HostMessage } from "../../shared/protocol/messages.js";
+import { AGENT_SAMPLES } from "../../shared/protocol/testdata/samples.js";
+import { AgentLink } from "./agent-link.js";
+import { UnixSocketConnector } from "./connectors.js";
+import type { GatewayHttpRequest } from "./gateway-streams.js";
+
+const HELLO = (AGENT_SAMPLES.hello_v2 as Extract<AgentMessage, { type: "hello" }>).body;
+
+/** Test double of the agent end of the channel: answers hello with the given version, then runs the test's script. */
+class ScriptedAgent {
+  server!: Server;
+  socket: Socket | null = null;
+  received: HostMessage[] = [];
+  private waiters: Array<() => void> = [];
+  constructor(readonly path: string, readonly version: number) {}
+  async start() {
+    this.server = createServer((s) => {
+      this.socket = s;
+      const d = new FrameDecoder();
+      s.on("error", () => undefined);
+      s.on("data", (c) => {
+        for (const ev of d.push(c)) {
+          if (ev.kind !== "frame") continue;
+          const r = decodeHostMessage(ev.payload);
+          if (!r.ok) throw new Error(r.reason);
+          if (r.message.type === "hello") s.write(encodeMessage({ type: "hello", re: r.message.id, body: { ...HELLO, version: this.version } }));
+          else this.received.push(r.message);
+          for (const w of this.waiters.splice(0)) w();
+        }
+      });
+      for (const w of this.waiters.splice(0)) w();
+    });
+    await new Promise<void>((r) => this.server.listen(this.path, r));
+  }
+  send(m: AgentMessage) {
+    this.socket!.write(encodeMessage(m));
+  }
+  async until(pred: () => boolean, ms = 5000) {
+    const deadline = Date.now() + ms;
+    while (!pred()) {
+      if (Date.now() > deadline) throw new Error("timed out");
+      await new Promise<void>((r) => {
+        this.waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+  }
+  close() {
+    this.socket?.destroy();
+    return new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+let dir: string;
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0)) await c();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+async function fixture(version = 2, gatewayLimits = {}) {
+  dir = await mkdtemp(join(tmpdir(), "gw-link-"));
+  const agent = new ScriptedAgent(join(dir, "a.sock"), version);
+  await agent.start();
+  const link = new AgentLink({ connector: new UnixSocketConnector(agent.path), logger: pino({ level: "silent" }), instanceId: "inst-a", backoff: { initialMs: 10, maxMs: 50 }, gatewayLimits });
+  const disconnects: string[] = [];
+  link.on("disconnected", (r) => disconnects.push(r));
+  cleanups.push(async () => {
+    await link.close();
+    await agent.close();
+  });
+  link.start();
+  await new Promise<void>((r) => link.once("connected", () => r()));
+  return { agent, link, disconnects };
+}
+
+const body = (m: HostMessage) => (m.type === "gw_response" ? m.body.body : m.type === "gw_response_body" ? m.body.data : Buffer.alloc(0));
+
+describe("gateway streams on the agent link", () => {
+  test("a request split over frames reaches the handler whole; a streamed response comes back in order", async () => {
+    const { agent, link } = await fixture();
+    const seen: GatewayHttpRequest[] = [];
+    link.onGatewayRequest(async (req, res) => {
+      seen.push(req);
+      res.head(200, { "content-type": "text/event-stream" });
+      for (let i = 0; i < 5; i++) res.write(Buffer.from(`data: ${i}\n\n`));
+      res.end();
+    });
+    agent.send({ type: "gw_request", body: { stream: 7, method: "POST", path: "/v1/chat/completions", headers: { "content-type": "application/json" }, body: Buffer.from('{"a":'), end: false } });
+    agent.send({ type: "gw_request_body", body: { stream: 7, data: Buffer.from("1}"), end: true } });
+    await agent.until(() => agent.received.some((m) => m.type === "gw_response_body" && m.body.end));
+    expect(seen).toHaveLength(1);
+    expect(seen[0]!.body.toString()).toBe('{"a":1}');
+    expect(seen[0]!.path).toBe("/v1/chat/completions");
+    const frames = agent.received.filter((m) => m.type.startsWith("gw_"));
+    expect(frames[0]).toMatchObject({ type: "gw_response", body: { stream: 7, status: 200, end: false } });
+    expect(Buffer.concat(frames.map(body)).toString()).toBe([0, 1, 2, 3, 4].map((i) => `data: ${i}\n\n`).join(""));
+  });
+
+  test("no handler: 503; an oversized body: 413 without reaching the handler", async () => {
+    const { agent, link } = await fixture(2, { maxRequestBytes: 10 });
+    agent.send({ type: "gw_request", body: { stream: 1, method: "GET", path: "/v1/models", headers: {}, body: Buffer.alloc(0), end: true } });
+    await agent.until(() => agent.received.length === 1);
+    expect(agent.received[0]).toMatchObject({ type: "gw_response", body: { stream: 1, status: 503, end: true } });
+    let called = 0;
+    link.onGatewayRequest(async (_q, r) => {
+      called++;
+      r.send(200, {}, Buffer.alloc(0));
+    });
+    agent.send({ type: "gw_request", body: { stream: 2, method: "POST", path: "/v1/embeddings", headers: {}, body: Buffer.alloc(8), end: false } });
+    agent.send({ type: "gw_request_body", body: { stream: 2, data: Buffer.alloc(8), end: true } });
+    await agent.until(() => agent.received.length === 2);
+    expect(agent.received[1]).toMatchObject({ type: "gw_response", body: { stream: 2, status: 413 } });
+    expect(called).toBe(0);
+  });
+
+  test("a cancel from the agent aborts the handler's signal; later writes go nowhere", async () => {
+    const { agent, link } = await fixture();
+    let aborted: Promise<unknown> | null = null;
+    let write: ((b: Buffer) => boolean) | null = null;
+    link.onGatewayRequest(async (req, res) => {
+      aborted = new Promise((r) => req.signal.addEventListener("abort", () => r(req.signal.reason)));
+      res.head(200, {});
+      write = (b) => res.write(b);
+      await aborted;
+    });
+    agent.send({ type: "gw_request", body: { stream: 3, method: "POST", path: "/v1/chat/completions", headers: {}, body: Buffer.from("{}"), end: true } });
+    await agent.until(() => aborted !== null);
+    agent.send({ type: "gw_cancel", body: { stream: 3 } });
+    await expect(aborted).resolves.toBeInstanceOf(Error);
+    write!(Buffer.from("late"));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(agent.received.filter((m) => m.type === "gw_response_body")).toHaveLength(0);
+  });
+
+  test("more open streams than allowed get 429 at the link", async () => {
+    const { agent, link } = await fixture(2, { maxOpenStreams: 2 });
+    link.onGatewayRequest(() => new Promise(() => undefined));
+    for (const stream of [1, 2, 3]) agent.send({ type: "gw_request", body: { stream, method: "POST", path: "/v1/x", headers: {}, body: Buffer.alloc(0), end: true } });
+    await agent.until(() => agent.received.length === 1);
+    expect(agent.received[0]).toMatchObject({ type: "gw_response", body: { stream: 3, status: 429 } });
+  });
+
+  test("an identity smuggled into a gateway request is a protocol violation: the session ends", async () => {
+    const { agent, link, disconnects } = await fixture();
+    let called = 0;
+    link.onGatewayRequest(async (_q, r) => {
+      called++;
+      r.send(200, {}, Buffer.alloc(0));
+    });
+    const raw = new Encoder({ useRecords: false, mapsAsObjects: true, variableMapSize: true, tagUint8Array: false });
+    agent.socket!.write(encodeFrame(Buffer.from(raw.encode({ type: "gw_request", body: { stream: 1, method: "GET", path: "/v1/models", headers: {}, body: Buffer.alloc(0), end: true, instance_id: "inst-b" } }))));
+    await agent.until(() => disconnects.length > 0);
+    expect(disconnects[0]).toMatch(/protocol violation: .*unknown key "instance_id"/);
+    expect(called).toBe(0);
+  });
+
+  test("in a version 1 session gateway frames are a protocol violation", async () => {
+    const { agent, link, disconnects } = await fixture(1);
+    link.onGatewayRequest(async (_q, r) => r.send(200, {}, Buffer.alloc(0)));
+    agent.send({ type: "gw_request", body: { stream: 1, method: "GET", path: "/v1/models", headers: {}, body: Buffer.alloc(0), end: true } });
+    await agent.until(() => disconnects.length > 0);
+    expect(disconnects[0]).toMatch(/gw_request in a protocol 1 session/);
+    expect(agent.received.filter((m) => m.type === "gw_response")).toHaveLength(0);
+  });
+
+  test("a session that ends aborts the streams on it", async () => {
+    const { agent, link } = await fixture();
+    let reason: unknown = null;
+    let started = false;
+    link.onGatewayRequest(
+      (req) =>
+        new Promise<void>((resolve) => {
+          started = true;
+          req.signal.addEventListener("abort", () => {
+            reason = req.signal.reason;
+            resolve();
+          });
+        }),
+    );
+    agent.send({ type: "gw_request", body: { stream: 1, method: "POST", path: "/v1/chat/completions", headers: {}, body: Buffer.from("{}"), end: true } });
+    await agent.until(() => started);
+    agent.socket!.destroy();
+    for (let i = 0; i < 100 && reason === null; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(String((reason as Error | null)?.message)).toMatch(/agent session ended/);
+  });
+});
