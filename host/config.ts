@@ -33,6 +33,8 @@ export interface Config {
   trustedProxies: string[];
   /** Native HTTPS on the tenant listener when both are set (re-read on SIGHUP). */
   tls: { certFile: string; keyFile: string } | null;
+  /** Where TDX collateral comes from: an offline bundle and/or a PCCS (neither: verdicts say so). */
+  attestation: { collateralFile: string | null; pccsUrl: string | null };
 }
 
 export class ConfigError extends Error {
@@ -81,6 +83,23 @@ function opsConfig(get: (name: string) => string | undefined, cwd: string): Pick
     trustedProxies,
     tls: cert && key ? { certFile: resolve(cwd, cert), keyFile: resolve(cwd, key) } : null,
   };
+}
+
+function attestationConfig(get: (name: string) => string | undefined, cwd: string): Config["attestation"] {
+  const file = get("CVM_COLLATERAL_FILE");
+  const pccs = get("CVM_PCCS_URL");
+  if (pccs) {
+    let u: URL | undefined;
+    try {
+      u = new URL(pccs);
+    } catch {
+      u = undefined;
+    }
+    if (!u || (u.protocol !== "https:" && u.protocol !== "http:")) {
+      throw new ConfigError(`CVM_PCCS_URL=${pccs}: expected an http(s) URL of a PCCS or Intel PCS, e.g. https://pccs.example:8081`);
+    }
+  }
+  return { collateralFile: file ? resolve(cwd, file) : null, pccsUrl: pccs ?? null };
 }
 
 function isAddressOrCidr(v: string): boolean {
@@ -164,6 +183,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     logLevel: get("CVM_LOG_LEVEL") ?? "info",
     shutdownGraceMs: parseIntStrict(get("CVM_SHUTDOWN_GRACE_MS") ?? "10000", "CVM_SHUTDOWN_GRACE_MS", 0),
     ...opsConfig(get, cwd),
+    attestation: attestationConfig(get, cwd),
   };
   if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(cfg.logLevel)) {
     throw new ConfigError(`CVM_LOG_LEVEL=${cfg.logLevel}: expected one of fatal, error, warn, info, debug, trace, silent`);

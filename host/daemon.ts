@@ -6,6 +6,8 @@ import { systemClock, type Clock } from "./clock.js";
 import type { Config } from "./config.js";
 import type { Driver } from "./instances/driver.js";
 import { LifecycleEngine } from "./instances/engine.js";
+import { AttestationService, buildCollateralProvider } from "./attest/index.js";
+import { QuoteVerifier } from "../shared/tdx/index.js";
 import { ApiKeyStore } from "./store/api-keys.js";
 import { Database } from "./store/db.js";
 import { IdempotencyStore } from "./store/idempotency.js";
@@ -35,6 +37,8 @@ export interface DaemonDeps {
   metrics?: Metrics;
   /** The host's egress enforcement (shared with the driver, which installs each instance's rules). */
   egressFirewall?: EgressFirewall;
+  /** Quote verifier; tests give one that pins a test PKI root. Default: Intel's root, one warm cache. */
+  quoteVerifier?: QuoteVerifier;
 }
 
 export interface RunningDaemon {
@@ -85,6 +89,9 @@ export async function startDaemon(config: Config, deps: DaemonDeps): Promise<Run
 async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): void }): Promise<RunningDaemon> {
   const clock = deps.clock ?? systemClock;
   const log = deps.logger;
+  // Before the database opens: a bad collateral bundle stops start-up with nothing to clean up.
+  const collateral = await buildCollateralProvider(config.attestation, { now: () => clock.now().getTime(), logger: log.child({ component: "attest" }) });
+  log.info({ collateral_file: config.attestation.collateralFile, pccs_host: config.attestation.pccsUrl ? new URL(config.attestation.pccsUrl).host : null }, collateral.configured ? "attestation collateral source" : "no attestation collateral source configured");
   const db = await Database.open(join(config.dataDir, DB_FILE));
   const version = await db.migrate();
   log.info({ schema_version: version, data_dir: config.dataDir }, "database ready");
@@ -132,6 +139,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     metrics,
     rateLimiter: new RateLimiter(config.rateLimit, { securityLog, metrics }),
     trustedProxies: new TrustedProxies(config.trustedProxies),
+    attestation: new AttestationService({ verifier: deps.quoteVerifier ?? new QuoteVerifier(), collateral, clock, metrics }),
     usage: {
       egressLimitBytes: config.egressLimitBytes,
       inferenceCostUsd: (tenantId, from, to) => gateway.costUsd(tenantId, from, to),

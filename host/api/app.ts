@@ -13,6 +13,8 @@ import { requestContext } from "./middleware/context.js";
 import { envelope } from "./middleware/envelope.js";
 import { openApiDocument } from "./openapi.js";
 import { instanceRoutes } from "./routes/instances.js";
+import { attestationRoutes } from "./routes/attestation.js";
+import type { AttestationService } from "../attest/index.js";
 import { usageRoutes, type UsageSources } from "./routes/usage.js";
 import { resolveClientAddress, TrustedProxies } from "../ops/client-address.js";
 import { httpMetrics } from "../ops/http-metrics.js";
@@ -37,6 +39,8 @@ export interface AppDeps {
   rateLimiter?: RateLimiter;
   /** Peers whose X-Forwarded-For names the client (none by default). */
   trustedProxies?: TrustedProxies;
+  /** Quote verification (the daemon always gives one; without it the attestation routes answer 503). */
+  attestation?: AttestationService;
 }
 
 /** Builds the Koa app without listening, so tests and the daemon share it. */
@@ -80,6 +84,8 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   const usage = usageRoutes({ ...deps.usage, instances: deps.instances, clock: deps.clock });
   tenantApi.use(instances.routes());
   tenantApi.use(usage.routes());
+  const attestation = attestationRoutes({ engine: deps.engine, instances: deps.instances, clock: deps.clock, securityLog: deps.securityLog, attestation: deps.attestation });
+  tenantApi.use(attestation.routes());
 
   app.use(open.routes());
   // Authentication runs only for matched tenant routes: an unknown path is not_found for everyone.
@@ -97,7 +103,7 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
     return undefined;
   };
 
-  const routes = [...open.stack, ...instances.stack, ...usage.stack].flatMap((layer) =>
+  const routes = [...open.stack, ...instances.stack, ...usage.stack, ...attestation.stack].flatMap((layer) =>
     layer.methods.filter((m) => m !== "HEAD").map((method) => ({ method, path: String(layer.path) })),
   );
   return { app, routes };

@@ -1,4 +1,5 @@
 import { API_ERROR_CODES, INSTANCE_STATUSES } from "../../shared/api/types.js";
+import { TCB_STATUSES } from "../../shared/tdx/index.js";
 import { ERROR_DOCS, HTTP_STATUS } from "./errors.js";
 
 /** OpenAPI 3.1 description of /v1; a test checks it against the router's routes. */
@@ -18,6 +19,7 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
   });
   const nameParam = { name: "name", in: "path", required: true, schema: { type: "string", pattern: "^[a-z0-9]{8}$" } };
   const common = ["unauthenticated", "forbidden", "rate_limited", "internal_error"] as const;
+  const hexString = { type: "string", pattern: "^[0-9a-f]*$" };
 
   return {
     openapi: "3.1.0",
@@ -67,6 +69,36 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
             }),
             ...errors("not_found", ...common),
           },
+        },
+      },
+      "/v1/instances/{name}/attestation": {
+        get: {
+          operationId: "getInstanceAttestation",
+          description:
+            "Extension: asks the instance's agent for a fresh TDX quote whose REPORTDATA is SHA-512(\"cvm-attest-v1\\0\" ‖ u32be len ‖ nonce ‖ per sorted SSH host key \"type base64\": u32be len ‖ key), " +
+            "and verifies it on the host: DCAP (PCK chain to Intel's SGX Root CA, CRLs, QE report, signature, TCB status) with collateral from CVM_COLLATERAL_FILE or CVM_PCCS_URL at the server's current time, " +
+            "REPORTDATA recomputed from the nonce and the host keys the agent reported at ready (and SSH confirmed), MRTD/RTMR0–2 against the manifest of the image the instance booted from, and RTMR3 by replaying the event log. " +
+            "Where the guest has no TDX (no quote interface, or a driver whose guests cannot attest) the answer is 200 with available=false, the agent's reason, its event log and verdict=null: no quote is ever fabricated. " +
+            "Verify the quote yourself too (cvm-verify in the instance, or POST /v1/attestation/verify): the host's verdict is a convenience, not a root of trust.",
+          parameters: [
+            nameParam,
+            { name: "nonce", in: "query", required: true, description: "Your fresh random challenge, hex, 16 to 64 bytes.", schema: { type: "string", pattern: "^([0-9a-fA-F]{2}){16,64}$" } },
+          ],
+          responses: {
+            ...ok(200, "Evidence and the host's verdict (available=true), or why there is none (available=false, verdict=null)", ref("InstanceAttestation")),
+            ...errors("invalid_request", "not_found", "conflict", "unavailable", ...common),
+          },
+        },
+      },
+      "/v1/attestation/verify": {
+        post: {
+          operationId: "verifyQuote",
+          description:
+            "Extension: verifies a TDX quote you supply (no instance needed). Collateral: the one in the body, else the server's (CVM_COLLATERAL_FILE, then CVM_PCCS_URL, chosen by the quote's FMSPC); " +
+            "with neither, ok=false and reason says so. A quote that fails verification (including one that does not parse, or an SGX quote) is still 200 with ok=false, reason and failure; " +
+            "malformed input (quote neither base64 nor hex, body over 64 KiB, collateral of the wrong shape, bad at or report_data) is 400 invalid_request naming the field.",
+          requestBody: { required: true, content: { "application/json": { schema: ref("VerifyQuote") } } },
+          responses: { ...ok(200, "The verdict", ref("QuoteVerdict")), ...errors("invalid_request", ...common) },
         },
       },
       "/v1/usage": {
@@ -167,6 +199,114 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
                 egress_blocked: { type: "boolean" },
                 egress_block_applied_at: { type: ["string", "null"], format: "date-time" },
               },
+            },
+          },
+        },
+        Measurements: {
+          type: ["object", "null"],
+          description: "Fields of the TD report, lowercase hex; present whenever the quote parses (trust them only when the verdict is ok).",
+          properties: Object.fromEntries(
+            ["mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_config_id", "mr_owner", "mr_owner_config", "report_data", "td_attributes", "xfam", "tee_tcb_svn", "mr_seam", "mr_signer_seam", "seam_attributes", "tee_tcb_svn2", "mr_servicetd"].map((k) => [k, hexString]),
+          ),
+        },
+        Rtmr3Event: {
+          type: "object",
+          required: ["imr", "digest", "event_type", "event"],
+          properties: { imr: { const: 3 }, digest: { type: "string", description: "SHA-384(utf8(event_type + \":\" + event)), hex" }, event_type: { type: "string" }, event: { type: "string" } },
+        },
+        Collateral: {
+          type: "object",
+          description: "Intel DCAP collateral, field names of dcap-qvl's QuoteCollateralV3 (as in collateral.json).",
+          required: ["pck_crl_issuer_chain", "root_ca_crl", "pck_crl", "tcb_info_issuer_chain", "tcb_info", "tcb_info_signature", "qe_identity_issuer_chain", "qe_identity", "qe_identity_signature"],
+          properties: {
+            pck_crl_issuer_chain: { type: "string", description: "PEM" },
+            root_ca_crl: { type: "string", description: "hex DER" },
+            pck_crl: { type: "string", description: "hex DER" },
+            tcb_info_issuer_chain: { type: "string", description: "PEM" },
+            tcb_info: { type: "string", description: "the tcbInfo JSON text exactly as signed" },
+            tcb_info_signature: { type: "string", description: "hex r‖s" },
+            qe_identity_issuer_chain: { type: "string", description: "PEM" },
+            qe_identity: { type: "string", description: "the enclaveIdentity JSON text exactly as signed" },
+            qe_identity_signature: { type: "string", description: "hex r‖s" },
+          },
+        },
+        VerifyQuote: {
+          type: "object",
+          additionalProperties: false,
+          required: ["quote"],
+          properties: {
+            quote: { type: "string", description: "The quote: hex if the string is only hex digits, otherwise standard padded base64. At most 64 KiB decoded." },
+            collateral: ref("Collateral"),
+            at: { oneOf: [{ type: "string", format: "date-time" }, { type: "number", description: "Unix seconds" }], description: "Verification time; default now." },
+            report_data: { type: "string", pattern: "^[0-9a-fA-F]{128}$", description: "Expected REPORTDATA (64 bytes hex); a difference makes ok false." },
+          },
+        },
+        QuoteVerdict: {
+          type: "object",
+          required: ["ok", "status", "advisory_ids", "reason", "failure", "fmspc", "measurements", "at", "collateral_source"],
+          properties: {
+            ok: { type: "boolean", description: "Every check passed and the TCB status is not Revoked (OutOfDate and similar are ok=true with that status)." },
+            status: { type: ["string", "null"], enum: [...TCB_STATUSES, null] },
+            advisory_ids: { type: "array", items: { type: "string" } },
+            reason: { type: ["string", "null"] },
+            failure: {
+              oneOf: [{ type: "null" }, { type: "object", properties: { stage: { type: "string", enum: ["parse", "collateral", "pck_chain", "qe_report", "quote_signature", "tcb", "policy", "internal", "report_data"] }, code: { type: "string" } } }],
+            },
+            fmspc: { type: ["string", "null"] },
+            measurements: ref("Measurements"),
+            quote: { type: ["object", "null"], description: "Header facts: version, body_type, report_type, size, signed_length, trailing_bytes, qe_vendor_id, user_data." },
+            tcb: { type: ["object", "null"], description: "platform_status, tdx_module_status, qe_status, tcb_date, tcb_evaluation_data_number." },
+            pck: { type: ["object", "null"], description: "PCK leaf: subject, issuer, serial, ca_type, cpu_svn, pce_svn, sgx_tcb_components." },
+            at: { type: "string", format: "date-time" },
+            collateral_source: { type: ["string", "null"], enum: ["request", "file", "pccs", null] },
+            report_data: {
+              type: "object",
+              description: "Only when report_data was given.",
+              properties: { ok: { type: "boolean" }, expected: hexString, actual: { type: ["string", "null"] }, reason: { type: ["string", "null"] } },
+            },
+          },
+        },
+        InstanceAttestation: {
+          type: "object",
+          required: ["name", "nonce", "available", "event_log", "measurements", "verdict"],
+          properties: {
+            name: { type: "string" },
+            nonce: hexString,
+            available: { type: "boolean", description: "False where the guest has no TDX: then reason says why, verdict is null and there is no quote." },
+            reason: { type: "string", description: "available=false only." },
+            quote: { type: "string", description: "available=true only: the quote, base64." },
+            report_data: { type: "string", description: "available=true only: REPORTDATA as the agent computed it, hex." },
+            host_keys: { type: "array", items: { type: "string" }, description: "available=true only: the SSH host keys REPORTDATA binds." },
+            image_id: { type: ["string", "null"] },
+            event_log: { type: "array", items: ref("Rtmr3Event") },
+            measurements: ref("Measurements"),
+            verdict: {
+              oneOf: [
+                { type: "null" },
+                {
+                  type: "object",
+                  required: ["ok", "reason", "status", "advisory_ids", "fmspc", "at", "collateral_source", "checks"],
+                  properties: {
+                    ok: { type: "boolean", description: "All four checks passed." },
+                    reason: { type: ["string", "null"], description: "The first failing check, as \"<check>: <reason>\"." },
+                    status: { type: ["string", "null"], enum: [...TCB_STATUSES, null] },
+                    advisory_ids: { type: "array", items: { type: "string" } },
+                    fmspc: { type: ["string", "null"] },
+                    tcb: { type: ["object", "null"] },
+                    at: { type: "string", format: "date-time" },
+                    collateral_source: { type: ["string", "null"], enum: ["file", "pccs", null] },
+                    checks: {
+                      type: "object",
+                      properties: {
+                        quote: { type: "object", description: "DCAP: ok, reason, failure {stage, code}." },
+                        report_data: { type: "object", description: "ok, expected (recomputed by the host), actual (in the quote), agent_reported, reason." },
+                        measurements: { type: "object", description: "ok, image_id, checked, checks [{name, result: match|mismatch|not_checked, expected, actual}], mismatches, reason." },
+                        event_log: { type: "object", description: "ok, replayed, expected (RTMR3), events, reason." },
+                      },
+                    },
+                  },
+                },
+              ],
             },
           },
         },

@@ -10,6 +10,7 @@ import type { Driver } from "../../host/instances/driver.js";
 import type { EgressFirewall } from "../../host/net/egress-firewall.js";
 import { ApiKeyStore } from "../../host/store/api-keys.js";
 import { TenantStore } from "../../host/store/tenants.js";
+import type { QuoteVerifier } from "../../shared/tdx/index.js";
 
 export function tempDir(prefix = "cvm-test-"): { path: string; remove(): void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
@@ -31,11 +32,12 @@ export async function startTestDaemon(opts: {
   clock?: Clock;
   env?: Record<string, string>;
   egressFirewall?: EgressFirewall;
+  quoteVerifier?: QuoteVerifier;
 }): Promise<TestDaemon> {
   const config = loadConfig({ CVM_DATA_DIR: opts.dataDir, CVM_LISTEN: "127.0.0.1:0", CVM_LOG_LEVEL: "silent", ...opts.env });
   const clock = opts.clock ?? systemClock;
   const logger = pino({ level: process.env.CVM_TEST_LOG ?? "silent" });
-  const d = await startDaemon(config, { driver: opts.driver, logger, clock, egressFirewall: opts.egressFirewall });
+  const d = await startDaemon(config, { driver: opts.driver, logger, clock, egressFirewall: opts.egressFirewall, quoteVerifier: opts.quoteVerifier });
   const admin = () => ({ db: d.db, tenants: new TenantStore(d.db), keys: new ApiKeyStore(d.db), clock, pricing: config.pricing });
   return {
     ...d,

@@ -1,4 +1,6 @@
-import type { AdoptResult, Driver, DriverContext, InstanceSpec, ReadyInfo } from "../../host/instances/driver.js";
+import type { AdoptResult, AttestationEvidence, BootedImage, Driver, DriverContext, InstanceSpec, ReadyInfo } from "../../host/instances/driver.js";
+import { reportDataFor } from "../../shared/tdx/index.js";
+import type { Rtmr3Event } from "../../shared/protocol/messages.js";
 import { ProvisionError, type FailureCode } from "../../host/instances/failure-codes.js";
 
 /**
@@ -12,6 +14,15 @@ export class FakeDriver implements Driver {
   readyAfterMs = 0;
   failWith: FailureCode | null = null;
   destroyDelayMs = 0;
+  /** SSH host keys the fake agent "reported at ready"; REPORTDATA binds them. */
+  hostKeys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmGHkWDnb6W3Ssd8p8cRUzlgPGTd2lkNXCx2n9tJfJP"];
+  /**
+   * When set, attest() answers with the quote this returns (a real fixture quote, or one a test PKI
+   * signed over `reportData`); otherwise it answers like an agent without TDX.
+   */
+  quoteFor: ((nonce: Buffer, reportData: Buffer) => Buffer | Promise<Buffer>) | null = null;
+  eventLog: Rtmr3Event[] = [];
+  image: BootedImage | undefined = undefined;
   private exitListener?: (id: string, reason: string) => void;
 
   async create(spec: InstanceSpec, ctx: DriverContext): Promise<ReadyInfo> {
@@ -38,6 +49,14 @@ export class FakeDriver implements Driver {
     return { running: this.guests.has(spec.id) };
   }
 
+  async attest(_spec: InstanceSpec, nonce: Buffer): Promise<AttestationEvidence> {
+    // Computed the way the agent does: over the nonce and the host keys it reported.
+    const reportData = reportDataFor(nonce, this.hostKeys);
+    if (!this.quoteFor) return { available: false, reason: "test double: no TDX", eventLog: this.eventLog, image: this.image };
+    const quote = await this.quoteFor(nonce, reportData);
+    return { available: true, quote, reportData, eventLog: this.eventLog, hostKeys: [...this.hostKeys], image: this.image };
+  }
+
   onExit(listener: (id: string, reason: string) => void): void {
     this.exitListener = listener;
   }
@@ -49,7 +68,7 @@ export class FakeDriver implements Driver {
   }
 
   private info(spec: InstanceSpec): ReadyInfo {
-    return { ssh: { host: spec.hostname, port: 22, user: "azureuser" } };
+    return { ssh: { host: spec.hostname, port: 22, user: "azureuser" }, hostKeys: [...this.hostKeys] };
   }
 
   private waitReady(spec: InstanceSpec, signal: AbortSignal): Promise<ReadyInfo> {

@@ -1,0 +1,266 @@
+import {
+  checkEventLog,
+  compareMeasurements,
+  ManifestError,
+  MANIFEST_MEASUREMENTS,
+  measurementsOf,
+  NotTdxQuoteError,
+  parseManifest,
+  parseQuote,
+  pckInfoOf,
+  PkiError,
+  QuoteFormatError,
+  reportDataFor,
+  type Collateral,
+  type EventLogCheck,
+  type Measurements,
+  type MeasurementReport,
+  type PckInfo,
+  type QuoteVerifier,
+  type Verdict,
+  type VerifyStage,
+} from "../../shared/tdx/index.js";
+import type { Clock } from "../clock.js";
+import type { AttestationEvidence, BootedImage } from "../instances/driver.js";
+import type { Metrics, QuoteVerdict } from "../ops/metrics.js";
+import type { CollateralOrigin, CollateralProvider } from "./collateral-provider.js";
+
+/** DCAP verification of one quote, as the API shows it. */
+export interface QuoteCheck {
+  ok: boolean;
+  status: Verdict["status"];
+  advisory_ids: string[];
+  reason: string | null;
+  failure: { stage: VerifyStage | "report_data"; code: string } | null;
+  fmspc: string | null;
+  /** Parsed whenever the quote parses; trust them only when ok. */
+  measurements: Measurements | null;
+  quote: Verdict["quote"];
+  tcb: Verdict["tcb"] | null;
+  pck: Verdict["pck"] | null;
+  /** Verification time, ISO 8601. */
+  at: string;
+  collateral_source: CollateralOrigin | null;
+}
+
+export interface ReportDataCheck {
+  ok: boolean;
+  expected: string;
+  /** REPORTDATA in the quote (null when the quote does not parse). */
+  actual: string | null;
+  reason: string | null;
+}
+
+export interface ManifestCheck extends Partial<MeasurementReport> {
+  ok: boolean;
+  image_id: string | null;
+  reason: string | null;
+}
+
+export interface InstanceVerdict {
+  /** Every check below passed (a DCAP-valid quote may still carry an OutOfDate status: see status). */
+  ok: boolean;
+  /** The first failing check's reason, prefixed by its name. */
+  reason: string | null;
+  status: Verdict["status"];
+  advisory_ids: string[];
+  fmspc: string | null;
+  tcb: Verdict["tcb"] | null;
+  at: string;
+  collateral_source: CollateralOrigin | null;
+  checks: {
+    quote: { ok: boolean; reason: string | null; failure: QuoteCheck["failure"] };
+    report_data: ReportDataCheck & { agent_reported: string };
+    measurements: ManifestCheck;
+    event_log: EventLogCheck;
+  };
+}
+
+export interface AttestationServiceDeps {
+  /** One per daemon: its cache keeps verified collateral, PCK chains and QE reports warm. */
+  verifier: QuoteVerifier;
+  collateral: CollateralProvider;
+  clock: Clock;
+  metrics?: Metrics;
+}
+
+function parseFailure(e: unknown): { stage: VerifyStage; code: string } {
+  if (e instanceof NotTdxQuoteError) return { stage: "parse", code: "not_tdx" };
+  if (e instanceof QuoteFormatError) return { stage: "parse", code: "malformed_quote" };
+  if (e instanceof PkiError) return { stage: "pck_chain", code: e.code };
+  return { stage: "internal", code: "error" };
+}
+
+function measurementsIfParsed(quote: Buffer): Measurements | null {
+  try {
+    return measurementsOf(parseQuote(quote).report);
+  } catch {
+    return null;
+  }
+}
+
+/** The manifest's expected_measurements also carry build notes; only the four compared values count. */
+function manifestFrom(image: BootedImage) {
+  const em = image.expectedMeasurements ?? {};
+  const picked: Record<string, unknown> = {};
+  for (const k of MANIFEST_MEASUREMENTS) if (em[k] !== undefined && em[k] !== null) picked[k] = em[k];
+  return parseManifest({ expected_measurements: picked });
+}
+
+export function checkReportData(nonce: Buffer, hostKeys: string[], actual: string | null): ReportDataCheck {
+  const expected = reportDataFor(nonce, hostKeys).toString("hex");
+  if (actual === null) return { ok: false, expected, actual, reason: "the quote does not parse, so its REPORTDATA is unknown" };
+  const ok = actual.toLowerCase() === expected;
+  return {
+    ok,
+    expected,
+    actual: actual.toLowerCase(),
+    reason: ok ? null : "the quote's REPORTDATA is not SHA-512 over this nonce and the instance's SSH host keys",
+  };
+}
+
+export function checkManifest(m: Measurements | null, image: BootedImage | undefined): ManifestCheck {
+  if (!image) return { ok: false, image_id: null, reason: "the image this instance booted from is not known; measurements not checked" };
+  if (!m) return { ok: false, image_id: image.id, reason: "the quote does not parse; measurements not checked" };
+  let manifest;
+  try {
+    manifest = manifestFrom(image);
+  } catch (e) {
+    if (!(e instanceof ManifestError)) throw e;
+    return { ok: false, image_id: image.id, reason: `image ${image.id} manifest: ${e.message}` };
+  }
+  const r = compareMeasurements(m, manifest);
+  return { ...r, image_id: image.id, reason: r.ok ? null : `measurements differ from image ${image.id}'s manifest: ${r.mismatches.join(", ")}` };
+}
+
+/**
+ * The host's side of attestation: DCAP verification with collateral from the configured source, and
+ * for an instance the checks that tie a quote to it (REPORTDATA over the tenant's nonce and the SSH
+ * host keys, measurements against its image manifest, RTMR3 against the event log). Never throws for
+ * a bad quote: every outcome is a verdict with a reason; each one is counted in the metrics.
+ */
+export class AttestationService {
+  constructor(private readonly d: AttestationServiceDeps) {}
+
+  get collateralConfigured(): boolean {
+    return this.d.collateral.configured;
+  }
+
+  /** POST /v1/attestation/verify: a caller's quote, optionally with collateral, time and expected REPORTDATA. */
+  async verifyQuote(quote: Buffer, opts: { collateral?: Collateral; at?: Date; reportData?: Buffer } = {}): Promise<QuoteCheck & { report_data?: ReportDataCheck }> {
+    const q = await this.dcap(quote, opts);
+    if (!opts.reportData) {
+      this.count(q, q.ok);
+      return q;
+    }
+    const expected = opts.reportData.toString("hex");
+    const actual = q.measurements?.report_data ?? null;
+    const rd: ReportDataCheck = {
+      ok: actual === expected,
+      expected,
+      actual,
+      reason: actual === null ? "the quote does not parse, so its REPORTDATA is unknown" : actual === expected ? null : "the quote's REPORTDATA differs from report_data",
+    };
+    const out = { ...q, report_data: rd };
+    if (q.ok && !rd.ok) {
+      out.ok = false;
+      out.reason = rd.reason;
+      out.failure = { stage: "report_data", code: "mismatch" };
+    }
+    this.count(q, out.ok);
+    return out;
+  }
+
+  /** GET /v1/instances/{name}/attestation: the evidence a ready instance's agent returned for `nonce`. */
+  async checkInstance(ev: Extract<AttestationEvidence, { available: true }>, nonce: Buffer): Promise<{ verdict: InstanceVerdict; measurements: Measurements | null }> {
+    const q = await this.dcap(ev.quote, {});
+    const rd = checkReportData(nonce, ev.hostKeys, q.measurements?.report_data ?? null);
+    const measurements = checkManifest(q.measurements, ev.image);
+    const eventLog: EventLogCheck = q.measurements
+      ? checkEventLog(ev.eventLog, q.measurements.rtmr3)
+      : { ok: false, expected: "", events: ev.eventLog.length, reason: "the quote does not parse; RTMR3 unknown" };
+    const failed = (
+      [
+        ["quote", q.ok, q.reason],
+        ["report_data", rd.ok, rd.reason],
+        ["measurements", measurements.ok, measurements.reason],
+        ["event_log", eventLog.ok, eventLog.reason],
+      ] as const
+    ).find(([, ok]) => !ok);
+    const verdict: InstanceVerdict = {
+      ok: !failed,
+      reason: failed ? `${failed[0]}: ${failed[2] ?? "failed"}` : null,
+      status: q.status,
+      advisory_ids: q.advisory_ids,
+      fmspc: q.fmspc,
+      tcb: q.tcb,
+      at: q.at,
+      collateral_source: q.collateral_source,
+      checks: {
+        quote: { ok: q.ok, reason: q.reason, failure: q.failure },
+        report_data: { ...rd, agent_reported: ev.reportData.toString("hex") },
+        measurements,
+        event_log: eventLog,
+      },
+    };
+    this.count(q, verdict.ok);
+    return { verdict, measurements: q.measurements };
+  }
+
+  private count(q: QuoteCheck, ok: boolean): void {
+    // "error": the host could not verify at all (no collateral, or a fault of its own), as opposed to a quote that failed.
+    const couldNotVerify = q.failure?.code === "collateral_unavailable" || q.failure?.stage === "internal";
+    const v: QuoteVerdict = ok ? "accepted" : couldNotVerify ? "error" : "rejected";
+    this.d.metrics?.observeQuoteVerification(v);
+  }
+
+  private async dcap(quote: Buffer, opts: { collateral?: Collateral; at?: Date }): Promise<QuoteCheck> {
+    const at = opts.at ?? this.d.clock.now();
+    const base = (over: Partial<QuoteCheck>): QuoteCheck => ({
+      ok: false,
+      status: null,
+      advisory_ids: [],
+      reason: null,
+      failure: null,
+      fmspc: null,
+      measurements: measurementsIfParsed(quote),
+      quote: null,
+      tcb: null,
+      pck: null,
+      at: at.toISOString(),
+      collateral_source: null,
+      ...over,
+    });
+
+    let collateral = opts.collateral;
+    let source: CollateralOrigin = "request";
+    if (!collateral) {
+      let pck: PckInfo;
+      try {
+        pck = pckInfoOf(quote);
+      } catch (e) {
+        return base({ reason: (e as Error).message, failure: parseFailure(e) });
+      }
+      const found = await this.d.collateral.collateralFor(pck);
+      if (!found.collateral) return base({ fmspc: pck.fmspc, reason: found.reason, failure: { stage: "collateral", code: "collateral_unavailable" } });
+      collateral = found.collateral;
+      source = found.source;
+    }
+
+    const v = await this.d.verifier.verify(quote, collateral, at);
+    return {
+      ok: v.ok,
+      status: v.status,
+      advisory_ids: v.advisory_ids,
+      reason: v.reason ?? null,
+      failure: v.failure ?? null,
+      fmspc: v.fmspc,
+      measurements: v.measurements,
+      quote: v.quote,
+      tcb: v.tcb ?? null,
+      pck: v.pck ?? null,
+      at: v.at,
+      collateral_source: source,
+    };
+  }
+}
