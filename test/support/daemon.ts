@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pino from "pino";
+import pino, { type Logger } from "pino";
 import { createKey, createTenant } from "../../host/auth/tenant-admin.js";
 import { systemClock, type Clock } from "../../host/clock.js";
 import { loadConfig, type Config } from "../../host/config.js";
@@ -33,11 +33,20 @@ export async function startTestDaemon(opts: {
   env?: Record<string, string>;
   egressFirewall?: EgressFirewall;
   quoteVerifier?: QuoteVerifier;
+  /** Where the security stream goes (tests that assert on it capture it). */
+  securityLog?: Logger;
 }): Promise<TestDaemon> {
   const config = loadConfig({ CVM_DATA_DIR: opts.dataDir, CVM_LISTEN: "127.0.0.1:0", CVM_LOG_LEVEL: "silent", ...opts.env });
   const clock = opts.clock ?? systemClock;
   const logger = pino({ level: process.env.CVM_TEST_LOG ?? "silent" });
-  const d = await startDaemon(config, { driver: opts.driver, logger, clock, egressFirewall: opts.egressFirewall, quoteVerifier: opts.quoteVerifier });
+  const d = await startDaemon(config, {
+    driver: opts.driver,
+    logger,
+    securityLog: opts.securityLog,
+    clock,
+    egressFirewall: opts.egressFirewall,
+    quoteVerifier: opts.quoteVerifier,
+  });
   const admin = () => ({ db: d.db, tenants: new TenantStore(d.db), keys: new ApiKeyStore(d.db), clock, pricing: config.pricing });
   return {
     ...d,

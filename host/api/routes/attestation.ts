@@ -6,12 +6,12 @@ import type { AttestationService } from "../../attest/index.js";
 import type { Clock } from "../../clock.js";
 import { AttestationUnavailableError } from "../../instances/driver.js";
 import type { LifecycleEngine } from "../../instances/engine.js";
-import { INSTANCE_NAME_PATTERN } from "../../instances/names.js";
 import type { Instance, InstanceStore } from "../../store/instances.js";
 import type { Tenant } from "../../store/tenants.js";
 import { ApiError } from "../errors.js";
 import { readJsonBody } from "../middleware/body.js";
 import { respond } from "../middleware/envelope.js";
+import { loadInstance } from "./instances.js";
 
 export interface AttestationRouteDeps {
   engine: LifecycleEngine;
@@ -76,13 +76,7 @@ export function attestationRoutes(deps: AttestationRouteDeps): Router {
     return deps.attestation;
   };
 
-  const load = async (ctx: Context): Promise<Instance> => {
-    const name = ctx.params.name as string;
-    const tenant = ctx.state.tenant as Tenant;
-    const inst = INSTANCE_NAME_PATTERN.test(name) ? await deps.instances.byName(tenant.id, name) : undefined;
-    if (!inst) throw new ApiError("not_found", `instance ${name.slice(0, 64)} not found`);
-    return inst;
-  };
+  const load = (ctx: Context): Promise<Instance> => loadInstance(ctx, deps.instances);
 
   router.get("/v1/instances/:name/attestation", async (ctx) => {
     const nonce = parseNonce(ctx.query.nonce);

@@ -65,17 +65,19 @@ export function canonicalJson(v: unknown): string {
   return JSON.stringify(v);
 }
 
+/** The authenticated tenant's instance named in the path; anything else (other tenant's included) is not_found. */
+export async function loadInstance(ctx: Context, instances: InstanceStore): Promise<Instance> {
+  const name = ctx.params.name as string;
+  const tenant = ctx.state.tenant as Tenant;
+  const inst = INSTANCE_NAME_PATTERN.test(name) ? await instances.byName(tenant.id, name) : undefined;
+  if (!inst) throw new ApiError("not_found", `instance ${name.slice(0, 64)} not found`);
+  return inst;
+}
+
 export function instanceRoutes(deps: InstanceRouteDeps): Router {
   const router = new Router();
   const record = (ctx: Context, inst: Instance) => toRecord(inst, (ctx.state.tenant as Tenant).slug, deps.baseDomain);
-
-  const load = async (ctx: Context): Promise<Instance> => {
-    const name = ctx.params.name as string;
-    const tenant = ctx.state.tenant as Tenant;
-    const inst = INSTANCE_NAME_PATTERN.test(name) ? await deps.instances.byName(tenant.id, name) : undefined;
-    if (!inst) throw new ApiError("not_found", `instance ${name.slice(0, 64)} not found`);
-    return inst;
-  };
+  const load = (ctx: Context) => loadInstance(ctx, deps.instances);
 
   router.post("/v1/instances", async (ctx) => {
     const tenant = ctx.state.tenant as Tenant;
