@@ -34,6 +34,7 @@ test("API throughput: cvmd vs a bare Koa handler, same run", async () => {
     const pub = sshKeyPair("ed25519").public;
     const body = JSON.stringify({ public_key: pub });
     const created = (await (await fetch(`${cvmd.url}/v1/instances`, { method: "POST", headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" }, body })).json()) as { data: { name: string } };
+    if (!created.data) throw new Error(`create failed: ${JSON.stringify(created)}`);
     const name = created.data.name;
     const auth = { Authorization: `Bearer ${key}` };
 

@@ -1,4 +1,5 @@
 import type { Database } from "./db.js";
+import type { Tenant } from "./tenants.js";
 
 export interface ApiKeyRow {
   prefix: string;
@@ -35,6 +36,29 @@ export class ApiKeyStore {
       k.secretHash,
       k.createdAt.getTime(),
     ]);
+  }
+
+  /** The key and its tenant in one read: authentication is on every request's path. */
+  async withTenant(prefix: string): Promise<{ key: ApiKeyRow; tenant: Tenant } | undefined> {
+    const r = await this.db.get<ApiKeyRow & { t_slug: string; t_created_at: number; t_sub: string; t_hours: number; t_over: string; t_susp: number | null }>(
+      `SELECT k.*, t.slug AS t_slug, t.created_at AS t_created_at, t.subscription_cost_usd AS t_sub, t.instance_hours_included AS t_hours,
+              t.overage_per_hour_usd AS t_over, t.suspended_at AS t_susp
+         FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.prefix = ?`,
+      [prefix],
+    );
+    if (!r) return undefined;
+    return {
+      key: { prefix: r.prefix, tenant_id: r.tenant_id, secret_hash: r.secret_hash, created_at: r.created_at, revoked_at: r.revoked_at, expires_at: r.expires_at },
+      tenant: {
+        id: r.tenant_id,
+        slug: r.t_slug,
+        createdAt: new Date(r.t_created_at),
+        subscriptionCostUsd: r.t_sub,
+        instanceHoursIncluded: r.t_hours,
+        overagePerHourUsd: r.t_over,
+        suspendedAt: r.t_susp === null ? null : new Date(r.t_susp),
+      },
+    };
   }
 
   byPrefix(prefix: string): Promise<ApiKeyRow | undefined> {

@@ -40,7 +40,14 @@ export function startCvmd(env: Record<string, string>, timeoutMs = 60_000): Prom
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`cvmd did not start within ${timeoutMs} ms:\n${logs.join("\n")}`)), timeoutMs);
     let buf = "";
+    let listening = false;
     child.stdout!.on("data", (chunk: Buffer) => {
+      // Once cvmd listens only the first lines are kept, unparsed: a benchmark's load process must
+      // not spend its CPU reading the daemon's request log.
+      if (listening) {
+        if (logs.length < 5000) logs.push(chunk.toString());
+        return;
+      }
       buf += chunk.toString();
       let nl: number;
       while ((nl = buf.indexOf("\n")) >= 0) {
@@ -50,6 +57,7 @@ export function startCvmd(env: Record<string, string>, timeoutMs = 60_000): Prom
         try {
           const rec = JSON.parse(line) as { msg?: string; url?: string };
           if (rec.msg === "cvmd listening" && rec.url) {
+            listening = true;
             clearTimeout(timer);
             resolve({
               child,

@@ -25,7 +25,8 @@ export function authenticate(deps: AuthDeps) {
       deps.onFailure(ctx, header ? "malformed token" : "missing token");
       throw new ApiError("unauthenticated", UNAUTHENTICATED);
     }
-    const row = await deps.keys.byPrefix(parsed.prefix);
+    const found = await deps.keys.withTenant(parsed.prefix);
+    const row = found?.key;
     const now = deps.clock.now().getTime();
     if (!row || !secretMatches(parsed.secret, row.secret_hash)) {
       deps.onFailure(ctx, "unknown key", parsed.prefix);
@@ -35,8 +36,7 @@ export function authenticate(deps: AuthDeps) {
       deps.onFailure(ctx, "revoked key", parsed.prefix);
       throw new ApiError("unauthenticated", UNAUTHENTICATED);
     }
-    const tenant = await deps.tenants.byId(row.tenant_id);
-    if (!tenant) throw new ApiError("unauthenticated", UNAUTHENTICATED);
+    const tenant = found.tenant;
     if (tenant.suspendedAt !== null && tenant.suspendedAt.getTime() <= now) {
       deps.onFailure(ctx, "tenant suspended", parsed.prefix);
       throw new ApiError("forbidden", "this tenant is suspended; contact the operator");
