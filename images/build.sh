@@ -277,6 +277,8 @@ mkdir -p "$ROOT/opt/openclaw"
 tar -xf "$OC_CACHE/tree.tar" -C "$ROOT/opt/openclaw" --numeric-owner
 ln -sfn /opt/openclaw/node_modules/openclaw/openclaw.mjs "$ROOT/usr/local/bin/openclaw"
 install -D -m 0644 "$OC_CACHE/listing" "$ROOT/usr/share/cvm/openclaw.listing"
+# git keeps no empty directories, so nothing guarantees /etc/cvm came from rootfs/.
+mkdir -p "$ROOT/etc/cvm"
 cat >"$ROOT/etc/cvm/openclaw.json" <<EOF
 {
   "version": "$OPENCLAW_VERSION",
