@@ -243,6 +243,8 @@ if [ -f "$DIST/guest/main.js" ]; then
     rm -rf "$AGENT_DIR/node_modules/$dep/node_modules"
   done <"$WORK/agent-deps"
   chown -R 0:0 "$AGENT_DIR"
+  # The tenant runs cvm-verify over SSH; it is the compiled guest/verify/bin.ts under the pinned node.
+  chmod 0755 "$AGENT_DIR/guest/verify/bin.js"
   AGENT_DIGEST="\"$(CVM_DIST="$DIST" node "$TOOL" listing "$AGENT_DIR" "$WORK/agent.listing")\""
   AGENT_PRESENT=true
   stage "agent: $(wc -l <"$WORK/agent-deps") packages: $(tr '\n' ' ' <"$WORK/agent-deps")"
@@ -292,6 +294,7 @@ cat >"$ROOT/etc/cvm/openclaw.json" <<EOF
 EOF
 if [ "$AGENT_PRESENT" = true ]; then
   cp -a "$AGENT_DIR" "$ROOT/opt/cvm/agent"
+  ln -sfn /opt/cvm/agent/guest/verify/bin.js "$ROOT/usr/local/bin/cvm-verify"
   install -D -m 0644 "$WORK/agent.listing" "$ROOT/usr/share/cvm/agent.listing"
 fi
 chroot "$ROOT" dpkg-query -W -f '${Package} ${Version}\n' >"$WORK/packages.txt"

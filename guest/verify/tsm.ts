@@ -68,7 +68,9 @@ export class ConfigfsTsm implements QuoteProvider {
     await this.fs.mkdir(dir);
     try {
       const provider = (await this.fs.readFile(join(dir, "provider")).catch(() => Buffer.from(""))).toString().trim();
-      if (provider && provider !== "tdx_guest") {
+      // A kernel with configfs-tsm but no TDX (any other guest) registers no provider.
+      if (!provider) throw new TsmUnavailableError("no TDX: configfs-tsm has no attestation provider (not a TDX guest)");
+      if (provider !== "tdx_guest") {
         throw new TsmUnavailableError(`no TDX: configfs-tsm provider is "${provider}", not tdx_guest`);
       }
       await this.fs.writeFile(join(dir, "inblob"), reportData);

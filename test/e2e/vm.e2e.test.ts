@@ -124,10 +124,12 @@ describe("a real VM from create to SSH to delete (QEMU, TCG)", () => {
       // The image carries no curl; its pinned Node has fetch.
       `/opt/cvm/node/bin/node -e 'fetch("http://127.0.0.1:18789/readyz").then((r) => console.log("READYZ=" + r.status))'`,
       "echo VERITY=$(findmnt -n -o SOURCE /)",
+      // No TDX under QEMU here: the in-guest verifier must say so and exit 2, never pass.
+      "cvm-verify; echo VERIFY_EXIT=$?",
       "",
     ].join("\n");
     const r = await quickstart("create", { ...qsEnv, QUICKSTART_SSH: "1" }, remote);
-    console.log(r.out.split("\n").filter((l) => /status=|ready:|USER=|KEYFILE=|OPENCLAW=|READYZ=|VERITY=|rror/.test(l)).join("\n"));
+    console.log(r.out.split("\n").filter((l) => /status=|ready:|USER=|KEYFILE=|OPENCLAW=|READYZ=|VERITY=|VERIFY|TDX|rror/.test(l)).join("\n"));
     expect(r.code, r.out).toBe(0);
     name = /Instance is ready: ([a-z0-9]{8})\./.exec(r.out)![1]!;
     expect(r.out).toContain("USER=azureuser");
@@ -135,6 +137,8 @@ describe("a real VM from create to SSH to delete (QEMU, TCG)", () => {
     expect(r.out).toContain("OPENCLAW=active");
     expect(r.out).toContain("READYZ=200");
     expect(r.out).toMatch(/VERITY=\/dev\/mapper\//);
+    expect(r.out).toContain("VERIFY_EXIT=2");
+    expect(r.out).toMatch(/no TDX/);
     const ev = await (await fetch(`${cvmd!.url}/v1/instances/${name}/events`, { headers: { Authorization: `Bearer ${key}` } })).json();
     console.log((ev as { data: { events: Array<{ at: string; type: string; message: string }> } }).data.events.map((e) => `${e.at} ${e.type} ${e.message}`).join("\n"));
     const row = JSON.parse((await cvmctl(["instances", "--json"], env)).stdout) as Array<{ name: string }>;
