@@ -1,17 +1,16 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterEach, describe, expect, test } from "vitest";
-import { decodeHostMessage, encodeMessage } from "../../shared/protocol/codec.js";
-import { FrameDecoder } from "../../shared/protocol/frame.js";
+import { encodeMessage } from "../../shared/protocol/codec.js";
 import type { AgentMessage, QuoteReply } from "../../shared/protocol/messages.js";
 import { AGENT_SAMPLES } from "../../shared/protocol/testdata/samples.js";
 import type { ImageCatalog } from "../images/image-catalog.js";
 import { AgentLink, UnixSocketConnector } from "../link/index.js";
 import { AttestationUnavailableError, type InstanceSpec } from "./driver.js";
 import { QemuDriver, type QemuDriverOptions } from "./qemu-driver.js";
+import { serveHostFrames } from "../../test/support/host-frame-server.js";
 
 const HELLO = (AGENT_SAMPLES.hello as Extract<AgentMessage, { type: "hello" }>).body;
 const KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmGHkWDnb6W3Ssd8p8cRUzlgPGTd2lkNXCx2n9tJfJP";
@@ -32,25 +31,14 @@ async function setup(answer: (nonce: Buffer) => AgentMessage | null) {
   dir = await mkdtemp(join(tmpdir(), "qemu-attest-"));
   const path = join(dir, "agent.sock");
   const nonces: Buffer[] = [];
-  const server: Server = createServer((s) => {
-    const d = new FrameDecoder();
-    s.on("error", () => undefined);
-    s.on("data", (c) => {
-      for (const ev of d.push(c)) {
-        if (ev.kind !== "frame") continue;
-        const r = decodeHostMessage(ev.payload);
-        if (!r.ok) throw new Error(r.reason);
-        const m = r.message;
-        if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: HELLO }));
-        if (m.type === "quote") {
-          nonces.push(m.body.nonce);
-          const reply = answer(m.body.nonce);
-          if (reply) s.write(encodeMessage({ ...reply, re: m.id } as AgentMessage));
-        }
-      }
-    });
+  const server = await serveHostFrames(path, (m, s) => {
+    if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: HELLO }));
+    if (m.type === "quote") {
+      nonces.push(m.body.nonce);
+      const reply = answer(m.body.nonce);
+      if (reply) s.write(encodeMessage({ ...reply, re: m.id } as AgentMessage));
+    }
   });
-  await new Promise<void>((r) => server.listen(path, r));
   const images = {
     manifestOf: async (id: string) => (id === "cvm-img" ? { image_id: id, expected_measurements: { rtmr2: "cd".repeat(48) } } : null),
   } as unknown as ImageCatalog;
@@ -60,7 +48,7 @@ async function setup(answer: (nonce: Buffer) => AgentMessage | null) {
   (driver as unknown as { links: Map<string, AgentLink> }).links.set("i1", link);
   cleanups.push(async () => {
     await link.close();
-    await new Promise<void>((r) => server.close(() => r()));
+    await server.close();
   });
   return { driver, nonces };
 }

@@ -1,15 +1,15 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer, type Server, type Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterEach, describe, expect, test } from "vitest";
-import { decodeHostMessage, encodeMessage } from "../../shared/protocol/codec.js";
-import { FrameDecoder } from "../../shared/protocol/frame.js";
+import { encodeMessage } from "../../shared/protocol/codec.js";
 import type { AgentHello, AgentMessage, HostMessage } from "../../shared/protocol/messages.js";
 import { AGENT_SAMPLES, HOST_SAMPLES } from "../../shared/protocol/testdata/samples.js";
 import { AgentLink } from "./agent-link.js";
 import { UnixSocketConnector } from "./connectors.js";
+import { serveHostFrames } from "../../test/support/host-frame-server.js";
 
 const HELLO = (AGENT_SAMPLES.hello as Extract<AgentMessage, { type: "hello" }>).body;
 const SETUP = (HOST_SAMPLES.setup as Extract<HostMessage, { type: "setup" }>).body;
@@ -21,25 +21,18 @@ class FakeAgentServer {
   received: HostMessage[] = [];
   constructor(readonly path: string, readonly onMessage: (m: HostMessage, s: Socket, conn: number) => void) {}
   async start() {
-    this.server = createServer((s) => {
-      const conn = ++this.connections;
-      const d = new FrameDecoder();
-      s.on("error", () => undefined);
-      s.on("data", (c) => {
-        for (const ev of d.push(c)) {
-          if (ev.kind !== "frame") continue;
-          const r = decodeHostMessage(ev.payload);
-          if (!r.ok) throw new Error(r.reason);
-          this.received.push(r.message);
-          this.onMessage(r.message, s, conn);
-        }
-      });
-    });
-    await new Promise<void>((r) => this.server.listen(this.path, r));
+    const served = await serveHostFrames(
+      this.path,
+      (m, s, conn) => {
+        this.received.push(m);
+        this.onMessage(m, s, conn);
+      },
+      (_s, conn) => (this.connections = conn),
+    );
+    this.server = served.server;
+    this.close = served.close;
   }
-  close() {
-    return new Promise<void>((r) => this.server.close(() => r()));
-  }
+  close = async () => {};
 }
 
 let dir: string;

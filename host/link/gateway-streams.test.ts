@@ -1,17 +1,18 @@
 import { mkdtemp, rm } from "node:fs/promises";
-import { createServer, type Server, type Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Encoder } from "cbor-x";
 import pino from "pino";
 import { afterEach, describe, expect, test } from "vitest";
-import { decodeHostMessage, encodeMessage } from "../../shared/protocol/codec.js";
-import { encodeFrame, FrameDecoder } from "../../shared/protocol/frame.js";
+import { encodeMessage } from "../../shared/protocol/codec.js";
+import { encodeFrame } from "../../shared/protocol/frame.js";
 import type { AgentMessage, HostMessage } from "../../shared/protocol/messages.js";
 import { AGENT_SAMPLES } from "../../shared/protocol/testdata/samples.js";
 import { AgentLink } from "./agent-link.js";
 import { UnixSocketConnector } from "./connectors.js";
 import type { GatewayHttpRequest } from "./gateway-streams.js";
+import { serveHostFrames } from "../../test/support/host-frame-server.js";
 
 const HELLO = (AGENT_SAMPLES.hello_v2 as Extract<AgentMessage, { type: "hello" }>).body;
 
@@ -23,23 +24,19 @@ class ScriptedAgent {
   private waiters: Array<() => void> = [];
   constructor(readonly path: string, readonly version: number) {}
   async start() {
-    this.server = createServer((s) => {
-      this.socket = s;
-      const d = new FrameDecoder();
-      s.on("error", () => undefined);
-      s.on("data", (c) => {
-        for (const ev of d.push(c)) {
-          if (ev.kind !== "frame") continue;
-          const r = decodeHostMessage(ev.payload);
-          if (!r.ok) throw new Error(r.reason);
-          if (r.message.type === "hello") s.write(encodeMessage({ type: "hello", re: r.message.id, body: { ...HELLO, version: this.version } }));
-          else this.received.push(r.message);
-          for (const w of this.waiters.splice(0)) w();
-        }
-      });
-      for (const w of this.waiters.splice(0)) w();
-    });
-    await new Promise<void>((r) => this.server.listen(this.path, r));
+    const served = await serveHostFrames(
+      this.path,
+      (m, s) => {
+        if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: { ...HELLO, version: this.version } }));
+        else this.received.push(m);
+        for (const w of this.waiters.splice(0)) w();
+      },
+      (s) => {
+        this.socket = s;
+        for (const w of this.waiters.splice(0)) w();
+      },
+    );
+    this.server = served.server;
   }
   send(m: AgentMessage) {
     this.socket!.write(encodeMessage(m));
