@@ -1,5 +1,5 @@
 import { execFile, spawn } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -7,6 +7,7 @@ import { run } from "../../shared/util/run.js";
 import { tempDir } from "../support/daemon.js";
 import { cvmctl, startCvmd, type CvmdProcess } from "../support/processes.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { vmHostEnv } from "../support/vm-host.js";
 
 /**
  * The product's heartbeat, for real: cvmd with the QEMU driver (plain profile, TCG here) boots the
@@ -19,10 +20,6 @@ const execP = promisify(execFile);
 const ROOT = new URL("../../", import.meta.url).pathname;
 const IMAGE_DIR = process.env.CVM_E2E_IMAGE_DIR ?? join(ROOT, "images/out/current");
 const QUICKSTART = join(ROOT, "test/quickstart/quickstart.sh");
-const id = process.pid.toString(36);
-const NETNS = `cvme2e-${id}`;
-const NAT_TABLE = `cvm_nat_e2e_${id}`;
-const EGRESS_TABLE = `cvm_egress_e2e_${id}`;
 
 function quickstart(part: "create" | "delete", env: Record<string, string>, stdin = ""): Promise<{ code: number; out: string }> {
   return new Promise((resolve) => {
@@ -44,6 +41,7 @@ describe("a real VM from create to SSH to delete (QEMU, TCG)", () => {
   const dir = tempDir("cvme2e-");
   const data = join(dir.path, "d");
   const home = join(dir.path, "home");
+  let host: ReturnType<typeof vmHostEnv> | undefined;
   let env: Record<string, string>;
   let cvmd: CvmdProcess | undefined;
   let key = "";
@@ -55,24 +53,8 @@ describe("a real VM from create to SSH to delete (QEMU, TCG)", () => {
     expect(existsSync(join(IMAGE_DIR, "manifest.json")), `no guest image at ${IMAGE_DIR}: run \`make image\``).toBe(true);
     const manifest = JSON.parse(readFileSync(join(IMAGE_DIR, "manifest.json"), "utf8")) as { agent_present?: boolean };
     expect(manifest.agent_present, "the image was built without cvm-agent (run npm run build, then make image)").toBe(true);
-    mkdirSync(data, { recursive: true });
-    // dnsmasq drops to nobody and must traverse to its hosts file.
-    chmodSync(dir.path, 0o711);
-    chmodSync(data, 0o711);
-    env = {
-      CVM_DATA_DIR: data,
-      CVM_IMAGE_DIR: IMAGE_DIR,
-      CVM_NETNS: NETNS,
-      CVM_NAT_TABLE: NAT_TABLE,
-      CVM_HOST_VETH: `ve2h${id}`.slice(0, 15),
-      CVM_NS_VETH: `ve2n${id}`.slice(0, 15),
-      CVM_EGRESS_TABLE: EGRESS_TABLE,
-      CVM_GUEST_POOL: "10.79.0.0/24",
-      CVM_GUEST_LINK: "10.79.255.0/31",
-      CVM_SSH_PORTS: "24200-24299",
-      CVM_ACCEL: process.env.CVM_ACCEL ?? "auto",
-      CVM_LOG_LEVEL: "info",
-    };
+    host = vmHostEnv(data, IMAGE_DIR, `e${process.pid.toString(36)}`, 79);
+    env = host.env;
     cvmd = await startCvmd(env);
     key = JSON.parse((await cvmctl(["tenant", "create", "acme", "--json"], env)).stdout).api_key;
 
@@ -107,12 +89,7 @@ describe("a real VM from create to SSH to delete (QEMU, TCG)", () => {
     await cvmd?.kill("SIGTERM");
     // Leave nothing behind even if a step failed: guests, namespace, host table.
     if (instanceId) for (const pid of await qemuPids(instanceId)) process.kill(pid, "SIGKILL");
-    await run("ip", ["netns", "pids", NETNS]).then(
-      ({ stdout }) => stdout.split("\n").filter(Boolean).forEach((p) => process.kill(Number(p), "SIGKILL")),
-      () => undefined,
-    );
-    await run("ip", ["netns", "del", NETNS]).catch(() => undefined);
-    await run("nft", ["delete", "table", "ip", NAT_TABLE]).catch(() => undefined);
+    await host?.cleanup();
     dir.remove();
   });
 
@@ -176,11 +153,11 @@ describe("a real VM from create to SSH to delete (QEMU, TCG)", () => {
       await new Promise((res) => setTimeout(res, 1000));
     }
     expect(await qemuPids(instanceId)).toEqual([]);
-    const links = await run("ip", ["-n", NETNS, "-o", "link", "show"]);
+    const links = await run("ip", ["-n", env.CVM_NETNS!, "-o", "link", "show"]);
     expect(links.stdout).not.toMatch(/\btap/);
-    const egress = await run("ip", ["netns", "exec", NETNS, "nft", "-j", "list", "table", "netdev", EGRESS_TABLE]);
+    const egress = await run("ip", ["netns", "exec", env.CVM_NETNS!, "nft", "-j", "list", "table", "netdev", env.CVM_EGRESS_TABLE!]);
     expect(egress.stdout).not.toContain("quota_");
-    const nat = await run("nft", ["-j", "list", "table", "ip", NAT_TABLE]);
+    const nat = await run("nft", ["-j", "list", "table", "ip", env.CVM_NAT_TABLE!]);
     expect(nat.stdout).not.toContain('"dnat"');
   });
 });
