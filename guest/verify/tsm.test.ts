@@ -20,7 +20,7 @@ describe("ConfigfsTsm without a TDX provider", () => {
     const tsm = new ConfigfsTsm(root);
     const err = await tsm.getQuote(Buffer.alloc(64)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TsmUnavailableError);
-    expect((err as Error).message).toMatch(/^no TDX: configfs-tsm has no attestation provider/);
+    expect((err as Error).message).toMatch(/^no TDX quote: configfs-tsm provider is "none", not tdx_guest/);
   });
 
   it("reports no TDX when configfs-tsm is absent", async () => {
