@@ -1,6 +1,6 @@
 import { mkdir, readFile } from "node:fs/promises";
 import { dirname } from "node:path";
-import type { AgentPhase, Failed, Ready, SetupParams } from "../shared/protocol/messages.js";
+import type { AgentPhase, Failed, Prepared, Ready, SetupParams } from "../shared/protocol/messages.js";
 import { validateSetupParams } from "../shared/protocol/messages.js";
 import { writeFileAtomic } from "./setup/atomic-write.js";
 
@@ -15,10 +15,37 @@ export interface PersistedAgentState {
   failed: Failed | null;
   /** OpenClaw gateway token, generated once per boot so a re-run of the steps produces the same service. */
   gateway_token: string | null;
+  /** A `prepare` was accepted in this boot: this is a pool guest, and a setup is its claim. */
+  pooled: boolean;
+  /** Set when the preparation completed (kept after the claim). */
+  prepared: Prepared | null;
+  /** OpenClaw's main pid when the preparation completed. */
+  prepared_pid: number | null;
+  /** Where OpenClaw's output stood just before the claim wrote the tenant configuration. */
+  reload_watch: { mark: string; pid: number | null } | null;
+  /**
+   * The egress counter's value when the claim was accepted: samples after the claim report only what
+   * the guest sent since then (a pool guest's traffic before its claim belongs to no tenant).
+   */
+  egress_baseline: { bytes: number; packets: number } | null;
 }
 
 export function freshState(bootId: string): PersistedAgentState {
-  return { boot_id: bootId, phase: "awaiting_setup", setup: null, setup_digest: null, stage: null, ready: null, failed: null, gateway_token: null };
+  return {
+    boot_id: bootId,
+    phase: "awaiting_setup",
+    setup: null,
+    setup_digest: null,
+    stage: null,
+    ready: null,
+    failed: null,
+    gateway_token: null,
+    pooled: false,
+    prepared: null,
+    prepared_pid: null,
+    reload_watch: null,
+    egress_baseline: null,
+  };
 }
 
 export class AgentStateStore {
@@ -33,7 +60,8 @@ export class AgentStateStore {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return freshState(bootId);
       throw err;
     }
-    const s = JSON.parse(raw) as PersistedAgentState;
+    // Fields added later default to their fresh values (a state file written by an older agent build).
+    const s = { ...freshState(bootId), ...(JSON.parse(raw) as Partial<PersistedAgentState>) } as PersistedAgentState;
     if (s.boot_id !== bootId) return freshState(bootId);
     if (s.setup) validateSetupParams(s.setup, "saved setup");
     return s;

@@ -2,7 +2,9 @@ import { randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import {
   GATEWAY_PROTOCOL_VERSION,
+  PREPARE_PROTOCOL_VERSION,
   type AgentHello,
+  type AgentStateSummary,
   type AgentMessage,
   type OpenClawHealth,
   type QuoteReply,
@@ -58,7 +60,9 @@ export interface AgentDeps {
 export class Agent {
   private state!: PersistedAgentState;
   private session: HostSession | null = null;
-  private setupRun: Promise<void> | null = null;
+  /** The preparation/setup work, one step at a time; each kick appends a step that reads the state. */
+  private work: Promise<void> = Promise.resolve();
+  private working = 0;
   private timers: NodeJS.Timeout[] = [];
   private readonly abort = new AbortController();
   private stopped = false;
@@ -94,9 +98,9 @@ export class Agent {
     }
     await this.d.transport.start((c) => this.attach(c));
     logger.info({ transport: this.d.transport.description, phase: this.state.phase, boot_id: this.d.identity.bootId }, "cvm-agent started");
-    if (this.state.phase === "setting_up" && this.state.setup) {
-      logger.info("resuming setup interrupted by an agent restart");
-      this.startSetup();
+    if (this.state.phase === "preparing" || (this.state.phase === "setting_up" && this.state.setup)) {
+      logger.info({ phase: this.state.phase, pooled: this.state.pooled }, "resuming work interrupted by an agent restart");
+      this.kick();
     }
     this.timers.push(setInterval(() => void this.heartbeat(), this.d.heartbeatMs));
     if (this.d.egress) this.timers.push(setInterval(() => void this.egressSample(), this.d.egressMs));
@@ -109,18 +113,19 @@ export class Agent {
     this.session?.close("agent shutting down");
     await this.d.gateway?.close();
     await this.d.transport.close();
-    await this.setupRun?.catch(() => undefined);
+    await this.work.catch(() => undefined);
   }
 
-  /** Resolves when a running setup has finished (tests and the benchmark use it). */
+  /** Resolves when running preparation/setup work has finished (tests and the benchmark use it). */
   async idle(): Promise<void> {
-    await this.setupRun;
+    while (this.working > 0) await this.work;
   }
 
   private attach(conn: HostConnection): void {
     const session = new HostSession(conn, {
       hello: (version) => this.hello(version),
       setup: (p) => this.acceptSetup(p),
+      prepare: () => this.acceptPrepare(),
       quote: (n) => this.quote(n),
       opened: (s) => {
         if (this.session && this.session !== s) this.session.close("replaced by a newer host connection");
@@ -149,13 +154,45 @@ export class Agent {
 
   private hello(version: number): AgentHello {
     const s = this.state;
+    let state: AgentStateSummary = { phase: s.phase, setup_digest: s.setup_digest, stage: s.stage, ready: s.ready, failed: s.failed, prepared: s.prepared };
+    if (version < PREPARE_PROTOCOL_VERSION) {
+      // Older hosts know neither the pool phases nor the key; a prepared guest is one awaiting setup.
+      const { prepared: _omitted, ...legacy } = state;
+      const phase = s.phase === "preparing" || s.phase === "prepared" ? "awaiting_setup" : s.phase;
+      state = { ...legacy, phase } as AgentStateSummary;
+    }
     return {
       version,
       agent_version: this.d.identity.agentVersion,
       boot_id: this.d.identity.bootId,
       image_id: this.d.identity.imageId,
-      state: { phase: s.phase, setup_digest: s.setup_digest, stage: s.stage, ready: s.ready, failed: s.failed },
+      state,
     };
+  }
+
+  private async acceptPrepare(): Promise<SetupOutcome> {
+    if (this.state.setup_digest !== null) {
+      return { ok: false, code: "setup_conflict", message: "a setup was already accepted in this boot; prepare must come before it" };
+    }
+    if (this.state.pooled) {
+      // Already preparing or prepared (the host reconnected before seeing our ack): re-announce the outcome.
+      if (this.state.phase === "prepared" && this.state.prepared) setImmediate(() => this.send({ type: "prepared", body: this.state.prepared! }));
+      if (this.state.failed) setImmediate(() => this.send({ type: "failed", body: this.state.failed! }));
+      return { ok: true, alreadyApplied: true };
+    }
+    this.state = {
+      ...this.state,
+      phase: "preparing",
+      pooled: true,
+      stage: "accepted",
+      gateway_token: this.state.gateway_token ?? randomBytes(32).toString("hex"),
+    };
+    await this.d.store.save(this.state);
+    setImmediate(() => {
+      this.send({ type: "progress", body: { stage: "accepted", message: "prepare accepted" } });
+      this.kick();
+    });
+    return { ok: true, alreadyApplied: false };
   }
 
   private async acceptSetup(params: SetupParams): Promise<SetupOutcome> {
@@ -169,6 +206,19 @@ export class Agent {
       }
       return { ok: false, code: "setup_conflict", message: "a different setup was already accepted in this boot; setup is accepted once per boot" };
     }
+    if (this.state.phase === "failed") {
+      return { ok: false, code: "not_ready_for_request", message: "this guest's preparation failed; it cannot be claimed" };
+    }
+    // A claim: from here on the guest's traffic is the tenant's, so the egress count restarts now.
+    let baseline: PersistedAgentState["egress_baseline"] = null;
+    if (this.state.pooled && this.d.egress) {
+      try {
+        baseline = await this.d.egress.read();
+      } catch (err) {
+        this.d.logger.warn({ err }, "egress counter unreadable at the claim; later samples include pre-claim traffic");
+      }
+    }
+    if (this.state.setup_digest !== null) return this.acceptSetup(params); // a concurrent setup won the race
     this.state = {
       ...this.state,
       phase: "setting_up",
@@ -176,39 +226,72 @@ export class Agent {
       setup_digest: digest,
       stage: "accepted",
       gateway_token: this.state.gateway_token ?? randomBytes(32).toString("hex"),
+      egress_baseline: baseline,
     };
     // Persisted before the ack so a restarted agent resumes the setup the host was told is accepted.
     await this.d.store.save(this.state);
     setImmediate(() => {
-      this.send({ type: "progress", body: { stage: "accepted", message: `setup for ${params.instance_name} accepted` } });
-      this.startSetup();
+      this.send({ type: "progress", body: { stage: "accepted", message: `setup for ${params.instance_name} accepted${this.state.pooled ? " (claim)" : ""}` } });
+      this.kick();
     });
     return { ok: true, alreadyApplied: false };
   }
 
-  private startSetup(): void {
-    if (this.setupRun) return;
-    const params = this.state.setup!;
-    const token = this.state.gateway_token!;
-    this.setupRun = (async () => {
-      try {
-        const ready = await this.d.setup.run(params, token, (stage, message) => this.progress(stage, message), this.abort.signal);
+  /** Queues a work step; a step does whatever the persisted state says is still to do. */
+  private kick(): void {
+    this.working++;
+    this.work = this.work
+      .then(() => this.step())
+      .catch((err) => this.d.logger.error({ err }, "agent work step failed"))
+      .finally(() => this.working--);
+  }
+
+  private async step(): Promise<void> {
+    if (this.stopped) return;
+    const report = (stage: string, message: string) => this.progress(stage, message);
+    try {
+      if (this.state.pooled && this.state.prepared === null && (this.state.phase === "preparing" || this.state.phase === "setting_up")) {
+        const t0 = performance.now();
+        const p = await this.d.setup.prepare(this.state.gateway_token!, report, this.abort.signal);
         if (this.stopped) return;
-        this.state = { ...this.state, phase: "ready", stage: "ready", ready, failed: null };
+        const prepared = { openclaw_version: p.openclaw_version, node_version: p.node_version, prepare_ms: Math.round(performance.now() - t0) };
+        // A setup accepted meanwhile stays the phase: the claim runs next.
+        this.state = { ...this.state, phase: this.state.setup ? "setting_up" : "prepared", prepared, prepared_pid: p.pid };
         await this.d.store.save(this.state);
-        this.d.logger.info({ host_keys: ready.ssh_host_keys.length }, "ready");
-        this.send({ type: "ready", body: ready });
-      } catch (err) {
-        if (this.stopped) return;
-        const failure =
-          err instanceof StepFailure ? { code: err.code, message: err.message } : { code: "setup_failed" as const, message: "setup failed unexpectedly" };
-        if (!(err instanceof StepFailure)) this.d.logger.error({ err }, "setup failed unexpectedly");
-        this.state = { ...this.state, phase: "failed", failed: { code: failure.code, message: failure.message.slice(0, 1000) } };
-        await this.d.store.save(this.state);
-        this.d.logger.warn({ failure }, "setup failed");
-        this.send({ type: "failed", body: this.state.failed! });
+        this.d.logger.info({ prepare_ms: prepared.prepare_ms, pid: p.pid }, "prepared");
+        this.send({ type: "prepared", body: prepared });
       }
-    })();
+      if (this.state.phase !== "setting_up" || !this.state.setup || this.state.ready) return;
+      const params = this.state.setup;
+      let ready;
+      if (this.state.pooled) {
+        const prepared = { ...this.state.prepared!, pid: this.state.prepared_pid };
+        const watch = {
+          load: () => this.state.reload_watch,
+          save: async (w: { mark: string; pid: number | null }) => {
+            this.state = { ...this.state, reload_watch: w };
+            await this.d.store.save(this.state);
+          },
+        };
+        ready = await this.d.setup.claim(params, prepared, watch, report, this.abort.signal);
+      } else {
+        ready = await this.d.setup.run(params, this.state.gateway_token!, report, this.abort.signal);
+      }
+      if (this.stopped) return;
+      this.state = { ...this.state, phase: "ready", stage: "ready", ready, failed: null };
+      await this.d.store.save(this.state);
+      this.d.logger.info({ host_keys: ready.ssh_host_keys.length, claim: this.state.pooled }, "ready");
+      this.send({ type: "ready", body: ready });
+    } catch (err) {
+      if (this.stopped) return;
+      const failure =
+        err instanceof StepFailure ? { code: err.code, message: err.message } : { code: "setup_failed" as const, message: "setup failed unexpectedly" };
+      if (!(err instanceof StepFailure)) this.d.logger.error({ err }, "setup failed unexpectedly");
+      this.state = { ...this.state, phase: "failed", failed: { code: failure.code, message: failure.message.slice(0, 1000) } };
+      await this.d.store.save(this.state);
+      this.d.logger.warn({ failure }, this.state.setup ? "setup failed" : "prepare failed");
+      this.send({ type: "failed", body: this.state.failed! });
+    }
   }
 
   private async progress(stage: string, message: string): Promise<void> {
@@ -227,7 +310,9 @@ export class Agent {
   }
 
   private async openclawHealth(): Promise<OpenClawHealth> {
-    if (this.state.phase === "awaiting_setup" || (this.state.phase === "setting_up" && STAGES_BEFORE_START.has(this.state.stage ?? ""))) return "stopped";
+    const s = this.state;
+    if (s.phase === "awaiting_setup") return "stopped";
+    if ((s.phase === "setting_up" || s.phase === "preparing") && s.prepared === null && STAGES_BEFORE_START.has(s.stage ?? "")) return "stopped";
     return (await httpOk(this.d.setup.readyzUrl, 2000)) ? "healthy" : "unhealthy";
   }
 
@@ -245,7 +330,10 @@ export class Agent {
     if (!this.d.egress || !this.session?.isOpen) return;
     try {
       const c = await this.d.egress.read();
-      this.send({ type: "egress", body: { bytes: c.bytes, packets: c.packets, sampled_at: new Date().toISOString() } });
+      const b = this.state.egress_baseline;
+      // A counter below its baseline was recreated after the claim (e.g. the table was flushed): all of it is post-claim.
+      const since = b && c.bytes >= b.bytes && c.packets >= b.packets ? { bytes: c.bytes - b.bytes, packets: c.packets - b.packets } : c;
+      this.send({ type: "egress", body: { bytes: since.bytes, packets: since.packets, sampled_at: new Date().toISOString() } });
     } catch (err) {
       this.d.logger.warn({ err }, "egress sample failed");
     }

@@ -40,8 +40,10 @@ const { values: a } = parseArgs({
     "openclaw-port": { type: "string", default: "18789" },
     "openclaw-verify": { type: "string", default: "spot" },
     "openclaw-ready-timeout-ms": { type: "string", default: "300000" },
+    "openclaw-reload-timeout-ms": { type: "string", default: "120000" },
     "service-manager": { type: "string" },
     systemctl: { type: "string", default: "systemctl" },
+    journalctl: { type: "string", default: "journalctl" },
     "unit-dir": { type: "string", default: "/run/systemd/system" },
     nft: { type: "string", default: "nft" },
     "nft-wrapper": { type: "string" },
@@ -85,7 +87,7 @@ async function main(): Promise<void> {
   const accounts = new UseraddAccounts(root, a.useradd!);
   const managerKind = a["service-manager"] ?? (existsSync(root.path("/run/systemd/system")) ? "systemd" : "direct");
   let services: ServiceManager;
-  if (managerKind === "systemd") services = new SystemdServiceManager(root, { unitDir: a["unit-dir"]!, envDir: join(stateDirGuest, "env"), systemctl: a.systemctl! });
+  if (managerKind === "systemd") services = new SystemdServiceManager(root, { unitDir: a["unit-dir"]!, envDir: join(stateDirGuest, "env"), systemctl: a.systemctl!, journalctl: a.journalctl! });
   else if (managerKind === "direct") services = new DirectServiceManager(root, stateDir, logger.child({ component: "service" }), root.isSystemRoot);
   else throw new Error("--service-manager must be systemd or direct");
   const verifyMode = a["openclaw-verify"];
@@ -106,6 +108,7 @@ async function main(): Promise<void> {
     sshDir: a["ssh-dir"]!,
     sshdTimeoutMs: int("sshd-timeout-ms", a["sshd-timeout-ms"], 100, 3_600_000),
     openclawReadyTimeoutMs: int("openclaw-ready-timeout-ms", a["openclaw-ready-timeout-ms"], 100, 3_600_000),
+    reloadTimeoutMs: int("openclaw-reload-timeout-ms", a["openclaw-reload-timeout-ms"], 100, 3_600_000),
   });
 
   const nftCmd = [...(a["nft-wrapper"] ? a["nft-wrapper"].split(/\s+/).filter(Boolean) : []), a.nft!];

@@ -3,6 +3,7 @@ import { decodeHostMessage } from "../../shared/protocol/codec.js";
 import { MessageStream } from "../../shared/protocol/message-stream.js";
 import {
   GATEWAY_PROTOCOL_VERSION,
+  PREPARE_PROTOCOL_VERSION,
   SUPPORTED_PROTOCOL_VERSIONS,
   byeReason,
   isGatewayMessage,
@@ -22,6 +23,8 @@ export type SetupOutcome = { ok: true; alreadyApplied: boolean } | { ok: false; 
 export interface SessionHandler {
   hello(version: number): AgentHello;
   setup(params: SetupParams): Promise<SetupOutcome>;
+  /** A tenant-less preparation (sessions of version ≥ PREPARE_PROTOCOL_VERSION only). */
+  prepare(): Promise<SetupOutcome>;
   quote(nonce: Buffer): Promise<QuoteReply>;
   /** The session completed a hello and may now receive events. */
   opened(session: HostSession): void;
@@ -81,6 +84,7 @@ export class HostSession {
 
   /** Sends an event if a session is open. */
   send(msg: AgentMessage): boolean {
+    if (msg.type === "prepared" && this.negotiated < PREPARE_PROTOCOL_VERSION) return false;
     return this.state === "open" && this.stream.send(msg);
   }
 
@@ -151,13 +155,15 @@ export class HostSession {
       return;
     }
     const epoch = this.epoch;
-    if (m.type === "setup") {
-      this.handler.setup(m.body).then(
+    if (m.type === "setup" || m.type === "prepare") {
+      if (m.type === "prepare" && this.negotiated < PREPARE_PROTOCOL_VERSION) return this.violation(`prepare in a protocol ${this.negotiated} session`);
+      const what = m.type;
+      (m.type === "setup" ? this.handler.setup(m.body) : this.handler.prepare()).then(
         (r) =>
           this.reply(epoch, r.ok ? { type: "ack", re: m.id, body: { already_applied: r.alreadyApplied } } : { type: "error", re: m.id, body: { code: r.code, message: r.message } }),
         (err: Error) => {
-          this.logger.error({ err }, "setup request failed");
-          this.reply(epoch, { type: "error", re: m.id, body: { code: "internal_error", message: "setup could not be accepted" } });
+          this.logger.error({ err }, `${what} request failed`);
+          this.reply(epoch, { type: "error", re: m.id, body: { code: "internal_error", message: `${what} could not be accepted` } });
         },
       );
       return;

@@ -85,12 +85,7 @@ export const OPENCLAW_GATEWAY_PORT = 18789;
 export function renderOpenClawConfig(params: SetupParams, port: number): string {
   const model = params.inference_model;
   const config = {
-    gateway: {
-      mode: "local",
-      port,
-      bind: "loopback",
-      auth: { mode: "token" },
-    },
+    gateway: gatewaySection(port),
     models: {
       mode: "merge",
       providers: {
@@ -103,6 +98,32 @@ export function renderOpenClawConfig(params: SetupParams, port: number): string 
       },
     },
     agents: { defaults: { model: { primary: `cvm/${model}` } } },
+    update: { checkOnStart: false },
+  };
+  return JSON.stringify(config, null, 2) + "\n";
+}
+
+/**
+ * OpenClaw's gateway section. OpenClaw 2026.9.6 restarts the gateway for almost any change under
+ * `gateway.*` (dist/config-reload-plan-*.mjs: prefix "gateway" is kind "restart", and so is
+ * gateway.auth.token), so the neutral configuration of a pool guest carries exactly this section,
+ * and the claim changes only `models` and `agents.defaults.model`, which it reloads hot. The reload
+ * mode stays OpenClaw's default ("hybrid"): "hot" would silently ignore a change that needs a restart.
+ */
+function gatewaySection(port: number) {
+  return { mode: "local", port, bind: "loopback", auth: { mode: "token" } };
+}
+
+/**
+ * The configuration a pool guest's OpenClaw starts with before any tenant exists: the tenant
+ * configuration's gateway and update sections, no model provider and no default model. The remote
+ * model catalog refresh (an HTTPS fetch to OpenClaw's catalog service) is off: an unclaimed guest has
+ * no business on the network. Its digest is recorded as the `openclaw-config-neutral` event.
+ */
+export function renderNeutralOpenClawConfig(port: number): string {
+  const config = {
+    gateway: gatewaySection(port),
+    models: { catalogRefresh: { enabled: false } },
     update: { checkOnStart: false },
   };
   return JSON.stringify(config, null, 2) + "\n";

@@ -3,7 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, test } from "vitest";
 import { RootFs } from "../system/root-fs.js";
-import { SystemdServiceManager, type ServiceSpec } from "./service-manager.js";
+import pino from "pino";
+import { DirectServiceManager, SystemdServiceManager, type ServiceSpec } from "./service-manager.js";
 
 let dir: string;
 afterEach(() => rm(dir, { recursive: true, force: true }));
@@ -46,5 +47,71 @@ describe("SystemdServiceManager", () => {
     const m = new SystemdServiceManager(new RootFs("/tmp"), { unitDir: "/x", envDir: "/y", systemctl: "systemctl" });
     expect(() => m.renderUnit({ ...spec, exec: ["/bin/sh", "-c", "rm -rf $HOME"] })).toThrow(/unsupported character/);
     expect(() => m.renderUnit({ ...spec, env: { X: 'a"b' } })).toThrow(/unsafe/);
+  });
+});
+
+describe("service output and main pid (warm pool claim)", () => {
+  test("systemd: MainPID from systemctl show, journal cursor as the mark, entries after it (commands are a recording test double)", async () => {
+    const calls: string[][] = [];
+    const out: Record<string, string> = {
+      show: "4242\n",
+      mark: '{"__CURSOR":"s=abc;i=12"}\n',
+      since: "[reload] config hot reload applied (models)\n",
+    };
+    const run = (async (cmd: string, args: string[]) => {
+      calls.push([cmd, ...args]);
+      if (args[0] === "show") return { stdout: out.show!, stderr: "" };
+      if (args.includes("--output=json")) return { stdout: out.mark!, stderr: "" };
+      return { stdout: out.since!, stderr: "" };
+    }) as unknown as typeof import("../../shared/util/run.js").run;
+    const m = new SystemdServiceManager(new RootFs("/tmp"), { unitDir: "/x", envDir: "/y", systemctl: "systemctl", journalctl: "journalctl", run });
+    expect(await m.mainPid("cvm-openclaw")).toBe(4242);
+    const mark = await m.outputMark("cvm-openclaw");
+    expect(mark).toBe("s=abc;i=12");
+    expect(await m.outputSince("cvm-openclaw", mark)).toMatch(/hot reload applied/);
+    expect(calls).toEqual([
+      ["systemctl", "show", "--property=MainPID", "--value", "cvm-openclaw.service"],
+      ["journalctl", "--boot", "--unit=cvm-openclaw.service", "--lines=1", "--output=json", "--output-fields=__CURSOR", "--no-pager", "--quiet"],
+      ["journalctl", "--boot", "--unit=cvm-openclaw.service", "--after-cursor=s=abc;i=12", "--output=cat", "--no-pager", "--quiet"],
+    ]);
+    out.show = "0\n";
+    out.mark = "";
+    expect(await m.mainPid("cvm-openclaw")).toBeNull();
+    expect(await m.outputMark("cvm-openclaw")).toBe("");
+    await m.outputSince("cvm-openclaw", "");
+    expect(calls.at(-1)).not.toContain("--after-cursor=");
+  });
+
+  test("direct: the pid survives the service renaming itself; output is read from a byte mark", async () => {
+    dir = await mkdtemp(join(tmpdir(), "direct-"));
+    const root = new RootFs(join(dir, "root"));
+    const stateDir = join(dir, "state");
+    const m = new DirectServiceManager(root, stateDir, pino({ level: "silent" }), false);
+    expect(await m.outputMark("svc")).toBe("0");
+    expect(await m.mainPid("svc")).toBeNull();
+    // Like OpenClaw: prints, retitles itself (its cmdline no longer names the program), prints more on SIGUSR2.
+    const script = `process.title="renamed-service";console.log("first");process.on("SIGUSR2",()=>console.log("second"));setInterval(()=>{},1000);`;
+    const fsp = await import("node:fs/promises");
+    await fsp.mkdir(join(dir, "root/home"), { recursive: true });
+    await fsp.mkdir(join(dir, "root/opt/bin"), { recursive: true });
+    await fsp.symlink(process.execPath, join(dir, "root/opt/bin/node"));
+    await m.start({ ...spec, name: "svc", exec: ["/opt/bin/node", "-e", script], workingDir: "/home", env: {} });
+    const pid = Number((await readFile(join(stateDir, "svc.pid"), "utf8")).split("\n")[0]);
+    try {
+      for (let i = 0; i < 100 && !(await readFile(join(stateDir, "svc.log"), "utf8")).includes("first"); i++) await new Promise((r) => setTimeout(r, 20));
+      expect((await readFile(`/proc/${pid}/cmdline`, "utf8")).startsWith("renamed-service")).toBe(true);
+      expect(await m.mainPid("svc")).toBe(pid);
+      expect(await m.isRunning("svc")).toBe(true);
+      const mark = await m.outputMark("svc");
+      expect(Number(mark)).toBeGreaterThan(0);
+      process.kill(pid, "SIGUSR2");
+      for (let i = 0; i < 100 && !(await m.outputSince("svc", mark)).includes("second"); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await m.outputSince("svc", mark)).toBe("second\n");
+      expect(await m.outputSince("svc", "0")).toBe("first\nsecond\n");
+    } finally {
+      process.kill(pid, "SIGKILL");
+    }
+    for (let i = 0; i < 100 && (await m.mainPid("svc")) !== null; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(await m.mainPid("svc")).toBeNull();
   });
 });

@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
 import { openSync, closeSync } from "node:fs";
-import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { run as defaultRun } from "../../shared/util/run.js";
@@ -25,7 +25,15 @@ export interface ServiceSpec {
 export interface ServiceManager {
   start(spec: ServiceSpec): Promise<void>;
   isRunning(name: string): Promise<boolean>;
+  /** The service's main process id, or null when it is not running. */
+  mainPid(name: string): Promise<number | null>;
+  /** An opaque position at the end of what the service has printed so far (stdout and stderr). */
+  outputMark(name: string): Promise<string>;
+  /** What the service printed after `mark`, at most `maxBytes` (the rest is left for a later call). */
+  outputSince(name: string, mark: string, maxBytes?: number): Promise<string>;
 }
+
+const DEFAULT_OUTPUT_BYTES = 1024 * 1024;
 
 type Run = typeof defaultRun;
 
@@ -38,7 +46,7 @@ const envLine = (k: string, v: string) => {
 export class SystemdServiceManager implements ServiceManager {
   constructor(
     private readonly root: RootFs,
-    private readonly opts: { unitDir: string; envDir: string; systemctl: string; run?: Run },
+    private readonly opts: { unitDir: string; envDir: string; systemctl: string; journalctl?: string; run?: Run },
   ) {}
 
   renderUnit(spec: ServiceSpec): string {
@@ -86,6 +94,35 @@ export class SystemdServiceManager implements ServiceManager {
       return false;
     }
   }
+
+  async mainPid(name: string): Promise<number | null> {
+    const { stdout } = await (this.opts.run ?? defaultRun)(this.opts.systemctl, ["show", "--property=MainPID", "--value", `${name}.service`], { timeoutMs: 10_000 });
+    const pid = Number(stdout.trim());
+    return Number.isInteger(pid) && pid > 0 ? pid : null;
+  }
+
+  /** The journal cursor of the unit's latest entry this boot; "" when it has none yet (then: from the boot's start). */
+  async outputMark(name: string): Promise<string> {
+    const { stdout } = await (this.opts.run ?? defaultRun)(
+      this.opts.journalctl ?? "journalctl",
+      ["--boot", `--unit=${name}.service`, "--lines=1", "--output=json", "--output-fields=__CURSOR", "--no-pager", "--quiet"],
+      { timeoutMs: 30_000 },
+    );
+    const line = stdout.trim().split("\n").pop() ?? "";
+    if (!line) return "";
+    const cursor = (JSON.parse(line) as { __CURSOR?: unknown }).__CURSOR;
+    if (typeof cursor !== "string" || cursor.length === 0) throw new Error("journalctl printed an entry without a cursor");
+    return cursor;
+  }
+
+  async outputSince(name: string, mark: string, maxBytes = DEFAULT_OUTPUT_BYTES): Promise<string> {
+    const { stdout } = await (this.opts.run ?? defaultRun)(
+      this.opts.journalctl ?? "journalctl",
+      ["--boot", `--unit=${name}.service`, ...(mark ? [`--after-cursor=${mark}`] : []), "--output=cat", "--no-pager", "--quiet"],
+      { timeoutMs: 30_000 },
+    );
+    return stdout.length > maxBytes ? stdout.slice(0, maxBytes) : stdout;
+  }
 }
 
 /**
@@ -128,31 +165,79 @@ export class DirectServiceManager implements ServiceManager {
       child.once("spawn", () => resolve(child.pid!));
     });
     child.unref();
-    await writeFile(this.pidFile(spec.name), `${pid}\n${cmd}\n`, { mode: 0o644 });
+    // The start time identifies the process even after it renames itself (OpenClaw retitles to
+    // "openclaw-gateway", so its cmdline no longer names the program that was started).
+    const started = await processStartTime(pid).catch(() => "");
+    await writeFile(this.pidFile(spec.name), `${pid}\n${cmd}\n${started}\n`, { mode: 0o644 });
     this.logger.info({ service: spec.name, pid, log: logPath }, "service started directly");
   }
 
   async isRunning(name: string): Promise<boolean> {
+    return (await this.mainPid(name)) !== null;
+  }
+
+  async mainPid(name: string): Promise<number | null> {
     let pid: number;
     let cmd: string;
+    let started: string;
     try {
-      const [p, c] = (await readFile(this.pidFile(name), "utf8")).split("\n");
+      const [p, c, t] = (await readFile(this.pidFile(name), "utf8")).split("\n");
       pid = Number(p);
       cmd = c ?? "";
+      started = t ?? "";
     } catch {
-      return false;
+      return null;
     }
-    if (!Number.isInteger(pid) || pid <= 1) return false;
+    if (!Number.isInteger(pid) || pid <= 1) return null;
     try {
-      // The pid must still be the program we started, not a recycled pid.
-      const cmdline = (await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0");
+      // The pid must still be the process we started, not a recycled pid.
       const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-      if (/\) Z /.test(stat)) return false;
-      if (cmdline[0] === cmd) return true;
+      if (/\) Z /.test(stat)) return null;
+      if (started) {
+        if ((await processStartTime(pid)) === started) return pid;
+      } else if ((await readFile(`/proc/${pid}/cmdline`, "utf8")).split("\0")[0] === cmd) return pid;
     } catch {
       /* gone */
     }
     await rm(this.pidFile(name), { force: true });
-    return false;
+    return null;
   }
+
+  /** The log file's current size in bytes. */
+  async outputMark(name: string): Promise<string> {
+    try {
+      return String((await stat(join(this.stateDir, `${name}.log`))).size);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return "0";
+      throw err;
+    }
+  }
+
+  async outputSince(name: string, mark: string, maxBytes = DEFAULT_OUTPUT_BYTES): Promise<string> {
+    const offset = Number(mark);
+    if (!Number.isSafeInteger(offset) || offset < 0) throw new Error(`invalid output mark ${JSON.stringify(mark)}`);
+    let fh;
+    try {
+      fh = await open(join(this.stateDir, `${name}.log`), "r");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return "";
+      throw err;
+    }
+    try {
+      const buf = Buffer.alloc(maxBytes);
+      const { bytesRead } = await fh.read(buf, 0, maxBytes, offset);
+      return buf.subarray(0, bytesRead).toString("utf8");
+    } finally {
+      await fh.close();
+    }
+  }
+}
+
+/** Field 22 of /proc/<pid>/stat (start time in clock ticks since boot), after the parenthesised comm. */
+async function processStartTime(pid: number): Promise<string> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const t = fields[19];
+  if (!t || !/^\d+$/.test(t)) throw new Error(`cannot parse /proc/${pid}/stat`);
+  return t;
 }

@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import type { FailureCode, Ready, SetupParams } from "../../shared/protocol/messages.js";
@@ -5,13 +6,23 @@ import { run as defaultRun } from "../../shared/util/run.js";
 import type { Rtmr3EventLog } from "../attest/rtmr3-event-log.js";
 import type { RootFs } from "../system/root-fs.js";
 import { ensureDir, writeFileAtomic } from "./atomic-write.js";
-import { configDigest, locateOpenClawPackage, ManifestError, readOpenClawManifest, renderOpenClawConfig } from "./openclaw.js";
+import {
+  configDigest,
+  locateOpenClawPackage,
+  ManifestError,
+  readOpenClawManifest,
+  renderNeutralOpenClawConfig,
+  renderOpenClawConfig,
+  type OpenClawManifest,
+  type OpenClawPackage,
+} from "./openclaw.js";
+import { onlyExpectedPaths, reloadVerdict, type ReloadVerdict } from "./openclaw-reload.js";
 import { TreeMismatch, verifyTree } from "./openclaw-tree.js";
 import { httpOk, tcpListening, waitUntil } from "./probes.js";
 import type { ServiceManager } from "./service-manager.js";
 import { AuthorizedKeyInstaller, SshKeyRejected } from "./ssh-key.js";
 import { readSshHostKeys } from "./ssh-host-keys.js";
-import type { UserAccounts } from "./user-accounts.js";
+import type { UserAccount, UserAccounts } from "./user-accounts.js";
 
 /** A setup step failed; `code` is the stable failure code reported to the host. */
 export class StepFailure extends Error {
@@ -38,7 +49,31 @@ export interface SetupRunnerOptions {
   sshDir: string;
   sshdTimeoutMs: number;
   openclawReadyTimeoutMs: number;
+  /** How long a claim waits for OpenClaw to report that it applied the tenant configuration. */
+  reloadTimeoutMs?: number;
   run?: typeof defaultRun;
+}
+
+type Step = <T>(stage: string, code: FailureCode, fn: () => Promise<T>) => Promise<T>;
+
+/** What prepare leaves running for the claim. */
+export interface PreparedOpenClaw {
+  openclaw_version: string;
+  node_version: string;
+  /** OpenClaw's main pid when it became ready (null if the service manager cannot tell). */
+  pid: number | null;
+}
+
+/** Where OpenClaw's output stood, and its pid, just before the claim wrote the tenant configuration. */
+export interface ReloadWatch {
+  mark: string;
+  pid: number | null;
+}
+
+/** Persists the ReloadWatch so a restarted agent judges the reload from the same position. */
+export interface ReloadWatchStore {
+  load(): ReloadWatch | null;
+  save(w: ReloadWatch): Promise<void>;
 }
 
 export type ReportProgress = (stage: string, message: string) => void | Promise<void>;
@@ -46,7 +81,8 @@ export type ReportProgress = (stage: string, message: string) => void | Promise<
 export const OPENCLAW_SERVICE = "cvm-openclaw";
 
 /**
- * The claim-time setup, as steps that are each safe to run again (after an agent restart the whole
+ * The setup, cold (`run`) or in two halves for a warm pool (`prepare` without a tenant, `claim` with
+ * one), as steps that are each safe to run again (after an agent restart the whole
  * sequence is re-run with the same parameters and converges on the same state). Every step that
  * changes what the tenant trusts is recorded in the RTMR3 event log before it takes effect.
  */
@@ -61,9 +97,9 @@ export class SetupRunner {
     return `http://127.0.0.1:${this.o.openclawPort}/readyz`;
   }
 
-  async run(params: SetupParams, gatewayToken: string, report: ReportProgress, signal?: AbortSignal): Promise<Ready> {
-    const { root, eventLog } = this.o;
-    const step = async <T>(stage: string, code: FailureCode, fn: () => Promise<T>): Promise<T> => {
+  /** Wraps a step so any error becomes a StepFailure with a stable code. */
+  private stepper(signal?: AbortSignal) {
+    return async <T>(stage: string, code: FailureCode, fn: () => Promise<T>): Promise<T> => {
       if (signal?.aborted) throw new StepFailure("setup_failed", "setup aborted");
       try {
         return await fn();
@@ -75,18 +111,131 @@ export class SetupRunner {
         throw new StepFailure(code, `${stage}: ${(err as Error).message}`);
       }
     };
+  }
 
-    // 1. The tenant's SSH key.
+  /** The cold path: everything at once for the tenant whose setup arrived (a VM booted for them). */
+  async run(params: SetupParams, gatewayToken: string, report: ReportProgress, signal?: AbortSignal): Promise<Ready> {
+    const step = this.stepper(signal);
+    await this.installKey(params, step);
+    await report("ssh_key", "authorized_keys written");
+    const { manifest, pkg } = await this.verifyOpenClaw(step);
+    await report("openclaw_verify", `OpenClaw ${manifest.version} tree verified`);
+    const account = await step("openclaw_config", "setup_failed", async () => {
+      const { account, path } = await this.openclawConfigPath();
+      const text = renderOpenClawConfig(params, this.o.openclawPort);
+      await this.o.eventLog.record("openclaw-config", configDigest(text));
+      await writeFileAtomic(path, text, 0o600, { uid: account.uid, gid: account.gid });
+      return account;
+    });
+    await report("openclaw_config", "OpenClaw configuration written");
+    await this.startOpenClaw(manifest, pkg, account, gatewayToken, step);
+    await report("openclaw_start", "OpenClaw service started");
+    const hostKeys = await this.checkSshd(step, report, signal);
+    await this.waitOpenClawReady(step, signal);
+    await report("openclaw_ready", "OpenClaw is ready");
+    const nodeVersion = await this.nodeVersion(manifest, step);
+    return { ssh_host_keys: hostKeys, openclaw_version: manifest.version, node_version: nodeVersion };
+  }
+
+  /**
+   * A pool guest's preparation, before any tenant exists: verify the pinned tree, start OpenClaw with
+   * the neutral configuration and wait until it is ready. Safe to run again (an agent restart re-runs
+   * it; the service manager does not start a second copy).
+   */
+  async prepare(gatewayToken: string, report: ReportProgress, signal?: AbortSignal): Promise<PreparedOpenClaw> {
+    const step = this.stepper(signal);
+    const { manifest, pkg } = await this.verifyOpenClaw(step);
+    await report("openclaw_verify", `OpenClaw ${manifest.version} tree verified`);
+    const account = await step("openclaw_config", "setup_failed", async () => {
+      const { account, path } = await this.openclawConfigPath();
+      const text = renderNeutralOpenClawConfig(this.o.openclawPort);
+      // Only ever re-run before a claim began (the agent persists `prepared` first), so rewriting the
+      // same bytes is a no-op for a running OpenClaw, and the event log keeps one entry per event.
+      await this.o.eventLog.record("openclaw-config-neutral", configDigest(text));
+      await writeFileAtomic(path, text, 0o600, { uid: account.uid, gid: account.gid });
+      return account;
+    });
+    await report("openclaw_config", "neutral OpenClaw configuration written");
+    await this.startOpenClaw(manifest, pkg, account, gatewayToken, step);
+    await report("openclaw_start", "OpenClaw service started with the neutral configuration");
+    await this.waitOpenClawReady(step, signal);
+    const nodeVersion = await this.nodeVersion(manifest, step);
+    const pid = await this.o.services.mainPid(OPENCLAW_SERVICE).catch(() => null);
+    await report("openclaw_ready", "OpenClaw is ready");
+    return { openclaw_version: manifest.version, node_version: nodeVersion, pid };
+  }
+
+  /**
+   * The claim of a prepared pool guest: the tenant's key, the tenant's OpenClaw configuration (the
+   * same bytes as the cold path, recorded as the same `openclaw-config` event), confirmation that the
+   * running OpenClaw applied it in place (its own "config hot reload applied" log line, and the same
+   * main pid as when it was prepared), sshd and /readyz.
+   */
+  async claim(params: SetupParams, prepared: PreparedOpenClaw, watch: ReloadWatchStore, report: ReportProgress, signal?: AbortSignal): Promise<Ready> {
+    const step = this.stepper(signal);
+    await this.installKey(params, step);
+    await report("ssh_key", "authorized_keys written");
+
+    const w = await step("openclaw_config", "setup_failed", async () => {
+      const { account, path } = await this.openclawConfigPath();
+      const text = renderOpenClawConfig(params, this.o.openclawPort);
+      await this.o.eventLog.record("openclaw-config", configDigest(text));
+      const saved = watch.load();
+      const current = await readFile(path, "utf8").catch(() => null);
+      // Resumed after an agent restart with the file already written: judge by the saved position.
+      if (saved && current === text) return saved;
+      const fresh: ReloadWatch = { mark: await this.o.services.outputMark(OPENCLAW_SERVICE), pid: await this.o.services.mainPid(OPENCLAW_SERVICE) };
+      await watch.save(fresh);
+      await writeFileAtomic(path, text, 0o600, { uid: account.uid, gid: account.gid });
+      return fresh;
+    });
+    await report("openclaw_config", "OpenClaw configuration written");
+
+    const applied = await step("openclaw_reload", "openclaw_start_failed", async () => {
+      const t0 = Date.now();
+      let verdict: ReloadVerdict = { kind: "pending" };
+      await waitUntil(
+        async () => {
+          verdict = reloadVerdict(await this.o.services.outputSince(OPENCLAW_SERVICE, w.mark));
+          return verdict.kind !== "pending";
+        },
+        { timeoutMs: this.o.reloadTimeoutMs ?? 120_000, intervalMs: 100, signal },
+      );
+      const v = verdict as ReloadVerdict;
+      if (v.kind === "pending") throw new StepFailure("openclaw_start_failed", `OpenClaw did not report applying its configuration within ${this.o.reloadTimeoutMs ?? 120_000} ms`);
+      if (v.kind === "restart") throw new StepFailure("openclaw_start_failed", `OpenClaw restarts to apply the configuration (${v.detail}); the claim expects a hot reload`);
+      if (v.kind === "rejected") throw new StepFailure("openclaw_start_failed", `OpenClaw did not apply the configuration: ${v.detail}`);
+      if (!onlyExpectedPaths(v.paths)) throw new StepFailure("openclaw_start_failed", `OpenClaw reloaded unexpected configuration paths: ${v.paths.join(", ")}`);
+      const pid = await this.o.services.mainPid(OPENCLAW_SERVICE);
+      const expectedPid = w.pid ?? prepared.pid;
+      if (pid === null || (expectedPid !== null && pid !== expectedPid)) {
+        throw new StepFailure("openclaw_start_failed", `OpenClaw's main process changed during the claim (${expectedPid ?? "?"} → ${pid ?? "none"})`);
+      }
+      this.o.logger.info({ paths: v.paths, pid, ms: Date.now() - t0 }, "OpenClaw applied the tenant configuration without a restart");
+      return v.paths;
+    });
+    await report("openclaw_reload", `OpenClaw applied the configuration in place (${applied.join(", ")})`);
+
+    const hostKeys = await this.checkSshd(step, report, signal);
+    await this.waitOpenClawReady(step, signal);
+    await report("openclaw_ready", "OpenClaw is ready");
+    return { ssh_host_keys: hostKeys, openclaw_version: prepared.openclaw_version, node_version: prepared.node_version };
+  }
+
+  // ---------------------------------------------------------------------------------------------
+
+  private async installKey(params: SetupParams, step: Step): Promise<void> {
     await step("ssh_key", "setup_failed", async () => {
       const key = this.keys.parse(params.public_key);
-      await eventLog.record("ssh-authorized-key", key.fingerprint);
+      await this.o.eventLog.record("ssh-authorized-key", key.fingerprint);
       const { path } = await this.keys.install(key);
       this.o.logger.info({ fingerprint: key.fingerprint, path }, "authorized key installed");
     });
-    await report("ssh_key", "authorized_keys written");
+  }
 
-    // 2. The pinned OpenClaw tree.
-    const { manifest, pkg } = await step("openclaw_verify", "setup_failed", async () => {
+  private async verifyOpenClaw(step: Step): Promise<{ manifest: OpenClawManifest; pkg: OpenClawPackage }> {
+    const { root, eventLog } = this.o;
+    return step("openclaw_verify", "setup_failed", async () => {
       let manifest;
       try {
         manifest = await readOpenClawManifest(root, this.o.manifestPath);
@@ -104,22 +253,17 @@ export class SetupRunner {
       this.o.logger.info({ tree_digest: manifest.tree_digest, ...res }, "OpenClaw tree verified");
       return { manifest, pkg };
     });
-    await report("openclaw_verify", `OpenClaw ${manifest.version} tree verified`);
+  }
 
-    // 3. Its configuration.
-    const account = await step("openclaw_config", "setup_failed", async () => {
-      const account = await this.o.accounts.ensure(this.o.user);
-      const owner = { uid: account.uid, gid: account.gid };
-      const text = renderOpenClawConfig(params, this.o.openclawPort);
-      await eventLog.record("openclaw-config", configDigest(text));
-      const dir = root.path(join(account.home, ".openclaw"));
-      await ensureDir(dir, 0o700, owner);
-      await writeFileAtomic(join(dir, "openclaw.json"), text, 0o600, owner);
-      return account;
-    });
-    await report("openclaw_config", "OpenClaw configuration written");
+  /** The service account (created if needed), its ~/.openclaw and the configuration file's host path. */
+  private async openclawConfigPath(): Promise<{ account: UserAccount; path: string }> {
+    const account = await this.o.accounts.ensure(this.o.user);
+    const dir = this.o.root.path(join(account.home, ".openclaw"));
+    await ensureDir(dir, 0o700, { uid: account.uid, gid: account.gid });
+    return { account, path: join(dir, "openclaw.json") };
+  }
 
-    // 4. Start it.
+  private async startOpenClaw(manifest: OpenClawManifest, pkg: OpenClawPackage, account: UserAccount, gatewayToken: string, step: Step): Promise<void> {
     await step("openclaw_start", "openclaw_start_failed", async () => {
       await this.o.services.start({
         name: OPENCLAW_SERVICE,
@@ -136,28 +280,32 @@ export class SetupRunner {
         workingDir: account.home,
       });
     });
-    await report("openclaw_start", "OpenClaw service started");
+  }
 
-    // 5. Readiness: sshd listening with the key in place, OpenClaw answering /readyz.
+  /** sshd listening with the key in place; returns the host keys. */
+  private async checkSshd(step: Step, report: ReportProgress, signal?: AbortSignal): Promise<string[]> {
     const sshdPort = await this.o.sshdPort();
     await step("sshd_check", "sshd_unavailable", async () => {
       const ok = await waitUntil(() => tcpListening("127.0.0.1", sshdPort, 1000), { timeoutMs: this.o.sshdTimeoutMs, intervalMs: 100, signal });
       if (!ok) throw new StepFailure("sshd_unavailable", `sshd is not listening on port ${sshdPort}`);
     });
-    const hostKeys = await readSshHostKeys(root, this.o.sshDir);
+    const hostKeys = await readSshHostKeys(this.o.root, this.o.sshDir);
     if (hostKeys.length === 0) throw new StepFailure("sshd_unavailable", `no SSH host keys in ${this.o.sshDir}`);
     await report("sshd_check", `sshd listening on port ${sshdPort}`);
+    return hostKeys;
+  }
 
+  private async waitOpenClawReady(step: Step, signal?: AbortSignal): Promise<void> {
     await step("openclaw_ready", "openclaw_start_failed", async () => {
       const ok = await waitUntil(() => httpOk(this.readyzUrl, 2000), { timeoutMs: this.o.openclawReadyTimeoutMs, intervalMs: 100, signal });
       if (!ok) throw new StepFailure("openclaw_start_failed", `OpenClaw did not answer ${this.readyzUrl} within ${this.o.openclawReadyTimeoutMs} ms`);
     });
-    await report("openclaw_ready", "OpenClaw is ready");
+  }
 
-    const nodeVersion = await step("openclaw_ready", "openclaw_start_failed", async () => {
-      const { stdout } = await (this.o.run ?? defaultRun)(root.path(manifest.node), ["--version"], { timeoutMs: 30_000 });
+  private async nodeVersion(manifest: OpenClawManifest, step: Step): Promise<string> {
+    return step("openclaw_ready", "openclaw_start_failed", async () => {
+      const { stdout } = await (this.o.run ?? defaultRun)(this.o.root.path(manifest.node), ["--version"], { timeoutMs: 30_000 });
       return stdout.trim();
     });
-    return { ssh_host_keys: hostKeys, openclaw_version: manifest.version, node_version: nodeVersion };
   }
 }

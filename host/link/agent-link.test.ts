@@ -12,6 +12,8 @@ import { UnixSocketConnector } from "./connectors.js";
 import { serveHostFrames } from "../../test/support/host-frame-server.js";
 
 const HELLO = (AGENT_SAMPLES.hello as Extract<AgentMessage, { type: "hello" }>).body;
+const HELLO_V3 = (AGENT_SAMPLES.hello_v3_prepared as Extract<AgentMessage, { type: "hello" }>).body;
+const AWAITING_V3 = { ...HELLO_V3, state: { ...HELLO_V3.state, phase: "awaiting_setup" as const, stage: null, prepared: null } };
 const SETUP = (HOST_SAMPLES.setup as Extract<HostMessage, { type: "setup" }>).body;
 
 /** Test double of the agent end: scripted per connection. */
@@ -114,5 +116,59 @@ describe("AgentLink", () => {
     await expect(link.quote(Buffer.alloc(32))).rejects.toMatchObject({ code: "disconnected" });
     await link.close();
     await expect(link.quote(Buffer.alloc(32))).rejects.toMatchObject({ code: "closed" });
+  });
+
+  test("prepare: sends an empty prepare, resolves with the ack; the prepared event is emitted; an error reply rejects", async () => {
+    const PREPARED = { openclaw_version: "2026.9.6", node_version: "v24.21.0", prepare_ms: 1234 };
+    let prepares = 0;
+    const { fake, link } = await fixture((m, s) => {
+      if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: AWAITING_V3 }));
+      if (m.type === "prepare") {
+        prepares++;
+        if (prepares === 1) {
+          s.write(encodeMessage({ type: "ack", re: m.id, body: { already_applied: false } }));
+          setTimeout(() => s.write(encodeMessage({ type: "prepared", body: PREPARED })), 20);
+        } else s.write(encodeMessage({ type: "error", re: m.id, body: { code: "setup_conflict", message: "setup already accepted" } }));
+      }
+    });
+    const prepared = new Promise((r) => link.once("prepared", r));
+    link.start();
+    await expect(link.prepare()).resolves.toEqual({ already_applied: false });
+    expect(await prepared).toEqual(PREPARED);
+    expect(fake.received.find((m) => m.type === "prepare")).toMatchObject({ type: "prepare", body: {} });
+    await expect(link.prepare()).rejects.toMatchObject({ name: "AgentRequestError", code: "setup_conflict", message: "setup already accepted" });
+  });
+
+  test("prepare is re-sent after a disconnect; a hello in phase prepared emits prepared", async () => {
+    const { fake, link } = await fixture((m, s, conn) => {
+      if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: conn === 1 ? AWAITING_V3 : HELLO_V3 }));
+      if (m.type === "prepare") {
+        if (conn === 1) s.destroy();
+        else s.write(encodeMessage({ type: "ack", re: m.id, body: { already_applied: true } }));
+      }
+    });
+    const prepared = new Promise((r) => link.once("prepared", r));
+    link.start();
+    await expect(link.prepare()).resolves.toEqual({ already_applied: true });
+    expect(await prepared).toEqual(HELLO_V3.state.prepared);
+    expect(fake.received.filter((m) => m.type === "prepare")).toHaveLength(2);
+  });
+
+  test("prepare against a version 2 agent is refused locally; a prepared event in a version 2 session is a protocol violation", async () => {
+    const V2 = (AGENT_SAMPLES.hello_v2 as Extract<AgentMessage, { type: "hello" }>).body;
+    const { fake, link } = await fixture((m, s, conn) => {
+      if (m.type === "hello") {
+        s.write(encodeMessage({ type: "hello", re: m.id, body: V2 }));
+        if (conn === 1) s.write(encodeMessage({ type: "prepared", body: { openclaw_version: "x", node_version: "y", prepare_ms: 1 } }));
+      }
+    });
+    let prepared = 0;
+    link.on("prepared", () => prepared++);
+    link.start();
+    await expect(link.prepare()).rejects.toMatchObject({ code: "unsupported_version" });
+    for (let i = 0; i < 100 && fake.connections < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(fake.connections).toBeGreaterThanOrEqual(2);
+    expect(prepared).toBe(0);
+    expect(fake.received.some((m) => m.type === "bye" && /prepared in a protocol 2 session/.test(m.body.reason))).toBe(true);
   });
 });

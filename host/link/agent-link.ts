@@ -6,6 +6,7 @@ import { MessageStream } from "../../shared/protocol/message-stream.js";
 import {
   GATEWAY_PROTOCOL_VERSION,
   MAX_REQUEST_ID,
+  PREPARE_PROTOCOL_VERSION,
   SUPPORTED_PROTOCOL_VERSIONS,
   byeReason,
   type AgentHello,
@@ -15,9 +16,11 @@ import {
   type Failed,
   type Heartbeat,
   type HostMessage,
+  type Prepared,
   type Progress,
   type QuoteReply,
   type Ready,
+  type SetupAck,
   type SetupParams,
 } from "../../shared/protocol/messages.js";
 import { setupDigest } from "../../shared/protocol/setup-digest.js";
@@ -31,6 +34,11 @@ export interface AgentLinkEvents {
   progress: [Progress];
   /** May repeat (e.g. after a reconnect the agent's hello reports it is ready); treat idempotently. */
   ready: [Ready];
+  /**
+   * A pool guest finished its tenant-less preparation. Also emitted on a hello whose phase is
+   * `prepared` (a reconnect after the event was missed); treat idempotently.
+   */
+  prepared: [Prepared];
   failed: [Failed];
   heartbeat: [Heartbeat];
   egress: [EgressSample];
@@ -65,7 +73,7 @@ export class AgentRequestError extends Error {
 export type LinkState = "idle" | "connecting" | "connected" | "closed";
 
 interface Pending {
-  type: "setup" | "quote";
+  type: "setup" | "quote" | "prepare";
   resolve: (m: AgentMessage) => void;
   reject: (e: Error) => void;
 }
@@ -179,6 +187,37 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
    */
   onGatewayRequest(handler: GatewayHandler | null): void {
     this.gatewayHandler = handler;
+  }
+
+  /**
+   * Asks a pool guest's agent to do everything that does not depend on a tenant (protocol ≥ 3).
+   * Resolves on the agent's ack (`already_applied` when it was already preparing or prepared); the
+   * outcome arrives as a `prepared` or `failed` event. Waits for a session up to the request timeout
+   * and re-sends after a disconnect (the agent acknowledges a repeated prepare). Rejects with an
+   * AgentRequestError on an error reply (e.g. `setup_conflict` once a setup was accepted) or with
+   * `unsupported_version` when the agent's session is older than version 3.
+   */
+  async prepare(): Promise<SetupAck> {
+    const deadline = Date.now() + this.o.requestTimeoutMs;
+    for (;;) {
+      while (this.linkState !== "connected") {
+        if (this.isClosed) throw new AgentRequestError("closed", "link closed");
+        if (Date.now() >= deadline) throw new AgentRequestError("timeout", "no agent session for the prepare request");
+        await this.waitForChange(deadline - Date.now());
+      }
+      const version = this.lastHello?.version ?? 0;
+      if (version < PREPARE_PROTOCOL_VERSION) {
+        throw new AgentRequestError("unsupported_version", `the agent's session speaks protocol ${version}; prepare needs ${PREPARE_PROTOCOL_VERSION}`);
+      }
+      try {
+        const reply = await this.request({ type: "prepare", id: 0, body: {} }, deadline - Date.now());
+        if (reply.type === "ack") return reply.body;
+        throw new AgentRequestError("internal_error", `unexpected reply ${reply.type}`);
+      } catch (err) {
+        if (err instanceof AgentRequestError && err.code === "disconnected" && !this.isClosed && Date.now() < deadline) continue;
+        throw err;
+      }
+    }
   }
 
   /** Asks the agent for a quote over `nonce`; waits for a session up to the request timeout. */
@@ -298,6 +337,7 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
     this.log.info({ boot_id: hello.boot_id, image_id: hello.image_id, phase: hello.state.phase, agent_version: hello.agent_version }, "agent session open");
     this.emit("connected");
     this.emit("hello", hello);
+    if (hello.state.phase === "prepared" && hello.state.prepared) this.emit("prepared", hello.state.prepared);
     if (hello.state.ready) this.emit("ready", hello.state.ready);
     if (hello.state.failed) this.emit("failed", hello.state.failed);
     this.wake();
@@ -331,6 +371,10 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
         return null;
       case "ready":
         this.emit("ready", m.body);
+        return null;
+      case "prepared":
+        if ((this.lastHello?.version ?? 0) < PREPARE_PROTOCOL_VERSION) return `prepared in a protocol ${this.lastHello?.version ?? "?"} session`;
+        this.emit("prepared", m.body);
         return null;
       case "failed":
         this.emit("failed", m.body);
@@ -392,7 +436,7 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
         reject(new AgentRequestError("timeout", `${msg.type} timed out`));
       }, Math.max(1, timeoutMs));
       this.pending.set(id, {
-        type: msg.type as "quote",
+        type: msg.type as Pending["type"],
         resolve: (m) => {
           clearTimeout(timer);
           resolve(m);

@@ -14,8 +14,10 @@ export type {
   EgressSample,
   Failed,
   Heartbeat,
+  Prepared,
   Progress,
   QuoteReply,
   Ready,
+  SetupAck,
   SetupParams,
 } from "../../shared/protocol/messages.js";

@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { describe, expect, test } from "vitest";
 import { decodeAgentMessage, decodeHostMessage, encodeMessage } from "./codec.js";
 import { FRAME_HEADER_LEN } from "./frame.js";
-import { AGENT_SAMPLES, HOST_SAMPLES } from "./testdata/samples.js";
+import { AGENT_SAMPLES, HOST_SAMPLES, decodedForm } from "./testdata/samples.js";
 
 // The golden file locks the wire format: a change to field names, key order, integer widths or the
 // frame header shows up here. Regenerate only for a deliberate protocol version change.
@@ -33,7 +33,7 @@ describe("golden frames", () => {
       const frame = encodeMessage(msg);
       expect(frame.toString("hex")).toBe(golden.agent[name]);
       const res = decodeAgentMessage(frame.subarray(FRAME_HEADER_LEN));
-      expect(res).toEqual({ ok: true, message: msg });
+      expect(res).toEqual({ ok: true, message: decodedForm(msg) });
       if (msg.type !== "bye") expect(decodeHostMessage(frame.subarray(FRAME_HEADER_LEN)).ok).toBe(false);
     });
   }

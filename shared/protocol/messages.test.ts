@@ -1,7 +1,7 @@
 import { describe, expect, test } from "vitest";
 import { decodeAgentMessage, decodeHostMessage, encodeMessagePayload } from "./codec.js";
 import { validateAgentMessage, validateHostMessage, validateSetupParams } from "./messages.js";
-import { AGENT_SAMPLES, HOST_SAMPLES } from "./testdata/samples.js";
+import { AGENT_SAMPLES, HOST_SAMPLES, decodedForm } from "./testdata/samples.js";
 import { Encoder } from "cbor-x";
 
 const raw = new Encoder({ useRecords: false, mapsAsObjects: true, variableMapSize: true, tagUint8Array: false });
@@ -26,6 +26,9 @@ describe("message validation", () => {
     ["negative id", { type: "hello", id: -1, body: { versions: [1], host_version: "x" } }, /non-negative integer/],
     ["float id", { type: "hello", id: 1.5, body: { versions: [1], host_version: "x" } }, /non-negative integer/],
     ["array instead of map", [1, 2, 3], /must be a map/],
+    ["prepare with a parameter", { type: "prepare", id: 1, body: { public_key: "ssh-ed25519 AAAA" } }, /prepare: unknown key "public_key"/],
+    ["prepare with a non-map body", { type: "prepare", id: 1, body: null }, /prepare: must be a map/],
+    ["prepare without id", { type: "prepare", body: {} }, /missing id/],
   ])("host → agent: rejects %s", (_name, value, reason) => {
     const res = decodeHostMessage(enc(value));
     expect(res.ok).toBe(false);
@@ -40,6 +43,10 @@ describe("message validation", () => {
     ["quote without report data", { type: "quote_reply", re: 1, body: { available: true, quote: Buffer.alloc(100), event_log: [] } }, /unknown key|missing report_data/],
     ["event log with wrong imr", { type: "quote_reply", re: 1, body: { available: false, reason: "x", event_log: [{ imr: 2, digest: "a".repeat(96), event_type: "t", event: "e" }] } }, /must be 3/],
     ["a Date where a string belongs", { type: "egress", body: { bytes: 1, packets: 1, sampled_at: new Date() } }, /must be a string/],
+    ["prepared without prepare_ms", { type: "prepared", body: { openclaw_version: "1", node_version: "v24" } }, /missing prepare_ms/],
+    ["prepared with negative prepare_ms", { type: "prepared", body: { openclaw_version: "1", node_version: "v24", prepare_ms: -1 } }, /non-negative integer/],
+    ["unknown phase", { type: "hello", re: 1, body: { version: 3, agent_version: "x", boot_id: "b", image_id: null, state: { phase: "warming", setup_digest: null, stage: null, ready: null, failed: null, prepared: null } } }, /phase: must be one of/],
+    ["a malformed state.prepared", { type: "hello", re: 1, body: { version: 3, agent_version: "x", boot_id: "b", image_id: null, state: { phase: "prepared", setup_digest: null, stage: null, ready: null, failed: null, prepared: { openclaw_version: "1" } } } }, /state.prepared: missing node_version/],
   ])("agent → host: rejects %s", (_name, value, reason) => {
     const res = decodeAgentMessage(enc(value));
     expect(res.ok).toBe(false);
@@ -59,9 +66,18 @@ describe("message validation", () => {
     expect(({} as Record<string, unknown>).x).toBeUndefined();
   });
 
+  test("a hello state without `prepared` (versions 1 and 2) decodes with prepared null; with it, it is kept", () => {
+    const base = { type: "hello", re: 1, body: { version: 2, agent_version: "x", boot_id: "b", image_id: null, state: { phase: "awaiting_setup", setup_digest: null, stage: null, ready: null, failed: null } } };
+    const old = decodeAgentMessage(enc(base));
+    expect(old.ok && old.message.type === "hello" && old.message.body.state.prepared).toBe(null);
+    const p = { openclaw_version: "2026.9.6", node_version: "v24.21.0", prepare_ms: 5 };
+    const v3 = decodeAgentMessage(enc({ ...base, body: { ...base.body, version: 3, state: { ...base.body.state, phase: "prepared", prepared: p } } }));
+    expect(v3.ok && v3.message.type === "hello" && v3.message.body.state).toMatchObject({ phase: "prepared", prepared: p });
+  });
+
   test("every sample validates in its own direction only", () => {
     for (const m of Object.values(HOST_SAMPLES)) expect(validateHostMessage(JSON.parse(JSON.stringify(m), (_k, v) => (v?.type === "Buffer" ? Buffer.from(v.data) : v)))).toEqual(m);
-    for (const m of Object.values(AGENT_SAMPLES)) expect(validateAgentMessage(JSON.parse(JSON.stringify(m), (_k, v) => (v?.type === "Buffer" ? Buffer.from(v.data) : v)))).toEqual(m);
+    for (const m of Object.values(AGENT_SAMPLES)) expect(validateAgentMessage(JSON.parse(JSON.stringify(m), (_k, v) => (v?.type === "Buffer" ? Buffer.from(v.data) : v)))).toEqual(decodedForm(m));
     expect(() => validateSetupParams({ ...setup.body, public_key: "" })).toThrow(/too short/);
   });
 });

@@ -11,10 +11,14 @@
  * Protocol versions this build speaks, best first. Version 2 is version 1 plus the inference gateway
  * streams (`gw_*`); those messages are a protocol violation in a session that negotiated version 1, so
  * an old agent and a new host (or the reverse) still agree on everything they send each other.
+ * Version 3 adds the warm pool: the tenant-less `prepare` request, the `prepared` event, the
+ * `preparing`/`prepared` phases and `state.prepared` in the agent's hello.
  */
-export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [2, 1];
+export const SUPPORTED_PROTOCOL_VERSIONS: readonly number[] = [3, 2, 1];
 /** The first protocol version that carries inference gateway streams. */
 export const GATEWAY_PROTOCOL_VERSION = 2;
+/** The first protocol version with `prepare`/`prepared` (warm pool). */
+export const PREPARE_PROTOCOL_VERSION = 3;
 
 /** Largest body chunk in one gateway frame; well under the 1 MiB frame limit, with room for the envelope. */
 export const MAX_GATEWAY_CHUNK = 256 * 1024;
@@ -42,7 +46,7 @@ export const ERROR_CODES = [
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
-export const AGENT_PHASES = ["awaiting_setup", "setting_up", "ready", "failed"] as const;
+export const AGENT_PHASES = ["awaiting_setup", "preparing", "prepared", "setting_up", "ready", "failed"] as const;
 export type AgentPhase = (typeof AGENT_PHASES)[number];
 
 export const OPENCLAW_HEALTH = ["healthy", "unhealthy", "stopped"] as const;
@@ -64,6 +68,17 @@ export interface Failed {
   message: string;
 }
 
+/** A pool guest's tenant-less preparation is done: OpenClaw runs with a neutral configuration. */
+export interface Prepared {
+  openclaw_version: string;
+  node_version: string;
+  /** How long the preparation took in the agent, milliseconds. */
+  prepare_ms: number;
+}
+
+/** `prepare` takes no parameters: nothing about a tenant is known before the claim. */
+export interface PrepareParams {}
+
 /** What a (re)connecting host needs to know to pick up where the agent is. */
 export interface AgentStateSummary {
   phase: AgentPhase;
@@ -73,6 +88,11 @@ export interface AgentStateSummary {
   stage: string | null;
   ready: Ready | null;
   failed: Failed | null;
+  /**
+   * Set once a `prepare` completed in this boot (stays set after the claim). Version ≥ 3 only: an
+   * agent leaves the key out of its hello in older sessions, and a missing key decodes as null.
+   */
+  prepared: Prepared | null;
 }
 
 export interface AgentHello {
@@ -190,6 +210,7 @@ export interface GatewayReset {
 export type HostMessage =
   | { type: "hello"; id: number; body: HostHello }
   | { type: "setup"; id: number; body: SetupParams }
+  | { type: "prepare"; id: number; body: PrepareParams }
   | { type: "quote"; id: number; body: QuoteRequest }
   | { type: "gw_response"; body: GatewayResponseHead }
   | { type: "gw_response_body"; body: GatewayBodyChunk }
@@ -203,6 +224,7 @@ export type AgentMessage =
   | { type: "error"; re: number; body: ErrorReply }
   | { type: "progress"; body: Progress }
   | { type: "ready"; body: Ready }
+  | { type: "prepared"; body: Prepared }
   | { type: "failed"; body: Failed }
   | { type: "heartbeat"; body: Heartbeat }
   | { type: "egress"; body: EgressSample }
@@ -333,14 +355,25 @@ function validateFailed(v: unknown, p: string): Failed {
   return { code: oneOf(o.code, `${p}.code`, FAILURE_CODES), message: str(o.message, `${p}.message`) };
 }
 
+function validatePrepared(v: unknown, p: string): Prepared {
+  const o = object(v, p, ["openclaw_version", "node_version", "prepare_ms"]);
+  return {
+    openclaw_version: str(o.openclaw_version, `${p}.openclaw_version`, { max: 64, pattern: PRINTABLE }),
+    node_version: str(o.node_version, `${p}.node_version`, { max: 64, pattern: PRINTABLE }),
+    prepare_ms: uint(o.prepare_ms, `${p}.prepare_ms`),
+  };
+}
+
 function validateState(v: unknown, p: string): AgentStateSummary {
-  const o = object(v, p, ["phase", "setup_digest", "stage", "ready", "failed"]);
+  // `prepared` is optional on the wire: agents leave it out of version 1 and 2 sessions.
+  const o = object(v, p, ["phase", "setup_digest", "stage", "ready", "failed"], ["prepared"]);
   return {
     phase: oneOf(o.phase, `${p}.phase`, AGENT_PHASES),
     setup_digest: nullableStr(o.setup_digest, `${p}.setup_digest`, { pattern: HEX_SHA256 }),
     stage: nullableStr(o.stage, `${p}.stage`, { max: 64, pattern: TOKEN }),
     ready: o.ready === null ? null : validateReady(o.ready, `${p}.ready`),
     failed: o.failed === null ? null : validateFailed(o.failed, `${p}.failed`),
+    prepared: o.prepared === undefined || o.prepared === null ? null : validatePrepared(o.prepared, `${p}.prepared`),
   };
 }
 
@@ -504,6 +537,11 @@ export function validateHostMessage(v: unknown): HostMessage {
       const o = envelope(v, "request");
       return { type, id: o.id as number, body: validateSetupParams(o.body, "setup") };
     }
+    case "prepare": {
+      const o = envelope(v, "request");
+      object(o.body, "prepare", []);
+      return { type, id: o.id as number, body: {} };
+    }
     case "quote": {
       const o = envelope(v, "request");
       const b = object(o.body, "quote", ["nonce"]);
@@ -553,6 +591,8 @@ export function validateAgentMessage(v: unknown): AgentMessage {
     }
     case "ready":
       return { type, body: validateReady(envelope(v, "event").body, "ready") };
+    case "prepared":
+      return { type, body: validatePrepared(envelope(v, "event").body, "prepared") };
     case "failed":
       return { type, body: validateFailed(envelope(v, "event").body, "failed") };
     case "heartbeat":

@@ -2,7 +2,6 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { Client } from "ssh2";
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
 import { AgentLink, AgentRequestError, UnixSocketConnector, checkSshHostKey } from "../../host/link/index.js";
 import type { Progress, Ready, SetupParams } from "../../shared/protocol/messages.js";
@@ -23,30 +22,12 @@ import {
   type AgentProcess,
   type GuestRoot,
   type Sshd,
+  sshExec,
 } from "./helpers.js";
 import { freePort } from "./helpers.js";
 
 const missing = !isRoot ? "not root" : !hasTool("/usr/sbin/sshd") ? "no /usr/sbin/sshd" : !hasTool("/usr/bin/ssh-keygen") ? "no ssh-keygen" : null;
 if (missing) console.warn(`skipping agent system tests: ${missing}`);
-
-function sshExec(port: number, privateKey: Buffer, command: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const c = new Client();
-    c.on("ready", () => {
-      c.exec(command, (err, ch) => {
-        if (err) return reject(err);
-        let out = "";
-        ch.on("data", (d: Buffer) => (out += d.toString()));
-        ch.on("close", () => {
-          c.end();
-          resolve(out);
-        });
-      });
-    });
-    c.on("error", reject);
-    c.connect({ host: "127.0.0.1", port, username: "root", privateKey, readyTimeout: 10_000 });
-  });
-}
 
 describe.skipIf(missing !== null)("cvm-agent process over a Unix socket, with a real sshd", () => {
   let root: GuestRoot;

@@ -1,4 +1,5 @@
 /** Shared fixtures for the agent system tests: a guest root tree, sshd, the compiled agent. */
+import { Client } from "ssh2";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
@@ -53,7 +54,7 @@ export interface GuestRoot {
 }
 
 /** A guest filesystem tree: /etc (passwd, ssh host key), the pinned "OpenClaw" (the stand-in) and its manifest. */
-export async function makeGuestRoot(opts: { readyDelayMs?: number } = {}): Promise<GuestRoot> {
+export async function makeGuestRoot(opts: { readyDelayMs?: number; reload?: "hot" | "restart" } = {}): Promise<GuestRoot> {
   const dir = await mkdtemp(join(tmpdir(), "cvm-guest-root-"));
   await mkdir(join(dir, "etc/ssh"), { recursive: true });
   await mkdir(join(dir, "home"), { recursive: true });
@@ -70,7 +71,7 @@ export async function makeGuestRoot(opts: { readyDelayMs?: number } = {}): Promi
   await writeFile(join(pkg, "package.json"), JSON.stringify({ name: "openclaw", version: "2026.9.6", type: "module", bin: { openclaw: "openclaw.mjs" } }, null, 2) + "\n");
   await copyFile(STAND_IN, join(pkg, "openclaw.mjs"));
   await chmod(join(pkg, "openclaw.mjs"), 0o755);
-  await writeFile(join(pkg, "stand-in.json"), JSON.stringify({ ready_delay_ms: opts.readyDelayMs ?? 0 }) + "\n");
+  await writeFile(join(pkg, "stand-in.json"), JSON.stringify({ ready_delay_ms: opts.readyDelayMs ?? 0, reload: opts.reload ?? "hot" }) + "\n");
   await mkdir(join(dir, "opt/node/bin"), { recursive: true });
   await symlink(process.execPath, join(dir, "opt/node/bin/node"));
   const listing = await buildTreeListing(join(dir, "opt/openclaw"));
@@ -170,13 +171,15 @@ export function agentArgs(root: GuestRoot, extra: string[]): string[] {
   ];
 }
 
-export function spawnAgent(args: string[], logName: string): AgentProcess {
+/** `prefix` runs the agent under a wrapper, e.g. `ip netns exec <ns>` (which execs, keeping the pid). */
+export function spawnAgent(args: string[], logName: string, prefix: string[] = []): AgentProcess {
   // One file per test role, overwritten on each run, kept for reading after a failure.
   const logDir = join(tmpdir(), "cvm-agent-test-logs");
   mkdirSync(logDir, { recursive: true });
   const logPath = join(logDir, `${logName}.log`);
   const out = createWriteStream(logPath);
-  const proc = spawn(process.execPath, [AGENT_MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CVM_AGENT_LOG_LEVEL: "debug" } });
+  const argv = [...prefix, process.execPath, AGENT_MAIN, ...args];
+  const proc = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CVM_AGENT_LOG_LEVEL: "debug" } });
   proc.stdout!.pipe(out);
   proc.stderr!.pipe(out);
   const exited = new Promise<number | null>((resolve) => proc.once("exit", (code) => resolve(code)));
@@ -195,16 +198,29 @@ export function spawnAgent(args: string[], logName: string): AgentProcess {
 
 /** Kills the OpenClaw stand-in the direct service manager left running (pid file under the state dir). */
 export async function killStandIn(root: GuestRoot): Promise<void> {
+  let pid = 0;
   try {
-    const pid = Number((await readFile(join(root.dir, "run/cvm/cvm-openclaw.pid"), "utf8")).split("\n")[0]);
-    if (pid > 1) process.kill(pid, "SIGTERM");
+    pid = Number((await readFile(join(root.dir, "run/cvm/cvm-openclaw.pid"), "utf8")).split("\n")[0]);
   } catch {
-    /* not running */
+    return; // not running
   }
+  if (!(pid > 1)) return;
+  const alive = () => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  // The real OpenClaw keeps writing its state while it shuts down: wait for it, then insist.
+  if (alive()) process.kill(pid, "SIGTERM");
+  for (let i = 0; i < 100 && alive(); i++) await new Promise((r) => setTimeout(r, 100));
+  if (alive()) process.kill(pid, "SIGKILL");
 }
 
 export async function removeRoot(root: GuestRoot): Promise<void> {
-  await rm(root.dir, { recursive: true, force: true });
+  await rm(root.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   await rm(join(root.tenantKey.privatePath, ".."), { recursive: true, force: true });
 }
 
@@ -215,5 +231,25 @@ export function once<T>(emitter: { once(ev: string, fn: (v: T) => void): unknown
       clearTimeout(t);
       resolve(v);
     });
+  });
+}
+
+/** Runs `command` over SSH as root on 127.0.0.1:`port` (the test sshd) and returns its stdout. */
+export function sshExec(port: number, privateKey: Buffer, command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const c = new Client();
+    c.on("ready", () => {
+      c.exec(command, (err, ch) => {
+        if (err) return reject(err);
+        let out = "";
+        ch.on("data", (d: Buffer) => (out += d.toString()));
+        ch.on("close", () => {
+          c.end();
+          resolve(out);
+        });
+      });
+    });
+    c.on("error", reject);
+    c.connect({ host: "127.0.0.1", port, username: "root", privateKey, readyTimeout: 10_000 });
   });
 }

@@ -44,7 +44,7 @@ export async function startGuest(name: string, handler: GatewayHandler | null): 
   });
   link.start();
   await connected;
-  if (link.hello?.version !== 2) throw new Error(`agent ${name} negotiated protocol ${link.hello?.version}`);
+  if ((link.hello?.version ?? 0) < 2) throw new Error(`agent ${name} negotiated protocol ${link.hello?.version}`);
   return {
     gatewayUrl: `http://127.0.0.1:${port}/v1`,
     agent,

@@ -1,4 +1,16 @@
-import type { AgentMessage, HostMessage } from "../messages.js";
+import type { AgentMessage, AgentStateSummary, HostMessage } from "../messages.js";
+
+/**
+ * A hello state as version 1 and 2 agents send it: without `prepared` (it decodes as null). Cast so
+ * those goldens keep the exact bytes of their protocol version.
+ */
+const legacyState = (s: Omit<AgentStateSummary, "prepared">) => s as AgentStateSummary;
+
+/** What a sample decodes to: a hello state without `prepared` (versions 1 and 2) decodes with null. */
+export function decodedForm(m: AgentMessage): AgentMessage {
+  if (m.type !== "hello" || Object.hasOwn(m.body.state, "prepared")) return m;
+  return { ...m, body: { ...m.body, state: { ...m.body.state, prepared: null } } };
+}
 
 /** One representative of every message; golden frames in golden-frames.json are their encodings. */
 const KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVwZWNhZ2VudGF0dGVzdGF0aW9uZ29sZGVua2V5MDE= tenant@example";
@@ -31,6 +43,8 @@ export const HOST_SAMPLES: Record<string, HostMessage> = {
   },
   gw_response_body: { type: "gw_response_body", body: { stream: 1, data: Buffer.from('data: {"choices":[]}\n\n'), end: true } },
   gw_reset: { type: "gw_reset", body: { stream: 1, reason: "upstream response exceeded 16777216 bytes" } },
+  hello_v3: { type: "hello", id: 11, body: { versions: [3, 2, 1], host_version: "cvmd/0.3.0" } },
+  prepare: { type: "prepare", id: 12, body: {} },
 };
 
 export const AGENT_SAMPLES: Record<string, AgentMessage> = {
@@ -42,7 +56,7 @@ export const AGENT_SAMPLES: Record<string, AgentMessage> = {
       agent_version: "0.1.0",
       boot_id: "6f1c0f2e-7a51-4b0e-9d3a-0c6b7f0a1d2e",
       image_id: "cvm-2026.11.1",
-      state: { phase: "awaiting_setup", setup_digest: null, stage: null, ready: null, failed: null },
+      state: legacyState({ phase: "awaiting_setup", setup_digest: null, stage: null, ready: null, failed: null }),
     },
   },
   hello_ready: {
@@ -53,13 +67,13 @@ export const AGENT_SAMPLES: Record<string, AgentMessage> = {
       agent_version: "0.1.0",
       boot_id: "6f1c0f2e-7a51-4b0e-9d3a-0c6b7f0a1d2e",
       image_id: null,
-      state: {
+      state: legacyState({
         phase: "ready",
         setup_digest: "0".repeat(64),
         stage: "ready",
         ready: { ssh_host_keys: [HOSTKEY], openclaw_version: "2026.9.6", node_version: "v24.21.0" },
         failed: null,
-      },
+      }),
     },
   },
   ack: { type: "ack", re: 2, body: { already_applied: false } },
@@ -96,7 +110,7 @@ export const AGENT_SAMPLES: Record<string, AgentMessage> = {
       agent_version: "0.2.0",
       boot_id: "6f1c0f2e-7a51-4b0e-9d3a-0c6b7f0a1d2e",
       image_id: "cvm-2026.12.1",
-      state: { phase: "awaiting_setup", setup_digest: null, stage: null, ready: null, failed: null },
+      state: legacyState({ phase: "awaiting_setup", setup_digest: null, stage: null, ready: null, failed: null }),
     },
   },
   gw_request: {
@@ -116,4 +130,25 @@ export const AGENT_SAMPLES: Record<string, AgentMessage> = {
   },
   gw_request_body: { type: "gw_request_body", body: { stream: 2, data: Buffer.from('abc"}'), end: true } },
   gw_cancel: { type: "gw_cancel", body: { stream: 1 } },
+  hello_v3_prepared: {
+    type: "hello",
+    re: 11,
+    body: {
+      version: 3,
+      agent_version: "0.3.0",
+      boot_id: "6f1c0f2e-7a51-4b0e-9d3a-0c6b7f0a1d2e",
+      image_id: "cvm-2027.01.1",
+      state: {
+        phase: "prepared",
+        setup_digest: null,
+        stage: "openclaw_ready",
+        ready: null,
+        failed: null,
+        prepared: { openclaw_version: "2026.9.6", node_version: "v24.21.0", prepare_ms: 23456 },
+      },
+    },
+  },
+  ack_prepare: { type: "ack", re: 12, body: { already_applied: true } },
+  progress_prepare: { type: "progress", body: { stage: "openclaw_start", message: "OpenClaw service started with the neutral configuration" } },
+  prepared: { type: "prepared", body: { openclaw_version: "2026.9.6", node_version: "v24.21.0", prepare_ms: 23456 } },
 };
