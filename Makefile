@@ -23,8 +23,9 @@ typecheck: deps
 image: build
 	bash images/build.sh --require-agent
 
+# One pre-booted guest by default, so the first create is a warm claim (override: CVM_WARM_POOL_SIZE=0 make run).
 run: image
-	node dist/host/main.js
+	CVM_WARM_POOL_SIZE=$${CVM_WARM_POOL_SIZE:-1} node dist/host/main.js
 
 test: image
 	npx tsc -p tsconfig.json --noEmit

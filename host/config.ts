@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { availableParallelism, totalmem } from "node:os";
 import { isIP } from "node:net";
 import { resolve } from "node:path";
 import { loadCatalogue, type ModelCatalogue } from "./gateway/catalogue.js";
@@ -35,6 +36,10 @@ export interface Config {
   tls: { certFile: string; keyFile: string } | null;
   /** Where TDX collateral comes from: an offline bundle and/or a PCCS (neither: verdicts say so). */
   attestation: { collateralFile: string | null; pccsUrl: string | null };
+  /** Warm pool: the default size per image (CVM_WARM_POOL_SIZE) and how often it is refilled. */
+  warmPool: { defaultSize: number; refillSeconds: number };
+  /** What guests (instances and pool guests together) may use on this host. */
+  capacity: { memoryMiB: number; vcpus: number };
 }
 
 export class ConfigError extends Error {
@@ -184,6 +189,15 @@ export function loadConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): Config 
     shutdownGraceMs: parseIntStrict(get("CVM_SHUTDOWN_GRACE_MS") ?? "10000", "CVM_SHUTDOWN_GRACE_MS", 0),
     ...opsConfig(get, cwd),
     attestation: attestationConfig(get, cwd),
+    warmPool: {
+      defaultSize: parseIntStrict(get("CVM_WARM_POOL_SIZE") ?? "0", "CVM_WARM_POOL_SIZE", 0, 64),
+      refillSeconds: parseDivisorOf60(get("CVM_WARM_POOL_REFILL_SECONDS") ?? "15", "CVM_WARM_POOL_REFILL_SECONDS"),
+    },
+    // Defaults leave a fifth of the host's memory to the host, and allow 4 vCPUs per host CPU.
+    capacity: {
+      memoryMiB: parseIntStrict(get("CVM_CAPACITY_MEMORY_MIB") ?? String(Math.floor((totalmem() / 1048576) * 0.8)), "CVM_CAPACITY_MEMORY_MIB", 0),
+      vcpus: parseIntStrict(get("CVM_CAPACITY_VCPUS") ?? String(availableParallelism() * 4), "CVM_CAPACITY_VCPUS", 0),
+    },
   };
   if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(cfg.logLevel)) {
     throw new ConfigError(`CVM_LOG_LEVEL=${cfg.logLevel}: expected one of fatal, error, warn, info, debug, trace, silent`);

@@ -6,6 +6,10 @@ import { systemClock, type Clock } from "./clock.js";
 import type { Config } from "./config.js";
 import type { Driver } from "./instances/driver.js";
 import { LifecycleEngine } from "./instances/engine.js";
+import { Capacity, type GuestSize } from "./instances/capacity.js";
+import { WarmPool } from "./instances/warm-pool.js";
+import { UnavailableDriver } from "./instances/unavailable-driver.js";
+import { PoolGuestStore, SettingsStore } from "./store/pool-guests.js";
 import { AttestationService, buildCollateralProvider } from "./attest/index.js";
 import { QuoteVerifier } from "../shared/tdx/index.js";
 import { ApiKeyStore } from "./store/api-keys.js";
@@ -39,6 +43,8 @@ export interface DaemonDeps {
   egressFirewall?: EgressFirewall;
   /** Quote verifier; tests give one that pins a test PKI root. Default: Intel's root, one warm cache. */
   quoteVerifier?: QuoteVerifier;
+  /** Memory and vCPUs of one guest (CVM_VM_MEMORY_MIB / CVM_VM_VCPUS), for the capacity budget. */
+  guestSize?: GuestSize;
 }
 
 export interface RunningDaemon {
@@ -46,6 +52,8 @@ export interface RunningDaemon {
   port: number;
   db: Database;
   engine: LifecycleEngine;
+  /** Null when the driver cannot keep pre-booted guests. */
+  pool: WarmPool | null;
   metrics: Metrics;
   /** Port of the embedded DNS server, when CVM_DNS_LISTEN is set. */
   dnsPort: number | null;
@@ -110,9 +118,30 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   const securityLog = deps.securityLog ?? log.child({ stream: "security" });
   const dns = await startDns(config.dns, { baseDomain: config.baseDomain, tenants, instances, logger: log.child({ component: "dns" }), now: () => clock.now() });
   if (dns.server) log.info({ listen: `${config.dns.listen?.host}:${dns.server.port}` }, "dns server up");
+  // A driver that cannot provision holds nothing: its creates fail with driver_unavailable, not for capacity.
+  const capacity = deps.driver instanceof UnavailableDriver ? undefined : new Capacity(config.capacity, deps.guestSize ?? { memoryMiB: 2048, vcpus: 2 }, instances);
+  const poolGuests = new PoolGuestStore(db);
+  const pool =
+    deps.driver.warm && capacity
+    ? new WarmPool({
+        db,
+        guests: poolGuests,
+        settings: new SettingsStore(db),
+        instances,
+        driver: deps.driver.warm,
+        capacity,
+        clock,
+        logger: log.child({ component: "pool" }),
+        defaultSize: config.warmPool.defaultSize,
+        onWarmCount: (n) => metrics.setWarmPoolSize(n),
+      })
+    : null;
+  if (!pool && config.warmPool.defaultSize > 0) log.warn({ driver: deps.driver.name }, "CVM_WARM_POOL_SIZE is set but this driver cannot keep a warm pool; every create cold-starts");
   const engine = new LifecycleEngine({
     db,
     dns,
+    capacity,
+    pool: pool ?? undefined,
     instances,
     idempotency,
     driver: deps.driver,
@@ -148,7 +177,17 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   });
 
   const egress = deps.egressFirewall
-    ? new EgressMonitor({ db, firewall: deps.egressFirewall, egress: egressStore, instances, clock, logger: log.child({ component: "egress" }), securityLog })
+    ? new EgressMonitor({
+        db,
+        firewall: deps.egressFirewall,
+        egress: egressStore,
+        instances,
+        clock,
+        logger: log.child({ component: "egress" }),
+        securityLog,
+        unbilled: async () =>
+          (await poolGuests.live()).flatMap((g) => (typeof g.runtime?.tap === "string" ? [{ id: g.id, tap: g.runtime.tap, limitBytes: config.egressLimitBytes }] : [])),
+      })
     : null;
   deps.driver.bindHostServices?.({
     gateway,
@@ -157,6 +196,9 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   // Egress rules first: an adopted guest must never run a moment without its cap.
   await egress?.reconcile();
   await engine.recover();
+  // Pool guests after instances: a guest an instance claimed is the instance's, and adoption of the
+  // rest must see the capacity the instances already hold.
+  await pool?.start();
   dns.sync().then(
     (r) => r.failed.forEach((f) => log.warn({ hostname: f.hostname, err: f.error.message }, "dns record not repaired")),
     (err) => log.error({ err }, "dns sync failed"),
@@ -166,11 +208,16 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     scheduler.add({ name: "egress-poll", schedule: `*/${config.egressPollSeconds} * * * * *`, run: () => egress.pollOnce() });
     scheduler.add({ name: "egress-history-prune", schedule: "17 3 * * *", run: () => egress.pruneHistory(30 * 24 * 3600_000) });
   }
+  if (pool) {
+    scheduler.add({ name: "warm-pool-refill", schedule: `*/${config.warmPool.refillSeconds} * * * * *`, run: () => pool.refillNow() });
+    scheduler.add({ name: "warm-pool-history-prune", schedule: "27 3 * * *", run: () => poolGuests.pruneEnded(new Date(clock.now().getTime() - 7 * 24 * 3600_000)) });
+  }
   scheduler.add({ name: "idempotency-expiry", schedule: "7 * * * *", run: () => idempotency.expire(new Date(clock.now().getTime() - 24 * 3600_000)) });
 
   const tenantServer = await createTenantServer(config.tls, app.callback());
   const control = await startControlSocket(config.dataDir, {
     actions: new OperatorActions({ db, tenants, instances, clock, engine }),
+    pool,
     logger: log.child({ component: "control" }),
     version: cvmdVersion,
   });
@@ -205,6 +252,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
       await Promise.race([serverClosed, new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
       server.closeAllConnections();
       await scheduler.stop();
+      await pool?.close();
       await engine.close();
       await gateway.close();
       await deps.driver.close?.();
@@ -216,5 +264,5 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
       log.info("cvmd stopped; guests left running for the next start to adopt");
     })());
 
-  return { url, port, db, engine, metrics, egress, dnsPort: dns.server?.port ?? null, metricsUrl: operator?.url ?? null, reloadTls: tenantServer.reloadTls, close };
+  return { url, port, db, engine, pool, metrics, egress, dnsPort: dns.server?.port ?? null, metricsUrl: operator?.url ?? null, reloadTls: tenantServer.reloadTls, close };
 }

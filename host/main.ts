@@ -24,8 +24,11 @@ async function main(): Promise<void> {
   const securityLog = logger.child({ stream: "security" });
 
   let built: BuiltDriver;
+  let guestSize: { memoryMiB: number; vcpus: number } | undefined;
   try {
-    built = config.driver === "none" ? { driver: new UnavailableDriver("CVM_DRIVER=none") } : await buildQemuDriver(loadVmConfig(process.env), config.dataDir, logger);
+    const vm = config.driver === "none" ? null : loadVmConfig(process.env);
+    guestSize = vm ? { memoryMiB: vm.memoryMiB, vcpus: vm.vcpus } : undefined;
+    built = vm ? await buildQemuDriver(vm, config.dataDir, logger) : { driver: new UnavailableDriver("CVM_DRIVER=none") };
   } catch (err) {
     process.stderr.write(`cvmd: ${err instanceof ConfigError ? "configuration error: " : ""}${(err as Error).message}\n`);
     process.exit(78);
@@ -35,7 +38,7 @@ async function main(): Promise<void> {
   // Handlers go in before start-up so a signal that arrives while we start is still a clean stop.
   // One registry for the process: components built here (driver, warm pool, attestation) report into it too.
   const metrics = new Metrics({ processMetrics: config.metricsListen !== null, version: packageVersion() });
-  const daemon = startDaemon(config, { driver, logger, securityLog, metrics, egressFirewall: built.firewall });
+  const daemon = startDaemon(config, { driver, logger, securityLog, metrics, egressFirewall: built.firewall, guestSize });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -11,6 +11,7 @@ import { TenantStore } from "../store/tenants.js";
 import { isoSeconds } from "../../shared/api/types.js";
 import { OPS_OPTIONS, OPS_USAGE, runOpsCommand } from "../ops/cli.js";
 import { VM_OPTIONS, VM_USAGE, runVmCommand } from "./vm-commands.js";
+import { POOL_OPTIONS, POOL_USAGE, runPoolCommand } from "./pool-commands.js";
 
 const USAGE = `usage: cvmctl <command>
 
@@ -24,6 +25,7 @@ const USAGE = `usage: cvmctl <command>
                                   list instances (all tenants by default)
 ${OPS_USAGE}
 ${VM_USAGE}
+${POOL_USAGE}
 
 Environment: CVM_DATA_DIR (default ./var) selects the database; cvmctl works while cvmd runs.`;
 
@@ -44,7 +46,7 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promi
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
-    options: { json: { type: "boolean", default: false }, tenant: { type: "string" }, help: { type: "boolean", short: "h" }, ...OPS_OPTIONS, ...VM_OPTIONS },
+    options: { json: { type: "boolean", default: false }, tenant: { type: "string" }, help: { type: "boolean", short: "h" }, ...OPS_OPTIONS, ...VM_OPTIONS, ...POOL_OPTIONS },
   });
   if (values.help || positionals.length === 0) {
     io.out(USAGE);
@@ -64,6 +66,8 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promi
   if (ops !== undefined) return ops;
   const vm = await runVmCommand(positionals, values, config, env, io);
   if (vm !== undefined) return vm;
+  const pool = await runPoolCommand(positionals, values, config, env, DB_FILE, io);
+  if (pool !== undefined) return pool;
   const { mkdirSync } = await import("node:fs");
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const db = await Database.open(join(config.dataDir, DB_FILE));

@@ -4,6 +4,7 @@ import type { Config } from "../config.js";
 import { ImageError, verifyImageDir, type ImageManifest } from "../images/image-catalog.js";
 import { Database } from "../store/db.js";
 import { InstanceStore } from "../store/instances.js";
+import { PoolGuestStore } from "../store/pool-guests.js";
 import { TenantStore } from "../store/tenants.js";
 import { loadVmConfig } from "../vm-config.js";
 import { runPaths } from "../vmm/run-dir.js";
@@ -49,7 +50,10 @@ async function liveImageIds(config: Config): Promise<Set<string>> {
   if (!db) return new Set();
   try {
     const live = await new InstanceStore(db).list({ statuses: ["provisioning", "ready", "failed", "terminating"] });
-    return new Set(live.map((i) => i.runtime?.imageId).filter((x): x is string => typeof x === "string"));
+    const ids = new Set(live.map((i) => i.runtime?.imageId).filter((x): x is string => typeof x === "string"));
+    // Warm-pool guests run from their image's files too, until they are drained.
+    for (const g of await new PoolGuestStore(db).live().catch(() => [])) ids.add(g.imageId);
+    return ids;
   } finally {
     await db.close();
   }
@@ -129,7 +133,9 @@ export async function runVmCommand(
         const matches = wanted === undefined ? rows : rows.filter((i) => i.tenantId === wanted);
         if (matches.length === 0) throw new VmCliError(`no instance ${sub}`);
         if (matches.length > 1) throw new VmCliError(`several tenants have an instance ${sub}: add --tenant SLUG`);
-        runDir = runPaths(config.dataDir, matches[0]!.id).dir;
+        // A guest claimed from the warm pool keeps the run dir it booted under.
+        const guestId = matches[0]!.runtime?.guestId;
+        runDir = runPaths(config.dataDir, typeof guestId === "string" ? guestId : matches[0]!.id).dir;
       } finally {
         await db.close();
       }

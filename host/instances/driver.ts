@@ -61,6 +61,46 @@ export type AdoptResult =
   /** `ready` settles when a provisioning guest finishes (or at once for one that was ready). */
   | { alive: true; ready: Promise<ReadyInfo> };
 
+/** A warm-pool guest as the driver sees it: its own id (run dir, tap, pre-claim egress rules) and runtime. */
+export interface PoolGuestSpec {
+  id: string;
+  runtime: Record<string, unknown> | null;
+}
+
+export interface PoolGuestContext {
+  /** Aborted when the guest is drained or cvmd shuts down. */
+  signal: AbortSignal;
+  /** A progress line for the log (pool guests have no tenant-visible events). */
+  event(type: string, message: string): void;
+  /** Persists driver state; called BEFORE the side effect it describes (restart safety). */
+  saveRuntime(runtime: Record<string, unknown>): Promise<void>;
+}
+
+export type AdoptPoolResult = { alive: false; reason: string } | { alive: true; prepared: Promise<void> };
+
+/**
+ * The warm pool's side of a driver: guests booted from the current image and prepared with no tenant
+ * (agent hello, OpenClaw started with a neutral configuration), later claimed by exactly one instance.
+ */
+export interface WarmGuestDriver {
+  /** The image new guests boot from now (verified against its manifest), or null when there is none. */
+  currentImageId(): Promise<string | null>;
+  /** Boots a pool guest and resolves once its agent reports `prepared`; resolves with the image it booted. */
+  boot(guest: PoolGuestSpec, ctx: PoolGuestContext): Promise<{ imageId: string }>;
+  /** Re-attaches a pool guest after a cvmd restart. */
+  adopt(guest: PoolGuestSpec, ctx: PoolGuestContext): Promise<AdoptPoolResult>;
+  /**
+   * Hands a prepared guest to an instance: the guest's egress rules are replaced by the instance's
+   * (fresh counters, the full quota), then the claim-time setup runs. Resolves like `create`.
+   * Records the instance's runtime (which names the guest) through ctx.saveRuntime first.
+   */
+  claim(spec: InstanceSpec, guest: PoolGuestSpec, ctx: DriverContext): Promise<ReadyInfo>;
+  /** Stops an unclaimed guest and releases everything it held. */
+  destroy(guest: PoolGuestSpec): Promise<void>;
+  /** Reports unclaimed guests that die on their own. */
+  onExit(listener: (guestId: string, reason: string) => void): void;
+}
+
 /**
  * Provisioning backend. `create` resolves when the guest is ready for the tenant and rejects with a
  * ProvisionError (stable failure_code) otherwise. Instances outlive cvmd: `adopt` re-attaches after
@@ -86,4 +126,6 @@ export interface Driver {
   /** Called once by the engine so the driver can report guests that die on their own. */
   onExit?(listener: (instanceId: string, reason: string) => void): void;
   close?(): Promise<void>;
+  /** Present when the driver can keep a warm pool. */
+  readonly warm?: WarmGuestDriver;
 }

@@ -10,6 +10,8 @@ import type { AdoptResult, AttestationEvidence, Driver, DriverContext, InstanceS
 import { FAILURE_CODES, ProvisionError, type FailureCode } from "./failure-codes.js";
 import { newInstanceName } from "./names.js";
 import { assertTransition } from "./state-machine.js";
+import type { Capacity } from "./capacity.js";
+import type { WarmPool } from "./warm-pool.js";
 
 export interface CreateInput {
   publicKey: string;
@@ -42,6 +44,10 @@ export interface EngineDeps {
   tenantSlug(tenantId: number): Promise<string>;
   /** Per-instance DNS: published at ready, withdrawn at failure and before terminated. */
   dns?: { publish(hostname: string, sshHost: string): Promise<void>; withdraw(hostname: string): Promise<void> };
+  /** The host's guest budget: a cold start that does not fit fails with capacity_exhausted. */
+  capacity?: Capacity;
+  /** Pre-booted guests to claim before cold-starting. */
+  pool?: WarmPool;
 }
 
 const IDEMPOTENCY_WINDOW_MS = 24 * 3600_000;
@@ -197,12 +203,30 @@ export class LifecycleEngine {
     const ac = new AbortController();
     this.inflight.set(inst.id, ac);
     try {
-      const info = await this.d.driver.create(await this.spec(inst), this.context(inst, ac));
+      const spec = await this.spec(inst);
+      const ctx = this.context(inst, ac);
+      const claimed = this.d.pool && this.d.driver.warm ? await this.d.pool.claim(inst.id) : null;
+      let info: ReadyInfo;
+      if (claimed) {
+        const g = claimed.guest;
+        ctx.event("claim", `claimed warm guest ${g.id} (image ${g.imageId}, warm for ${Math.round(claimed.warmForMs / 1000)} s): claim-time setup only`);
+        info = await this.d.driver.warm!.claim({ ...spec, runtime: { ...g.runtime, guestId: g.id } }, { id: g.id, runtime: g.runtime }, ctx);
+      } else {
+        if (this.d.capacity && !(await this.d.capacity.admit(inst.id))) {
+          const u = await this.d.capacity.usage();
+          throw new ProvisionError("capacity_exhausted", FAILURE_CODES.capacity_exhausted, {
+            cause: new Error(`${u.maxGuests} guest(s) fit the budget; ${u.instances} instance(s) and ${u.poolGuests} pool guest(s) hold them`),
+          });
+        }
+        ctx.event("cold_start", this.d.pool ? "no warm guest available: cold start" : "no warm pool: cold start");
+        info = await this.d.driver.create(spec, ctx);
+      }
       await this.markReady(inst.id, info);
     } catch (err) {
       await this.failProvisioning(inst.id, ac, err, mode);
     } finally {
       this.inflight.delete(inst.id);
+      this.d.capacity?.settle(inst.id);
     }
   }
 

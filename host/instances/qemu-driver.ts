@@ -7,7 +7,21 @@ import { watchBootPhases, type BootPhaseWatch } from "../vmm/boot-phases.js";
 import { allocateCid } from "../vmm/cid.js";
 import type { Accel, GuestProfile, Hypervisor } from "../vmm/hypervisor.js";
 import { runPaths } from "../vmm/run-dir.js";
-import { AttestationUnavailableError, type AdoptResult, type AttestationEvidence, type BootedImage, type Driver, type DriverContext, type HostServices, type InstanceSpec, type ReadyInfo } from "./driver.js";
+import {
+  AttestationUnavailableError,
+  type AdoptPoolResult,
+  type AdoptResult,
+  type AttestationEvidence,
+  type BootedImage,
+  type Driver,
+  type DriverContext,
+  type HostServices,
+  type InstanceSpec,
+  type PoolGuestContext,
+  type PoolGuestSpec,
+  type ReadyInfo,
+  type WarmGuestDriver,
+} from "./driver.js";
 import { ProvisionError } from "./failure-codes.js";
 
 export interface QemuDriverOptions {
@@ -24,6 +38,8 @@ export interface QemuDriverOptions {
   tdx?: { firmware: string };
   /** Where the agent exposes the inference gateway inside the guest (OpenClaw's provider baseUrl). */
   guestGatewayUrl: string;
+  /** The cap a pool guest runs under before its claim (its counters are dropped at the claim). */
+  poolEgressLimitBytes?: number;
   /** Phase-aware deadlines: QEMU start → agent hello, setup → ready, ready → SSH handshake. */
   timeouts: { bootMs: number; setupMs: number; sshMs: number };
 }
@@ -36,6 +52,11 @@ interface Runtime {
   cid: number;
   ssh: { host: string; port: number };
   imageId: string;
+  /**
+   * The guest's own id when it differs from the instance's: a warm-pool guest keeps the id it booted
+   * under (run dir, QEMU record, tap) after an instance claims it.
+   */
+  guestId?: string;
   /** SSH host keys the agent reported at ready and SSH confirmed; attestation binds its quotes to them. */
   hostKeys?: string[];
 }
@@ -48,6 +69,17 @@ export interface GuestFacts {
 }
 
 const USER = "azureuser";
+const DEFAULT_POOL_EGRESS_LIMIT = 5 * 1024 ** 3;
+
+/** A promise that rejects when `signal` aborts (never resolves), for racing against slow steps. */
+function abortion(signal: AbortSignal): Promise<never> {
+  const p = new Promise<never>((_, reject) => {
+    if (signal.aborted) reject(signal.reason);
+    signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+  });
+  p.catch(() => undefined);
+  return p;
+}
 
 /**
  * Provisions an instance as a QEMU guest booted from the measured image: network and egress rules
@@ -56,11 +88,17 @@ const USER = "azureuser";
  */
 export class QemuDriver implements Driver {
   readonly name: string;
+  /** Keyed by guest id (= instance id for cold starts, the pool guest's id for claimed guests). */
   private readonly links = new Map<string, AgentLink>();
+  /** Guest id → the instance it bills to; a pool guest before its claim owns itself. */
+  private readonly owners = new Map<string, string>();
   private readonly facts = new Map<string, GuestFacts>();
   private readonly cids = new Set<number>();
   private readonly destroying = new Set<string>();
   private exitListener?: (id: string, reason: string) => void;
+  private poolExitListener?: (guestId: string, reason: string) => void;
+  /** Pool guests not claimed yet: no gateway, no egress attribution, exits reported to the pool. */
+  private readonly unclaimed = new Set<string>();
   private readonly unsubscribe = new Map<string, () => void>();
   private services: HostServices = {};
 
@@ -70,23 +108,58 @@ export class QemuDriver implements Driver {
 
   bindHostServices(s: HostServices): void {
     this.services = s;
-    for (const [id, link] of this.links) link.onGatewayRequest(s.gateway?.handlerFor(id) ?? null);
+    for (const [id, link] of this.links) link.onGatewayRequest(this.gatewayFor(id));
+  }
+
+  /** No tenant, no model calls: an unclaimed pool guest gets no gateway at all. */
+  private gatewayFor(guestId: string) {
+    const owner = this.owners.get(guestId);
+    if (owner === undefined || this.unclaimed.has(guestId)) return null;
+    return this.services.gateway?.handlerFor(owner) ?? null;
   }
 
   onExit(listener: (instanceId: string, reason: string) => void): void {
     this.exitListener = listener;
   }
 
-  guestFacts(instanceId: string): GuestFacts | undefined {
-    return this.facts.get(instanceId);
+  guestFacts(guestId: string): GuestFacts | undefined {
+    return this.facts.get(guestId);
   }
 
-  link(instanceId: string): AgentLink | undefined {
-    return this.links.get(instanceId);
+  link(guestId: string): AgentLink | undefined {
+    return this.links.get(guestId);
   }
+
+  readonly warm: WarmGuestDriver = {
+    onExit: (listener) => (this.poolExitListener = listener),
+    currentImageId: () => this.o.images.current().then(
+      (i) => i.id,
+      (err) => {
+        if (err instanceof ImageError) return null;
+        throw err;
+      },
+    ),
+    boot: (g, ctx) => this.bootPoolGuest(g, ctx),
+    adopt: (g, ctx) => this.adoptPoolGuest(g, ctx),
+    claim: (spec, g, ctx) => this.claimPoolGuest(spec, g, ctx),
+    destroy: (g) => this.destroyGuest(g.id, g.id, g.runtime as Runtime | null),
+  };
 
   async create(spec: InstanceSpec, ctx: DriverContext): Promise<ReadyInfo> {
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id });
+    const { runtime, watch, started } = await this.launch(spec.id, spec.egressLimitBytes, ctx, log);
+    try {
+      return await this.bringUp(spec, runtime, ctx, log, started, watch);
+    } catch (err) {
+      await this.release(spec.id, spec.id, runtime, log, { keepRunDir: true });
+      throw this.asProvisionError(err, ctx.signal);
+    } finally {
+      watch.stop();
+    }
+  }
+
+  /** Image check, network, egress rules, QEMU: everything up to a running guest, for both paths. */
+  private async launch(guestId: string, egressLimitBytes: number, ctx: DriverContext | PoolGuestContext, log: Logger): Promise<{ runtime: Runtime; watch: BootPhaseWatch; started: number }> {
     let image;
     try {
       image = await this.o.images.current();
@@ -94,21 +167,21 @@ export class QemuDriver implements Driver {
       if (err instanceof ImageError) throw new ProvisionError("image_unavailable", "The guest image is missing or does not match its manifest.", { cause: err });
       throw err;
     }
-    const att = await this.o.network.attach({ instanceId: spec.id });
+    const att = await this.o.network.attach({ instanceId: guestId });
     const cid = allocateCid(this.cids);
     this.cids.add(cid);
     const runtime: Runtime = { tap: att.tap, mac: att.mac, ip: att.ip, netns: att.netns, cid, ssh: att.ssh, imageId: image.id };
     await ctx.saveRuntime({ ...runtime });
     // The cap is in the kernel before the guest can send its first frame.
-    await this.o.firewall.add({ id: spec.id, tap: att.tap, limitBytes: spec.egressLimitBytes });
+    await this.o.firewall.add({ id: guestId, tap: att.tap, limitBytes: egressLimitBytes });
     ctx.event("vm", `launching ${this.name} from image ${image.id} (${this.o.memoryMiB} MiB, ${this.o.vcpus} vCPU)`);
 
-    const paths = runPaths(this.o.dataDir, spec.id);
+    const paths = runPaths(this.o.dataDir, guestId);
     const started = performance.now();
     const watch = watchBootPhases(paths.serialLog, { startedAt: started });
     try {
       const vm = await this.o.hypervisor.launch({
-        instanceId: spec.id,
+        instanceId: guestId,
         profile: this.o.profile,
         accel: this.o.accel,
         image: image.guest,
@@ -121,32 +194,34 @@ export class QemuDriver implements Driver {
       });
       ctx.event("vm", `QEMU running (pid ${vm.pid}, started in ${vm.startMs} ms)`);
       this.reportPhases(watch, ctx);
-      this.watchExit(spec.id);
-      const ready = await this.bringUp(spec, runtime, ctx, log, started, watch);
-      return ready;
+      this.watchExit(guestId);
+      return { runtime, watch, started };
     } catch (err) {
       watch.stop();
-      await this.release(spec.id, runtime, log, { keepRunDir: true });
-      if (err instanceof ProvisionError) throw err;
-      if (ctx.signal.aborted) throw err;
-      throw new ProvisionError("boot_timeout", "The VM could not be started.", { cause: err });
-    } finally {
-      watch.stop();
+      await this.release(guestId, guestId, runtime, log, { keepRunDir: true });
+      throw this.asProvisionError(err, ctx.signal);
     }
+  }
+
+  private asProvisionError(err: unknown, signal: AbortSignal): unknown {
+    if (err instanceof ProvisionError || signal.aborted) return err;
+    return new ProvisionError("boot_timeout", "The VM could not be started.", { cause: err });
   }
 
   async adopt(spec: InstanceSpec, ctx: DriverContext): Promise<AdoptResult> {
     const rt = spec.runtime as Runtime | null;
-    const res = await this.o.hypervisor.adopt(spec.id);
+    const guestId = rt?.guestId ?? spec.id;
+    const res = await this.o.hypervisor.adopt(guestId);
     if (!res.adopted) {
-      if (rt) await this.release(spec.id, rt, this.o.logger, { keepRunDir: true }).catch(() => undefined);
+      if (rt) await this.release(guestId, spec.id, rt, this.o.logger, { keepRunDir: true }).catch(() => undefined);
       return { alive: false, reason: `${res.reason}: ${res.detail}` };
     }
     if (!rt) return { alive: false, reason: "no runtime record for a running guest" };
     this.cids.add(rt.cid);
-    this.watchExit(spec.id);
+    this.owners.set(guestId, spec.id);
+    this.watchExit(guestId);
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id });
-    const paths = runPaths(this.o.dataDir, spec.id);
+    const paths = runPaths(this.o.dataDir, guestId);
     const watch = watchBootPhases(paths.serialLog, { fromOffset: res.record.serialOffset });
     const ready = this.bringUp(spec, rt, ctx, log, performance.now(), watch).finally(() => watch.stop());
     return { alive: true, ready };
@@ -154,26 +229,30 @@ export class QemuDriver implements Driver {
 
   async destroy(spec: InstanceSpec): Promise<void> {
     const rt = spec.runtime as Runtime | null;
-    this.destroying.add(spec.id);
+    await this.destroyGuest(rt?.guestId ?? spec.id, spec.id, rt);
+  }
+
+  private async destroyGuest(guestId: string, ownerId: string, rt: Runtime | null): Promise<void> {
+    this.destroying.add(guestId);
     try {
-      await this.o.hypervisor.stop(spec.id, { graceMs: 5_000 }).catch((err) => {
+      await this.o.hypervisor.stop(guestId, { graceMs: 5_000 }).catch((err) => {
         // Nothing running is fine: teardown is idempotent.
         if (!/not running|no record/i.test(String(err))) throw err;
       });
-      await this.release(spec.id, rt, this.o.logger, { keepRunDir: false });
+      await this.release(guestId, ownerId, rt, this.o.logger, { keepRunDir: false });
     } finally {
-      this.destroying.delete(spec.id);
+      this.destroying.delete(guestId);
     }
   }
 
   async inspect(spec: InstanceSpec) {
-    const i = await this.o.hypervisor.inspect(spec.id);
+    const i = await this.o.hypervisor.inspect((spec.runtime as Runtime | null)?.guestId ?? spec.id);
     return { running: i.state === "running", detail: { pid: i.pid, status: i.status } };
   }
 
   async attest(spec: InstanceSpec, nonce: Buffer): Promise<AttestationEvidence> {
     const rt = spec.runtime as Runtime | null;
-    const link = this.links.get(spec.id);
+    const link = this.links.get(rt?.guestId ?? spec.id);
     if (!rt || !link) throw new AttestationUnavailableError("cvmd has no channel to this instance's agent (yet)");
     if (!rt.hostKeys?.length) throw new AttestationUnavailableError("the SSH host keys of this instance are not recorded yet");
     let reply: QuoteReply;
@@ -201,22 +280,19 @@ export class QemuDriver implements Driver {
   }
 
   /** hello → setup → ready → SSH check; shared by create and by adoption of a guest still provisioning. */
-  private async bringUp(spec: InstanceSpec, rt: Runtime, ctx: DriverContext, log: Logger, started: number, watch: BootPhaseWatch): Promise<ReadyInfo> {
-    const link = this.openLink(spec, log);
-    const abort = new Promise<never>((_, reject) => {
-      if (ctx.signal.aborted) reject(ctx.signal.reason);
-      ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason), { once: true });
-    });
-    abort.catch(() => undefined);
+  private async bringUp(spec: InstanceSpec, rt: Runtime, ctx: DriverContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<ReadyInfo> {
+    const link = this.openLink(rt.guestId ?? spec.id, spec.id, log);
+    const abort = abortion(ctx.signal);
 
     const hello = await Promise.race([this.waitHello(link, this.o.timeouts.bootMs), abort]).catch((err) => {
       if (ctx.signal.aborted) throw err;
-      const seen = watch.phases().map((p) => p.phase);
+      const seen = watch?.phases().map((p) => p.phase) ?? [];
       throw new ProvisionError("boot_timeout", "The VM did not boot within the allowed time.", {
         cause: new Error(`no agent hello within ${this.o.timeouts.bootMs} ms; boot phases seen: ${seen.join(", ") || "none"}`),
       });
     });
-    ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (image ${hello.image_id ?? "unknown"}, phase ${hello.state.phase})`);
+    // A claimed pool guest's channel has been open since it booted: its hello is old news.
+    if (!rt.guestId) ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (image ${hello.image_id ?? "unknown"}, phase ${hello.state.phase})`);
 
     const outcome = new Promise<Ready>((resolve, reject) => {
       if (hello.state.ready) return resolve(hello.state.ready);
@@ -257,28 +333,38 @@ export class QemuDriver implements Driver {
     }
   }
 
-  private openLink(spec: InstanceSpec, log: Logger): AgentLink {
-    const existing = this.links.get(spec.id);
-    if (existing) return existing;
+  /** The guest's channel; `ownerId` is whom its model calls and egress samples are billed to. */
+  private openLink(guestId: string, ownerId: string, log: Logger): AgentLink {
+    this.owners.set(guestId, ownerId);
+    const existing = this.links.get(guestId);
+    if (existing) {
+      existing.onGatewayRequest(this.gatewayFor(guestId));
+      return existing;
+    }
     const link = new AgentLink({
-      connector: new UnixSocketConnector(runPaths(this.o.dataDir, spec.id).agent),
+      connector: new UnixSocketConnector(runPaths(this.o.dataDir, guestId).agent),
       logger: log,
-      instanceId: spec.id,
+      instanceId: guestId,
       hostVersion: "cvmd",
       // Under TCG a loaded guest can be slow to answer; the idle timeout only triggers a reconnect.
       idleTimeoutMs: 60_000,
     });
     const facts: GuestFacts = { hello: null, heartbeat: null, heartbeatAt: null };
-    this.facts.set(spec.id, facts);
+    this.facts.set(guestId, facts);
     link.on("hello", (h) => (facts.hello = h));
     link.on("heartbeat", (h) => {
       facts.heartbeat = h;
       facts.heartbeatAt = new Date();
     });
-    link.on("egress", (s: EgressSample) => this.services.onGuestEgress?.(spec.id, { bytes: s.bytes, packets: s.packets, sampledAt: new Date(s.sampled_at) }));
-    // The channel is the instance's identity: this link's model calls are billed to spec.id.
-    link.onGatewayRequest(this.services.gateway?.handlerFor(spec.id) ?? null);
-    this.links.set(spec.id, link);
+    link.on("egress", (s: EgressSample) => {
+      // An unclaimed pool guest's samples belong to no one (and the agent restarts its count at the claim).
+      const owner = this.owners.get(guestId);
+      if (owner === undefined || this.unclaimed.has(guestId)) return;
+      this.services.onGuestEgress?.(owner, { bytes: s.bytes, packets: s.packets, sampledAt: new Date(s.sampled_at) });
+    });
+    // The channel is the instance's identity: this link's model calls are billed to its owner.
+    link.onGatewayRequest(this.gatewayFor(guestId));
+    this.links.set(guestId, link);
     link.start();
     return link;
   }
@@ -323,29 +409,137 @@ export class QemuDriver implements Driver {
     }
   }
 
-  private watchExit(instanceId: string): void {
-    if (!("events" in this.o.hypervisor) || this.unsubscribe.has(instanceId)) return;
+  private watchExit(guestId: string): void {
+    if (!("events" in this.o.hypervisor) || this.unsubscribe.has(guestId)) return;
     const hv = this.o.hypervisor as Hypervisor & { events(id: string, cb: (e: { event: string }) => void): Promise<() => void> };
-    hv.events(instanceId, (e) => {
-      if (e.event === "SHUTDOWN" && !this.destroying.has(instanceId)) this.exitListener?.(instanceId, "guest shut down");
+    hv.events(guestId, (e) => {
+      if (e.event !== "SHUTDOWN" || this.destroying.has(guestId)) return;
+      if (this.unclaimed.has(guestId)) this.poolExitListener?.(guestId, "guest shut down");
+      else this.exitListener?.(this.owners.get(guestId) ?? guestId, "guest shut down");
     }).then(
-      (u) => this.unsubscribe.set(instanceId, u),
+      (u) => this.unsubscribe.set(guestId, u),
       () => undefined,
     );
   }
 
-  private async release(id: string, rt: Runtime | null, log: Logger, opts: { keepRunDir: boolean }): Promise<void> {
-    this.unsubscribe.get(id)?.();
-    this.unsubscribe.delete(id);
-    const link = this.links.get(id);
-    this.links.delete(id);
-    this.facts.delete(id);
+  /** Frees what a guest held. `ownerId` names its egress rules (the instance's after a claim). */
+  private async release(guestId: string, ownerId: string, rt: Runtime | null, log: Logger, opts: { keepRunDir: boolean }): Promise<void> {
+    this.unsubscribe.get(guestId)?.();
+    this.unsubscribe.delete(guestId);
+    const link = this.links.get(guestId);
+    this.links.delete(guestId);
+    this.facts.delete(guestId);
+    this.owners.delete(guestId);
+    this.unclaimed.delete(guestId);
     await link?.close();
-    const inspect = await this.o.hypervisor.inspect(id).catch(() => null);
-    if (inspect?.state === "running") await this.o.hypervisor.stop(id, { graceMs: 0 }).catch((err) => log.warn({ err }, "could not stop QEMU"));
-    await this.o.firewall.remove(id).catch((err) => log.warn({ err }, "could not remove egress rules"));
-    await this.o.network.detach(id).catch((err) => log.warn({ err }, "could not detach guest network"));
+    const inspect = await this.o.hypervisor.inspect(guestId).catch(() => null);
+    if (inspect?.state === "running") await this.o.hypervisor.stop(guestId, { graceMs: 0 }).catch((err) => log.warn({ err }, "could not stop QEMU"));
+    await this.o.firewall.remove(ownerId).catch((err) => log.warn({ err }, "could not remove egress rules"));
+    // A claim interrupted between installing the instance's rules and removing the pool guest's.
+    if (ownerId !== guestId) await this.o.firewall.remove(guestId).catch((err) => log.warn({ err }, "could not remove pre-claim egress rules"));
+    await this.o.network.detach(guestId).catch((err) => log.warn({ err }, "could not detach guest network"));
     if (rt) this.cids.delete(rt.cid);
-    if (!opts.keepRunDir) await this.o.hypervisor.purge(id).catch(() => undefined);
+    if (!opts.keepRunDir) await this.o.hypervisor.purge(guestId).catch(() => undefined);
+  }
+
+  // ---- warm pool ----
+
+  private async bootPoolGuest(g: PoolGuestSpec, ctx: PoolGuestContext): Promise<{ imageId: string }> {
+    const log = this.o.logger.child({ pool_guest: g.id });
+    this.unclaimed.add(g.id);
+    const { runtime, watch, started } = await this.launch(g.id, this.o.poolEgressLimitBytes ?? DEFAULT_POOL_EGRESS_LIMIT, ctx, log);
+    try {
+      await this.prepareGuest(g.id, ctx, log, started, watch);
+      return { imageId: runtime.imageId };
+    } catch (err) {
+      // Aborted: a drain tears the guest down itself, and at shutdown the next cvmd adopts it.
+      if (!ctx.signal.aborted) await this.release(g.id, g.id, runtime, log, { keepRunDir: false });
+      throw this.asProvisionError(err, ctx.signal);
+    } finally {
+      watch.stop();
+    }
+  }
+
+  private async adoptPoolGuest(g: PoolGuestSpec, ctx: PoolGuestContext): Promise<AdoptPoolResult> {
+    const rt = g.runtime as Runtime | null;
+    const res = await this.o.hypervisor.adopt(g.id);
+    if (!res.adopted) {
+      if (rt) await this.release(g.id, g.id, rt, this.o.logger, { keepRunDir: false }).catch(() => undefined);
+      return { alive: false, reason: `${res.reason}: ${res.detail}` };
+    }
+    if (!rt) return { alive: false, reason: "no runtime record for a running guest" };
+    this.cids.add(rt.cid);
+    this.unclaimed.add(g.id);
+    this.watchExit(g.id);
+    const log = this.o.logger.child({ pool_guest: g.id });
+    return { alive: true, prepared: this.prepareGuest(g.id, ctx, log, performance.now()) };
+  }
+
+  /** hello → prepare → prepared: everything that does not depend on a tenant. */
+  private async prepareGuest(guestId: string, ctx: PoolGuestContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<void> {
+    const link = this.openLink(guestId, guestId, log);
+    const abort = abortion(ctx.signal);
+    const hello = await Promise.race([this.waitHello(link, this.o.timeouts.bootMs), abort]).catch((err) => {
+      if (ctx.signal.aborted) throw err;
+      const seen = watch?.phases().map((p) => p.phase) ?? [];
+      throw new ProvisionError("boot_timeout", "The VM did not boot within the allowed time.", { cause: new Error(`no agent hello within ${this.o.timeouts.bootMs} ms; boot phases seen: ${seen.join(", ") || "none"}`) });
+    });
+    ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (phase ${hello.state.phase})`);
+    if (hello.state.phase === "prepared") return;
+    if (hello.state.phase !== "awaiting_setup" && hello.state.phase !== "preparing") {
+      throw new ProvisionError("setup_failed", `The pool guest's agent is in phase ${hello.state.phase}, not preparing.`);
+    }
+    const onProgress = (p: { stage: string; message: string }) => ctx.event("prepare", `${p.stage}: ${p.message}`);
+    let onPrepared!: () => void;
+    let onFailed!: (f: { code: string; message: string }) => void;
+    const outcome = new Promise<void>((resolve, reject) => {
+      onPrepared = () => resolve();
+      onFailed = (f) => reject(new ProvisionError("setup_failed", `The pool guest's agent could not prepare (${f.code}).`, { cause: new Error(f.message) }));
+      link.on("prepared", onPrepared);
+      link.on("failed", onFailed);
+    });
+    outcome.catch(() => undefined);
+    link.on("progress", onProgress);
+    const t0 = performance.now();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      if (hello.state.phase === "awaiting_setup") await Promise.race([link.prepare(), abort]);
+      await Promise.race([
+        outcome,
+        abort,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new ProvisionError("agent_timeout", "The pool guest's agent did not report prepared in time.")), this.o.timeouts.setupMs);
+          timer.unref();
+        }),
+      ]);
+      ctx.event("prepare", `prepared after ${Math.round(performance.now() - t0)} ms; warm ${Math.round(performance.now() - started)} ms after launch`);
+    } finally {
+      clearTimeout(timer);
+      link.off("progress", onProgress);
+      link.off("prepared", onPrepared);
+      link.off("failed", onFailed);
+    }
+  }
+
+  private async claimPoolGuest(spec: InstanceSpec, g: PoolGuestSpec, ctx: DriverContext): Promise<ReadyInfo> {
+    const base = g.runtime as Runtime | null;
+    if (!base) throw new ProvisionError("internal", "The warm guest has no runtime record.");
+    const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id, pool_guest: g.id });
+    const rt: Runtime = { ...base, guestId: g.id };
+    // From here the instance names the guest: a crash is cleaned up through the instance.
+    await ctx.saveRuntime({ ...rt });
+    try {
+      // The tenant starts at zero with the full quota: the pool guest's counters go with its rules.
+      // Instance rules first, so the guest is never without a cap; a frame in between counts twice at most.
+      await this.o.firewall.add({ id: spec.id, tap: rt.tap, limitBytes: spec.egressLimitBytes });
+      await this.o.firewall.remove(g.id);
+      this.unclaimed.delete(g.id);
+      this.owners.set(g.id, spec.id);
+      this.links.get(g.id)?.onGatewayRequest(this.gatewayFor(g.id));
+      return await this.bringUp(spec, rt, ctx, log, performance.now());
+    } catch (err) {
+      await this.release(g.id, spec.id, rt, log, { keepRunDir: true });
+      throw this.asProvisionError(err, ctx.signal);
+    }
   }
 }

@@ -13,6 +13,11 @@ export interface EgressMonitorDeps {
   clock: Clock;
   logger: Logger;
   securityLog: Logger;
+  /**
+   * Rules that belong to no instance but must survive reconcile: the warm pool's unclaimed guests
+   * (their counters are never billed and are dropped at the claim).
+   */
+  unbilled?: () => Promise<Array<{ id: string; tap: string; limitBytes: number }>>;
   /** Guest counts below host × (1 − tolerance) − slack are reported (the guest under-reports). */
   disagreement?: { tolerance: number; slackBytes: number };
 }
@@ -69,6 +74,7 @@ export class EgressMonitor {
       const prior = await this.d.egress.get(inst.id);
       wanted.push({ id: inst.id, tap, limitBytes: inst.egressLimitBytes, restored: prior ?? undefined });
     }
+    wanted.push(...((await this.d.unbilled?.()) ?? []));
     const res = await this.d.firewall.sync(wanted);
     if (res.created.length || res.removed.length || res.raised.length) {
       this.d.logger.info({ created: res.created.length, removed: res.removed.length, restored: res.raised.length }, "egress rules reconciled");

@@ -123,7 +123,8 @@ function duration(text: string, flag: string): number {
   }
 }
 
-async function withDb<T>(config: Config, dbFile: string, fn: (db: Database) => Promise<T>): Promise<T> {
+/** Opens (and migrates) the data dir's database for one offline operation. */
+export async function withDb<T>(config: Config, dbFile: string, fn: (db: Database) => Promise<T>): Promise<T> {
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const db = await Database.open(join(config.dataDir, dbFile));
   try {

@@ -4,6 +4,7 @@ import { connect } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
 import { OperatorActionError, type OperatorActions } from "./operator-actions.js";
+import { PoolSizeError, type WarmPool } from "../instances/warm-pool.js";
 
 export const CONTROL_SOCKET = "cvmd.sock";
 /** sun_path is 108 bytes on Linux, including the terminating NUL. */
@@ -50,7 +51,7 @@ function send(res: ServerResponse, status: number, body: unknown): void {
  * instances): HTTP over a Unix socket in the data dir, mode 0600, so whoever may read the
  * database may act and nobody else can reach it, over the network or otherwise.
  */
-export async function startControlSocket(dataDir: string, deps: { actions: OperatorActions; logger: Logger; version: string }): Promise<{ path: string; close(): Promise<void> } | null> {
+export async function startControlSocket(dataDir: string, deps: { actions: OperatorActions; logger: Logger; version: string; pool?: WarmPool | null }): Promise<{ path: string; close(): Promise<void> } | null> {
   const path = controlSocketPath(dataDir);
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
     deps.logger.warn({ path }, "data dir path too long for a Unix socket; cvmctl cannot reach this cvmd for instance deletes");
@@ -74,6 +75,22 @@ export async function startControlSocket(dataDir: string, deps: { actions: Opera
       const inst = await deps.actions.deleteInstance(b.tenant, b.name);
       deps.logger.info({ tenant: b.tenant, instance: b.name, status: inst.status }, "instance deleted by the operator");
       return send(res, 200, { instance: inst });
+    }
+    if (route === "GET /v1/pool") {
+      if (!deps.pool) throw new OperatorActionError("this cvmd's driver cannot keep a warm pool");
+      return send(res, 200, await deps.pool.status());
+    }
+    if (route === "POST /v1/pool/size") {
+      if (!deps.pool) throw new OperatorActionError("this cvmd's driver cannot keep a warm pool");
+      const b = await readBody(req);
+      if (b.image !== undefined && typeof b.image !== "string") throw new OperatorActionError("image must be a string");
+      try {
+        const r = await deps.pool.resize(b.size as number, b.image as string | undefined);
+        return send(res, 200, r);
+      } catch (err) {
+        if (err instanceof PoolSizeError) throw new OperatorActionError(err.message);
+        throw err;
+      }
     }
     if (route === "POST /v1/instances/cleanup-failed") {
       const b = await readBody(req);

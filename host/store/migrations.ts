@@ -126,4 +126,25 @@ export const MIGRATIONS: readonly string[] = [
   CREATE INDEX inference_requests_tenant_at ON inference_requests(tenant_id, at);
   CREATE INDEX inference_requests_instance_at ON inference_requests(instance_id, at);
   `,
+  /* 4: warm pool — guests booted from an image and prepared without a tenant, and operator settings */ `
+  CREATE TABLE pool_guests (
+    id            TEXT PRIMARY KEY,          -- also names its run dir, tap and pre-claim egress rules
+    image_id      TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('booting','warm','claimed','failed','gone')),
+    runtime       TEXT,                      -- JSON: what the driver recorded (pid, CID, tap...)
+    created_at    INTEGER NOT NULL,
+    warm_at       INTEGER,
+    claimed_at    INTEGER,
+    instance_id   TEXT REFERENCES instances(id),
+    ended_at      INTEGER,
+    note          TEXT                       -- why it failed or was drained
+  );
+  CREATE INDEX pool_guests_status ON pool_guests(status, image_id);
+
+  CREATE TABLE settings (
+    key           TEXT PRIMARY KEY,
+    value         TEXT NOT NULL,
+    updated_at    INTEGER NOT NULL
+  );
+  `,
 ];

@@ -1,4 +1,4 @@
-import type { AdoptResult, AttestationEvidence, BootedImage, Driver, DriverContext, InstanceSpec, ReadyInfo } from "../../host/instances/driver.js";
+import type { AdoptResult, AttestationEvidence, BootedImage, Driver, DriverContext, InstanceSpec, PoolGuestSpec, ReadyInfo, WarmGuestDriver } from "../../host/instances/driver.js";
 import { reportDataFor } from "../../shared/tdx/index.js";
 import type { Rtmr3Event } from "../../shared/protocol/messages.js";
 import { ProvisionError, type FailureCode } from "../../host/instances/failure-codes.js";
@@ -24,6 +24,65 @@ export class FakeDriver implements Driver {
   eventLog: Rtmr3Event[] = [];
   image: BootedImage | undefined = undefined;
   private exitListener?: (id: string, reason: string) => void;
+
+  /** Pool guests, by pool id; like `guests`, they outlive a daemon object. */
+  readonly poolGuests = new Map<string, { imageId: string; prepared: boolean }>();
+  readonly destroyedPoolGuests: string[] = [];
+  readonly claims: Array<{ instanceId: string; guestId: string }> = [];
+  /** The image pool guests boot from; null: no image. */
+  imageId: string | null = "img-fake-1";
+  preparedAfterMs = 0;
+  private poolExitListener?: (id: string, reason: string) => void;
+
+  readonly warm: WarmGuestDriver = {
+    currentImageId: async () => this.imageId,
+    boot: async (g, ctx) => {
+      const imageId = this.imageId;
+      if (!imageId) throw new ProvisionError("image_unavailable");
+      await ctx.saveRuntime({ fake: true });
+      this.poolGuests.set(g.id, { imageId, prepared: false });
+      await this.sleep(this.preparedAfterMs, ctx.signal);
+      this.poolGuests.get(g.id)!.prepared = true;
+      return { imageId };
+    },
+    adopt: async (g, ctx) => {
+      const pg = this.poolGuests.get(g.id);
+      if (!pg) return { alive: false, reason: "no such fake pool guest" };
+      return { alive: true, prepared: pg.prepared ? Promise.resolve() : this.sleep(this.preparedAfterMs, ctx.signal).then(() => void (pg.prepared = true)) };
+    },
+    claim: async (spec, g, ctx) => {
+      const pg = this.poolGuests.get(g.id);
+      if (!pg?.prepared) throw new ProvisionError("setup_failed", `fake pool guest ${g.id} is not prepared`);
+      await ctx.saveRuntime({ fake: true, guestId: g.id });
+      this.poolGuests.delete(g.id);
+      this.claims.push({ instanceId: spec.id, guestId: g.id });
+      this.guests.set(spec.id, { spec, ready: true });
+      ctx.event("progress", "fake claim-time setup");
+      return this.info(spec);
+    },
+    destroy: async (g: PoolGuestSpec) => {
+      this.poolGuests.delete(g.id);
+      this.destroyedPoolGuests.push(g.id);
+    },
+    onExit: (listener) => (this.poolExitListener = listener),
+  };
+
+  /** Simulates an unclaimed pool guest dying on its own. */
+  crashPoolGuest(id: string): void {
+    this.poolGuests.delete(id);
+    this.poolExitListener?.(id, "fake crash");
+  }
+
+  private sleep(ms: number, signal: AbortSignal): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) return reject(signal.reason);
+      const t = setTimeout(resolve, ms);
+      signal.addEventListener("abort", () => {
+        clearTimeout(t);
+        reject(signal.reason);
+      });
+    });
+  }
 
   async create(spec: InstanceSpec, ctx: DriverContext): Promise<ReadyInfo> {
     await ctx.saveRuntime({ fake: true });

@@ -1,0 +1,120 @@
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { Config } from "../config.js";
+import type { PoolStatus } from "../instances/warm-pool.js";
+import { withDb } from "../ops/cli.js";
+import { controlRequest, controlSocketPath, socketAnswers } from "../ops/control-socket.js";
+import { PoolGuestStore, SettingsStore } from "../store/pool-guests.js";
+import { loadVmConfig } from "../vm-config.js";
+
+export const POOL_USAGE = `  pool [--json]                   the warm pool per image: size, warm, booting, claimed; host capacity
+  pool resize N [--image ID]      keep N warm guests of image ID (default: the current image); live when cvmd runs`;
+
+export const POOL_OPTIONS = { image: { type: "string" as const } };
+
+interface Io {
+  out(line: string): void;
+  err(line: string): void;
+}
+
+class PoolCliError extends Error {}
+
+/**
+ * `cvmctl pool`: through the running cvmd (which refills or drains at once), or, with no cvmd on
+ * this data dir, read from and written to the database for the next start.
+ */
+export async function runPoolCommand(
+  positionals: string[],
+  values: { json?: boolean; image?: string },
+  config: Config,
+  env: NodeJS.ProcessEnv,
+  dbFile: string,
+  io: Io,
+): Promise<number | undefined> {
+  const [cmd, sub, arg] = positionals;
+  if (cmd !== "pool") return undefined;
+  try {
+    const socket = controlSocketPath(config.dataDir);
+    const live = await socketAnswers(socket);
+    if (sub === undefined) {
+      if (!live) {
+        io.err("cvmd is not running on this data dir: showing what the database records");
+        const status = await offlineStatus(config, env, dbFile);
+        print(status, values.json === true, io);
+        return 0;
+      }
+      print(await controlRequest<PoolStatus>(socket, "GET", "/v1/pool"), values.json === true, io);
+      return 0;
+    }
+    if (sub === "resize") {
+      if (arg === undefined || !/^\d+$/.test(arg) || positionals.length > 3) throw new PoolCliError("usage: cvmctl pool resize N [--image ID]");
+      const size = Number(arg);
+      if (live) {
+        const r = await controlRequest<{ image_id: string; size: number }>(socket, "POST", "/v1/pool/size", { size, image: values.image });
+        io.out(`pool of image ${r.image_id} resized to ${r.size}; cvmd is refilling or draining toward it`);
+        return 0;
+      }
+      if (size > 64) throw new PoolCliError("pool size must be an integer from 0 to 64");
+      const image = values.image ?? (await currentImageId(env));
+      if (!image) throw new PoolCliError("no current image; name one with --image");
+      await withDb(config, dbFile, (db) => db.tx(() => new SettingsStore(db).set(`pool_size:${image}`, String(size), new Date())));
+      io.out(`pool of image ${image} set to ${size}; cvmd applies it when it starts`);
+      return 0;
+    }
+    throw new PoolCliError(`unknown command: ${positionals.join(" ")}`);
+  } catch (err) {
+    if (err instanceof PoolCliError) {
+      io.err(`cvmctl: ${err.message}`);
+      return 2;
+    }
+    if (err instanceof Error && !(err instanceof TypeError)) {
+      io.err(`cvmctl: ${err.message}`);
+      return 1;
+    }
+    throw err;
+  }
+}
+
+function print(s: PoolStatus, json: boolean, io: Io): void {
+  if (json) {
+    io.out(JSON.stringify(s));
+    return;
+  }
+  const rows = [["IMAGE", "SIZE", "WARM", "BOOTING", "CLAIMED", "FAILED"]];
+  for (const i of s.images) rows.push([`${i.current ? "*" : " "} ${i.image_id}`, `${i.size}${i.size_source === "operator" ? "" : " (default)"}`, String(i.warm), String(i.booting), String(i.claimed), String(i.failed)]);
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  for (const r of rows) io.out(r.map((v, c) => (c === r.length - 1 ? v : v.padEnd(widths[c]!))).join("  "));
+  const c = s.capacity;
+  io.out(`capacity: ${c.max_guests} guest(s) of ${c.guest_memory_mib} MiB / ${c.guest_vcpus} vCPU fit ${c.memory_mib} MiB / ${c.vcpus} vCPU; in use: ${c.instances} instance(s), ${c.pool_guests} pool guest(s)`);
+  if (s.refill_blocked) io.out(`refill blocked: ${s.refill_blocked}`);
+}
+
+async function currentImageId(env: NodeJS.ProcessEnv): Promise<string | null> {
+  try {
+    const m = JSON.parse(await readFile(join(loadVmConfig(env).imageDir, "manifest.json"), "utf8")) as { image_id?: unknown };
+    return typeof m.image_id === "string" ? m.image_id : null;
+  } catch {
+    return null;
+  }
+}
+
+async function offlineStatus(config: Config, env: NodeJS.ProcessEnv, dbFile: string): Promise<PoolStatus> {
+  const current = await currentImageId(env);
+  return withDb(config, dbFile, async (db) => {
+    const counts = await new PoolGuestStore(db).counts();
+    const sizes = await new SettingsStore(db).all("pool_size:");
+    const ids = new Set([...counts.map((c) => c.imageId), ...(current ? [current] : [])]);
+    const vm = loadVmConfig(env);
+    const per = Math.min(Math.floor(config.capacity.memoryMiB / vm.memoryMiB), Math.floor(config.capacity.vcpus / vm.vcpus));
+    return {
+      current_image: current,
+      images: [...ids].sort().map((id) => {
+        const n = (st: string) => counts.find((c) => c.imageId === id && c.status === st)?.n ?? 0;
+        const set = sizes.get(`pool_size:${id}`);
+        return { image_id: id, current: id === current, size: set === undefined ? config.warmPool.defaultSize : Number(set), size_source: set === undefined ? ("default" as const) : ("operator" as const), warm: n("warm"), booting: n("booting"), claimed: n("claimed"), failed: n("failed") };
+      }),
+      capacity: { max_guests: Math.max(0, per), instances: 0, pool_guests: 0, memory_mib: config.capacity.memoryMiB, vcpus: config.capacity.vcpus, guest_memory_mib: vm.memoryMiB, guest_vcpus: vm.vcpus },
+      refill_blocked: "cvmd is not running",
+    };
+  });
+}
