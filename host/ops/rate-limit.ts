@@ -152,12 +152,12 @@ export class RateLimiter {
 
   /** Charges the client address for every request (after the address was resolved). */
   perAddress(): Middleware {
-    return async (ctx: Context, next: Next) => {
+    return (ctx: Context, next: Next) => {
       if (this.byAddress) {
         const id = addressBucketId(address(ctx));
         this.apply(ctx, id, this.byAddress.take(id), "address");
       }
-      await next();
+      return next();
     };
   }
 
