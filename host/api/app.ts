@@ -88,8 +88,13 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   tenantApi.use((ctx, next) => {
     // While this layer runs the router names it, not the route, as the matched route; a request
     // refused here is counted under the route it asked for (its path-matched layers, no regex).
-    const route = (ctx.matched ?? []).findLast((l) => l.methods.includes(ctx.method));
-    if (route) (ctx as Context & { _matchedRoute?: string | RegExp })._matchedRoute = route.path;
+    const matched = ctx.matched ?? [];
+    for (let i = matched.length - 1; i >= 0; i--) {
+      if (matched[i]!.methods.includes(ctx.method)) {
+        (ctx as Context & { _matchedRoute?: string | RegExp })._matchedRoute = matched[i]!.path;
+        break;
+      }
+    }
     return guardedAuth(ctx, next);
   });
   const instances = instanceRoutes({ engine: deps.engine, instances: deps.instances, catalogue: deps.catalogue, baseDomain: deps.baseDomain, clock: deps.clock });
