@@ -45,6 +45,19 @@ describe("cached reads and their invalidation (real SQLite file)", () => {
     expect((await keys.withTenantCached("abcdefgh"))?.key.revoked_at).not.toBeNull();
   });
 
+  it("once told that other writers report to it, a reader trusts the reports instead of the change file", async () => {
+    await seed(a);
+    const keys = new ApiKeyStore(a);
+    a.changes.notifiedByOthers();
+    await keys.withTenantCached("abcdefgh");
+    await b.tx(() => new ApiKeyStore(b).revoke("abcdefgh", new Date()));
+    // Not reported yet (cvmctl reports through cvmd's control socket): still the cached row.
+    expect((await keys.withTenantCached("abcdefgh"))?.key.revoked_at).toBeNull();
+    expect(b.changes.authWritten).toBe(true);
+    a.changes.externalAuthChange();
+    expect((await keys.withTenantCached("abcdefgh"))?.key.revoked_at).not.toBeNull();
+  });
+
   it("a write that does not signal stays unseen (the cache is real), which is why every writer signals", async () => {
     await seed(a);
     const keys = new ApiKeyStore(a);
