@@ -220,7 +220,11 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     pool,
     logger: log.child({ component: "control" }),
     version: cvmdVersion,
+    authChanged: () => db.changes.externalAuthChange(),
   });
+  // cvmctl now reports its key and tenant changes here before it exits (tellDaemonAuthChanged):
+  // authentication no longer needs to look at the change file on every request.
+  if (control) db.changes.notifiedByOthers();
   const operator = config.metricsListen ? await startOperatorListener(config.metricsListen, { metrics, logger: log.child({ component: "metrics" }) }) : null;
   if (operator) log.info({ url: operator.url }, "metrics listener up");
 

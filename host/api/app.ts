@@ -54,13 +54,15 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   if (deps.metrics) app.use(httpMetrics(deps.metrics, (ctx) => routeTemplate(ctx)));
   app.use(envelope());
   if (deps.rateLimiter) app.use(deps.rateLimiter.perAddress());
-  app.use(async (ctx, next) => {
+  // Pass-through middleware returns next()'s promise instead of awaiting it: one async frame
+  // less per request for each.
+  app.use((ctx, next) => {
     if (deps.draining()) {
       ctx.set("Connection", "close");
       ctx.set("Retry-After", "5");
       throw new ApiError("unavailable", "the server is restarting; retry shortly");
     }
-    await next();
+    return next();
   });
 
   const doc = openApiDocument({ version: deps.version, models: deps.catalogue.models.map((m) => m.id) });
@@ -80,6 +82,21 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   });
   const guardedAuth = deps.rateLimiter ? deps.rateLimiter.aroundAuth(auth) : auth;
   const tenantApi = new Router();
+  // Router middleware runs only when one of this router's routes matched path and method, after
+  // the router has named the route: authentication is skipped for unknown paths (not_found for
+  // everyone) and the path is matched once per request, not once more for the decision.
+  tenantApi.use((ctx, next) => {
+    // While this layer runs the router names it, not the route, as the matched route; a request
+    // refused here is counted under the route it asked for (its path-matched layers, no regex).
+    const matched = ctx.matched ?? [];
+    for (let i = matched.length - 1; i >= 0; i--) {
+      if (matched[i]!.methods.includes(ctx.method)) {
+        (ctx as Context & { _matchedRoute?: string | RegExp })._matchedRoute = matched[i]!.path;
+        break;
+      }
+    }
+    return guardedAuth(ctx, next);
+  });
   const instances = instanceRoutes({ engine: deps.engine, instances: deps.instances, catalogue: deps.catalogue, baseDomain: deps.baseDomain, clock: deps.clock });
   const usage = usageRoutes({ ...deps.usage, instances: deps.instances, clock: deps.clock });
   tenantApi.use(instances.routes());
@@ -88,14 +105,16 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   tenantApi.use(attestation.routes());
 
   app.use(open.routes());
-  // Authentication runs only for matched tenant routes: an unknown path is not_found for everyone.
-  app.use(async (ctx, next) => {
-    if (tenantApi.match(ctx.path, ctx.method).pathAndMethod.length > 0) return guardedAuth(ctx, next);
+  app.use(tenantApi.routes());
+  // Reached only when no router matched: the metrics need not match again to learn that.
+  app.use((ctx, next) => {
+    ctx.state.unrouted = true;
     return next();
   });
-  app.use(tenantApi.routes());
 
+  // For requests refused before routing (draining, an address over its limit).
   const routeTemplate = (ctx: Context): string | undefined => {
+    if (ctx.state.unrouted === true) return undefined;
     for (const r of [open, tenantApi]) {
       const layers = r.match(ctx.path, ctx.method).pathAndMethod;
       if (layers.length > 0) return String(layers[layers.length - 1]!.path);

@@ -1,4 +1,4 @@
-import { createHash, randomInt, timingSafeEqual } from "node:crypto";
+import { hash, randomInt, timingSafeEqual } from "node:crypto";
 
 /** API keys are `ca_<8>_<18>`, lowercase alphanumerics: the prefix is a lookup id, the secret is only stored hashed. */
 export const API_KEY_PATTERN = /^ca_([a-z0-9]{8})_([a-z0-9]{18})$/;
@@ -11,8 +11,9 @@ export function randomToken(length: number): string {
   return out;
 }
 
+/** SHA-256 of the secret; the one-shot `hash` because it runs on every authenticated request. */
 export function hashSecret(secret: string): Buffer {
-  return createHash("sha256").update(secret, "utf8").digest();
+  return hash("sha256", secret, "buffer");
 }
 
 export function newApiKey(): { key: string; prefix: string; secretHash: Buffer } {

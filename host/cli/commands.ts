@@ -10,6 +10,7 @@ import { InstanceStore } from "../store/instances.js";
 import { TenantStore } from "../store/tenants.js";
 import { isoSeconds } from "../../shared/api/types.js";
 import { OPS_OPTIONS, OPS_USAGE, runOpsCommand } from "../ops/cli.js";
+import { tellDaemonAuthChanged } from "../ops/control-socket.js";
 import { VM_OPTIONS, VM_USAGE, runVmCommand } from "./vm-commands.js";
 import { POOL_OPTIONS, POOL_USAGE, runPoolCommand } from "./pool-commands.js";
 
@@ -157,7 +158,12 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promi
     }
     throw err;
   } finally {
-    await db.close();
+    try {
+      // A running cvmd caches credentials: it must drop them before we report success.
+      if (db.changes.authWritten) await tellDaemonAuthChanged(config.dataDir);
+    } finally {
+      await db.close();
+    }
   }
 }
 

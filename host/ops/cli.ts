@@ -8,7 +8,7 @@ import { InstanceStore } from "../store/instances.js";
 import { TenantStore } from "../store/tenants.js";
 import { isoSeconds } from "../../shared/api/types.js";
 import { backupDatabase, BackupError, restoreDatabase } from "./backup.js";
-import { controlRequest, controlSocketPath, socketAnswers } from "./control-socket.js";
+import { controlRequest, controlSocketPath, socketAnswers, tellDaemonAuthChanged } from "./control-socket.js";
 import { acquireDataDirLock, DataDirBusyError } from "./daemon-lock.js";
 import { parseDuration } from "./durations.js";
 import { KeyRotationError, rotateKey } from "./key-rotation.js";
@@ -131,7 +131,12 @@ export async function withDb<T>(config: Config, dbFile: string, fn: (db: Databas
     await db.migrate();
     return await fn(db);
   } finally {
-    await db.close();
+    try {
+      // A running cvmd caches credentials (key rotate): it must drop them before we report success.
+      if (db.changes.authWritten) await tellDaemonAuthChanged(config.dataDir);
+    } finally {
+      await db.close();
+    }
   }
 }
 

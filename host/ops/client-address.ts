@@ -49,8 +49,8 @@ export function clientAddress(peer: string, forwardedFor: string | undefined, tr
 
 /** Puts the resolved address in `ctx.state.clientAddress` for limits and the security log. */
 export function resolveClientAddress(trusted: TrustedProxies): Middleware {
-  return async (ctx: Context, next: Next) => {
-    ctx.state.clientAddress = clientAddress(ctx.req.socket.remoteAddress ?? "unknown", ctx.get("X-Forwarded-For") || undefined, trusted);
-    await next();
+  return (ctx: Context, next: Next) => {
+    ctx.state.clientAddress = clientAddress(ctx.req.socket.remoteAddress ?? "unknown", trusted.empty ? undefined : ctx.get("X-Forwarded-For") || undefined, trusted);
+    return next();
   };
 }

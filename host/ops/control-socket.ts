@@ -3,6 +3,7 @@ import { createServer, request, type IncomingMessage, type Server, type ServerRe
 import { connect } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { lockHolder } from "./daemon-lock.js";
 import { OperatorActionError, type OperatorActions } from "./operator-actions.js";
 import { PoolSizeError, type WarmPool } from "../instances/warm-pool.js";
 
@@ -51,7 +52,17 @@ function send(res: ServerResponse, status: number, body: unknown): void {
  * instances): HTTP over a Unix socket in the data dir, mode 0600, so whoever may read the
  * database may act and nobody else can reach it, over the network or otherwise.
  */
-export async function startControlSocket(dataDir: string, deps: { actions: OperatorActions; logger: Logger; version: string; pool?: WarmPool | null }): Promise<{ path: string; close(): Promise<void> } | null> {
+export async function startControlSocket(
+  dataDir: string,
+  deps: {
+    actions: OperatorActions;
+    logger: Logger;
+    version: string;
+    pool?: WarmPool | null;
+    /** cvmctl committed a key or tenant change. */
+    authChanged?: () => void;
+  },
+): Promise<{ path: string; close(): Promise<void> } | null> {
   const path = controlSocketPath(dataDir);
   if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
     deps.logger.warn({ path }, "data dir path too long for a Unix socket; cvmctl cannot reach this cvmd for instance deletes");
@@ -69,6 +80,12 @@ export async function startControlSocket(dataDir: string, deps: { actions: Opera
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const route = `${req.method} ${(req.url ?? "/").split("?")[0]}`;
     if (route === "GET /v1/status") return send(res, 200, { pid: process.pid, version: deps.version });
+    if (route === "POST /v1/auth-changed") {
+      // Synchronously, before answering: cvmctl returns only after this, so the next tenant
+      // request is authenticated against the committed rows.
+      deps.authChanged?.();
+      return send(res, 200, {});
+    }
     if (route === "POST /v1/instances/delete") {
       const b = await readBody(req);
       if (typeof b.tenant !== "string" || typeof b.name !== "string") throw new OperatorActionError("tenant and name are required");
@@ -140,4 +157,25 @@ export function controlRequest<T>(socketPath: string, method: string, path: stri
     req.on("error", reject);
     req.end(payload);
   });
+}
+
+/**
+ * For cvmctl after it committed a key or tenant change: makes the cvmd running on `dataDir` drop
+ * its cached credentials, and waits until it has. Without a live cvmd, or before its control
+ * socket listens (it is not serving tenants yet, and until then it checks the change file on
+ * every request), there is nobody to tell. Any other failure is thrown: the change is committed
+ * but cvmd may keep accepting the old credentials for up to its cache's maximum age.
+ */
+export async function tellDaemonAuthChanged(dataDir: string, timeoutMs = 10_000): Promise<void> {
+  const holder = lockHolder(dataDir);
+  if (!holder || holder.role !== "cvmd") return;
+  const socket = controlSocketPath(dataDir);
+  if (!existsSync(socket)) return;
+  try {
+    await controlRequest(socket, "POST", "/v1/auth-changed", {}, timeoutMs);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ECONNREFUSED" || code === "ENOENT") return;
+    throw new OperatorActionError(`committed, but cvmd (pid ${holder.pid}) did not confirm it dropped its cached credentials: ${(err as Error).message}`);
+  }
 }

@@ -9,13 +9,13 @@ import type { Metrics } from "./metrics.js";
  */
 export function httpMetrics(metrics: Metrics, routeOf: (ctx: Context) => string | undefined): Middleware {
   return async (ctx: Context, next: Next) => {
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     try {
       await next();
     } finally {
       const matched = (ctx as Context & { _matchedRoute?: string | RegExp })._matchedRoute;
       const route = matched !== undefined ? String(matched) : (routeOf(ctx) ?? "unmatched");
-      metrics.observeApiRequest(ctx.method, route, ctx.status, Number(process.hrtime.bigint() - started) / 1e9);
+      metrics.observeApiRequest(ctx.method, route, ctx.status, (performance.now() - started) / 1000);
     }
   };
 }

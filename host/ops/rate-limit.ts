@@ -68,15 +68,23 @@ export class TokenBuckets {
     return b;
   }
 
+  /** True when `id` has no bucket, i.e. a full one: the common case, answered without a BucketState. */
+  isFull(id: string): boolean {
+    return !this.buckets.has(id);
+  }
+
   private state(tokens: number, allowed: boolean, cost: number): BucketState {
-    const secs = (t: number) => Math.max(0, Math.ceil(t / this.ratePerMs / 1000));
     return {
       allowed,
       limit: this.perMinute,
       remaining: Math.max(0, Math.floor(tokens)),
-      resetSeconds: secs(this.perMinute - tokens),
-      retryAfterSeconds: allowed ? 0 : Math.max(1, secs(cost - tokens)),
+      resetSeconds: this.secs(this.perMinute - tokens),
+      retryAfterSeconds: allowed ? 0 : Math.max(1, this.secs(cost - tokens)),
     };
+  }
+
+  private secs(tokens: number): number {
+    return Math.max(0, Math.ceil(tokens / this.ratePerMs / 1000));
   }
 
   private sweep(): void {
@@ -152,12 +160,12 @@ export class RateLimiter {
 
   /** Charges the client address for every request (after the address was resolved). */
   perAddress(): Middleware {
-    return async (ctx: Context, next: Next) => {
+    return (ctx: Context, next: Next) => {
       if (this.byAddress) {
         const id = addressBucketId(address(ctx));
         this.apply(ctx, id, this.byAddress.take(id), "address");
       }
-      await next();
+      return next();
     };
   }
 
@@ -170,8 +178,9 @@ export class RateLimiter {
     return async (ctx: Context, next: Next) => {
       if (this.authFailures) {
         const id = addressBucketId(address(ctx));
-        const s = this.authFailures.peek(id);
-        if (!s.allowed) {
+        // An address that never failed authentication has no bucket: skip computing its state.
+        const s = this.authFailures.isFull(id) ? null : this.authFailures.peek(id);
+        if (s && !s.allowed) {
           this.deps.metrics?.countRateLimited("auth");
           throw new ApiError("rate_limited", "too many failed authentication attempts from this address; retry later", {
             headers: { "Retry-After": String(s.retryAfterSeconds) },

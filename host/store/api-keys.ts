@@ -1,4 +1,5 @@
 import type { Database } from "./db.js";
+import { ReadCache } from "./read-cache.js";
 import type { Tenant } from "./tenants.js";
 
 export interface ApiKeyRow {
@@ -26,8 +27,37 @@ const toInfo = (r: ApiKeyRow): ApiKeyInfo => ({
   expiresAt: r.expires_at === null ? null : new Date(r.expires_at),
 });
 
+/** Keys whose rows stay in memory; beyond it the oldest is dropped. */
+const CACHED_KEYS = 10_000;
+/** Backstop for a change made without signalling (see ReadCache); signalled changes apply at once. */
+const CACHE_MAX_AGE_MS = 5_000;
+
 export class ApiKeyStore {
+  private cache: ReadCache<string, { key: ApiKeyRow; tenant: Tenant }> | undefined;
+  private readonly signal = () => this.db.changes.authChanged();
+
   constructor(private readonly db: Database) {}
+
+  /**
+   * `withTenant` through an in-memory cache, for the authentication of every request. A key or
+   * tenant change committed by any process (revocation, rotation, suspension) is seen by the very
+   * next call: each call compares the change generation with the one taken before the cached read.
+   * Unknown prefixes are not cached, so guessing cannot fill the cache. The returned rows are
+   * shared between requests and frozen.
+   */
+  async withTenantCached(prefix: string): Promise<{ key: ApiKeyRow; tenant: Tenant } | undefined> {
+    const cache = (this.cache ??= new ReadCache(CACHED_KEYS, CACHE_MAX_AGE_MS));
+    const generation = this.db.changes.authGeneration();
+    const hit = cache.get(prefix, generation);
+    if (hit) return hit;
+    const found = await this.withTenant(prefix);
+    if (found) {
+      Object.freeze(found.key);
+      Object.freeze(found.tenant);
+      cache.set(prefix, generation, Object.freeze(found));
+    }
+    return found;
+  }
 
   async insert(k: { prefix: string; tenantId: number; secretHash: Buffer; createdAt: Date }): Promise<void> {
     await this.db.run(`INSERT INTO api_keys (prefix, tenant_id, secret_hash, created_at) VALUES (?,?,?,?)`, [
@@ -36,6 +66,7 @@ export class ApiKeyStore {
       k.secretHash,
       k.createdAt.getTime(),
     ]);
+    this.db.afterCommit(this.signal);
   }
 
   /** The key and its tenant in one read: authentication is on every request's path. */
@@ -75,6 +106,7 @@ export class ApiKeyStore {
       `UPDATE api_keys SET revoked_at = ? WHERE prefix = ? AND (revoked_at IS NULL OR revoked_at > ?)`,
       [at.getTime(), prefix, at.getTime()],
     );
+    this.db.afterCommit(this.signal);
     return changes === 1;
   }
 }

@@ -1,4 +1,5 @@
 import sqlite3 from "sqlite3";
+import { ChangeTracker } from "./change-tracker.js";
 import { MIGRATIONS } from "./migrations.js";
 
 export type SqlValue = string | number | bigint | null | Buffer;
@@ -10,8 +11,15 @@ export type SqlValue = string | number | bigint | null | Buffer;
  */
 export class Database {
   private chain: Promise<unknown> = Promise.resolve();
+  /** Set while a transaction is open: what to run once it has committed or rolled back. */
+  private afterTx: Array<() => void> | null = null;
+  /** Generations of the rows that read caches hold; writers signal through `afterCommit`. */
+  readonly changes: ChangeTracker;
 
-  private constructor(private readonly db: sqlite3.Database, readonly path: string) {}
+  private constructor(private readonly db: sqlite3.Database, readonly path: string) {
+    // Beside the database, so every process that opens the same file signals through the same one.
+    this.changes = new ChangeTracker(path === ":memory:" || path === "" ? null : `${path}-authgen`);
+  }
 
   static async open(path: string, opts: { busyTimeoutMs?: number; readonly?: boolean } = {}): Promise<Database> {
     const mode = opts.readonly ? sqlite3.OPEN_READONLY : sqlite3.OPEN_READWRITE | sqlite3.OPEN_CREATE;
@@ -49,21 +57,52 @@ export class Database {
     return new Promise((resolve, reject) => this.db.all(sql, params, (err, rows) => (err ? reject(err) : resolve(rows as T[]))));
   }
 
+  /**
+   * For a writer that just awaited its statement: runs `fn` now and, when a transaction is open,
+   * again once it has ended, because a statement issued while one is open runs inside it (one
+   * connection) and is only visible to other readers after its COMMIT. The second run also
+   * follows a rollback: a reader on this same connection may have seen the uncommitted rows.
+   */
+  afterCommit(fn: () => void): void {
+    fn();
+    if (this.afterTx) this.afterTx.push(fn);
+  }
+
   /** Runs `fn` inside one IMMEDIATE transaction; concurrent callers queue behind each other. */
   tx<T>(fn: () => Promise<T>): Promise<T> {
     const next = this.chain.then(async () => {
       await this.exec("BEGIN IMMEDIATE");
+      const hooks: Array<() => void> = (this.afterTx = []);
+      let out: T;
       try {
-        const out = await fn();
+        out = await fn();
         await this.exec("COMMIT");
-        return out;
       } catch (err) {
         await this.exec("ROLLBACK").catch(() => undefined);
+        this.runHooks(hooks);
         throw err;
       }
+      // A hook that cannot signal (the change file is not writable) must not pass silently: a
+      // cache in another process would keep serving the old rows.
+      const failure = this.runHooks(hooks);
+      if (failure !== undefined) throw failure;
+      return out;
     });
     this.chain = next.catch(() => undefined);
     return next;
+  }
+
+  private runHooks(hooks: Array<() => void>): unknown {
+    this.afterTx = null;
+    let failure: unknown;
+    for (const h of hooks) {
+      try {
+        h();
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+    return failure;
   }
 
   async migrate(): Promise<number> {

@@ -51,6 +51,8 @@ const toState = (r: Row): EgressState => ({
 
 /** Persisted egress: what lets a restart or a host reboot reinstate an instance's used bytes. */
 export class EgressStore {
+  private readonly signal = () => this.db.changes.instancesChanged();
+
   constructor(private readonly db: Database) {}
 
   async get(instanceId: string): Promise<EgressState | undefined> {
@@ -89,6 +91,8 @@ export class EgressStore {
         at.getTime(),
       ],
     );
+    // The instance record shows egress_state: cached records must go.
+    this.db.afterCommit(this.signal);
     await this.db.run(`INSERT INTO egress_samples (instance_id, at, source, bytes, packets) VALUES (?,?,?,?,?)`, [s.id, at.getTime(), "host", s.bytes, s.packets]);
     return { newlyBlocked };
   }
@@ -100,6 +104,7 @@ export class EgressStore {
        ON CONFLICT (instance_id) DO UPDATE SET guest_bytes = excluded.guest_bytes, guest_packets = excluded.guest_packets, guest_sampled_at = excluded.guest_sampled_at`,
       [instanceId, limitBytes, bytes, packets, at.getTime()],
     );
+    this.db.afterCommit(this.signal);
     await this.db.run(`INSERT INTO egress_samples (instance_id, at, source, bytes, packets) VALUES (?,?,?,?,?)`, [instanceId, at.getTime(), "guest", bytes, packets]);
   }
 

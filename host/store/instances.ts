@@ -1,5 +1,6 @@
 import type { InstanceStatus } from "../../shared/api/types.js";
 import type { Database, SqlValue } from "./db.js";
+import { ReadCache } from "./read-cache.js";
 
 export interface Instance {
   id: string;
@@ -58,6 +59,14 @@ const SELECT_INSTANCE = `SELECT i.*, e.bytes + e.after_block_bytes AS egress_byt
   e.block_applied_at AS egress_block_applied_at FROM instances i LEFT JOIN egress_state e ON e.instance_id = i.id`;
 
 const date = (ms: number | null) => (ms === null ? null : new Date(ms));
+
+function deepFreeze<T>(v: T): T {
+  if (v && typeof v === "object" && !Object.isFrozen(v)) {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
+}
 
 const toInstance = (r: InstanceRow): Instance => ({
   id: r.id,
@@ -132,10 +141,33 @@ export interface InstanceEventNotice {
   fields?: TransitionFields;
 }
 
+/** Instance records kept in memory for GET /v1/instances/{name}; beyond it the oldest is dropped. */
+const CACHED_INSTANCES = 10_000;
+/** Backstop for a change made without signalling (see ReadCache); every writer here signals. */
+const CACHE_MAX_AGE_MS = 5_000;
+
 export class InstanceStore {
   private readonly observers: Array<(e: InstanceEventNotice) => void> = [];
+  private cache: ReadCache<string, Instance> | undefined;
+  private readonly signal = () => this.db.changes.instancesChanged();
 
   constructor(private readonly db: Database) {}
+
+  /**
+   * `byName` through an in-memory cache. Every write to an instance row or its egress state (this
+   * store, EgressStore) moves the generation, which drops every cached record, so a status or
+   * egress change shows on the next read. Misses are not cached. The record is shared and frozen.
+   */
+  async byNameCached(tenantId: number, name: string): Promise<Instance | undefined> {
+    const cache = (this.cache ??= new ReadCache(CACHED_INSTANCES, CACHE_MAX_AGE_MS));
+    const key = `${tenantId}/${name}`;
+    const generation = this.db.changes.instancesGeneration();
+    const hit = cache.get(key, generation);
+    if (hit) return hit;
+    const inst = await this.byName(tenantId, name);
+    if (inst) cache.set(key, generation, deepFreeze(inst));
+    return inst;
+  }
 
   /**
    * Registers a synchronous observer of every recorded event. It runs inside the writing
@@ -159,6 +191,7 @@ export class InstanceStore {
          VALUES (?,?,?,?,?,?,?,?,?,?)`,
         [n.id, n.tenantId, n.name, "provisioning", n.agent, n.publicKey, n.inferenceMode, n.inferenceModel, n.egressLimitBytes, n.createdAt.getTime()],
       );
+      this.db.afterCommit(this.signal);
       return true;
     } catch (err) {
       if ((err as { code?: string }).code === "SQLITE_CONSTRAINT" && /instances\.tenant_id, instances\.name/.test(String(err))) return false;
@@ -229,6 +262,7 @@ export class InstanceStore {
     }
     params.push(id, from);
     const { changes } = await this.db.run(`UPDATE instances SET ${sets.join(", ")} WHERE id = ? AND status = ?`, params);
+    this.db.afterCommit(this.signal);
     if (changes !== 1) return false;
     await this.appendEvent(id, "status", from, to, message, at, fields);
     return true;
@@ -236,6 +270,7 @@ export class InstanceStore {
 
   async setRuntime(id: string, runtime: Record<string, unknown> | null): Promise<void> {
     await this.db.run(`UPDATE instances SET runtime = ? WHERE id = ?`, [runtime ? JSON.stringify(runtime) : null, id]);
+    this.db.afterCommit(this.signal);
   }
 
   /** Inside the caller's transaction: the sequence is per instance and gap-free. */
@@ -252,6 +287,7 @@ export class InstanceStore {
     if (!row) throw new Error(`no instance ${id}`);
     const seq = row.next_event_seq;
     await this.db.run(`UPDATE instances SET next_event_seq = ? WHERE id = ?`, [seq + 1, id]);
+    this.db.afterCommit(this.signal);
     await this.db.run(`INSERT INTO instance_events (instance_id, seq, type, from_status, to_status, message, at) VALUES (?,?,?,?,?,?,?)`, [
       id,
       seq,

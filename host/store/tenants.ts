@@ -39,6 +39,9 @@ export interface NewTenant {
 }
 
 export class TenantStore {
+  /** Authentication caches tenants with their keys (ApiKeyStore.withTenantCached). */
+  private readonly signal = () => this.db.changes.authChanged();
+
   constructor(private readonly db: Database) {}
 
   /** Inserts inside the caller's transaction. */
@@ -47,6 +50,7 @@ export class TenantStore {
       `INSERT INTO tenants (slug, created_at, subscription_cost_usd, instance_hours_included, overage_per_hour_usd) VALUES (?,?,?,?,?)`,
       [t.slug, t.createdAt.getTime(), t.subscriptionCostUsd, t.instanceHoursIncluded, t.overagePerHourUsd],
     );
+    this.db.afterCommit(this.signal);
     return { id: lastID, suspendedAt: null, ...t };
   }
 
@@ -66,6 +70,7 @@ export class TenantStore {
 
   async setSuspended(slug: string, at: Date | null): Promise<boolean> {
     const { changes } = await this.db.run(`UPDATE tenants SET suspended_at = ? WHERE slug = ?`, [at ? at.getTime() : null, slug]);
+    this.db.afterCommit(this.signal);
     return changes === 1;
   }
 }

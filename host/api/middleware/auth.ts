@@ -25,7 +25,8 @@ export function authenticate(deps: AuthDeps) {
       deps.onFailure(ctx, header ? "malformed token" : "missing token");
       throw new ApiError("unauthenticated", UNAUTHENTICATED);
     }
-    const found = await deps.keys.withTenant(parsed.prefix);
+    // Cached: every key or tenant change, from cvmd or cvmctl, invalidates it before the next request.
+    const found = await deps.keys.withTenantCached(parsed.prefix);
     const row = found?.key;
     const now = deps.clock.now().getTime();
     if (!row || !secretMatches(parsed.secret, row.secret_hash)) {

@@ -7,6 +7,16 @@ export function respond(ctx: Context, status: number, data: unknown): void {
   ctx.body = { request_id: ctx.state.requestId, correlation_id: ctx.state.correlationId ?? null, data };
 }
 
+/**
+ * `respond` for data already serialised to JSON (a record rendered once and served many times):
+ * the same envelope, byte for byte, without serialising the data again.
+ */
+export function respondSerialized(ctx: Context, status: number, dataJson: string): void {
+  ctx.status = status;
+  ctx.type = "application/json";
+  ctx.body = `{"request_id":${JSON.stringify(ctx.state.requestId)},"correlation_id":${JSON.stringify(ctx.state.correlationId ?? null)},"data":${dataJson}}`;
+}
+
 function renderError(ctx: Context, code: ApiErrorCode, message: string, param?: string): void {
   ctx.status = HTTP_STATUS[code];
   const error: { code: ApiErrorCode; message: string; param?: string } = { code, message };

@@ -11,7 +11,7 @@ import type { Clock } from "../../clock.js";
 import type { Instance, InstanceStore } from "../../store/instances.js";
 import type { Tenant } from "../../store/tenants.js";
 import { readJsonBody } from "../middleware/body.js";
-import { respond } from "../middleware/envelope.js";
+import { respond, respondSerialized } from "../middleware/envelope.js";
 import { ApiError } from "../errors.js";
 
 export interface InstanceRouteDeps {
@@ -65,11 +65,15 @@ export function canonicalJson(v: unknown): string {
   return JSON.stringify(v);
 }
 
-/** The authenticated tenant's instance named in the path; anything else (other tenant's included) is not_found. */
-export async function loadInstance(ctx: Context, instances: InstanceStore): Promise<Instance> {
+/**
+ * The authenticated tenant's instance named in the path; anything else (other tenant's included)
+ * is not_found. `cached` (read-only handlers) serves it from the store's invalidated cache.
+ */
+export async function loadInstance(ctx: Context, instances: InstanceStore, cached = false): Promise<Instance> {
   const name = ctx.params.name as string;
   const tenant = ctx.state.tenant as Tenant;
-  const inst = INSTANCE_NAME_PATTERN.test(name) ? await instances.byName(tenant.id, name) : undefined;
+  const valid = INSTANCE_NAME_PATTERN.test(name);
+  const inst = !valid ? undefined : cached ? await instances.byNameCached(tenant.id, name) : await instances.byName(tenant.id, name);
   if (!inst) throw new ApiError("not_found", `instance ${name.slice(0, 64)} not found`);
   return inst;
 }
@@ -78,6 +82,17 @@ export function instanceRoutes(deps: InstanceRouteDeps): Router {
   const router = new Router();
   const record = (ctx: Context, inst: Instance) => toRecord(inst, (ctx.state.tenant as Tenant).slug, deps.baseDomain);
   const load = (ctx: Context) => loadInstance(ctx, deps.instances);
+  // Cached instances are shared frozen objects (InstanceStore.byNameCached), so their rendered
+  // JSON can be kept beside them and dropped with them.
+  const rendered = new WeakMap<Instance, { slug: string; json: string }>();
+  const renderedJson = (ctx: Context, inst: Instance): string => {
+    const slug = (ctx.state.tenant as Tenant).slug;
+    const hit = rendered.get(inst);
+    if (hit && hit.slug === slug) return hit.json;
+    const json = JSON.stringify(record(ctx, inst));
+    if (Object.isFrozen(inst)) rendered.set(inst, { slug, json });
+    return json;
+  };
 
   router.post("/v1/instances", async (ctx) => {
     const tenant = ctx.state.tenant as Tenant;
@@ -118,7 +133,7 @@ export function instanceRoutes(deps: InstanceRouteDeps): Router {
   });
 
   router.get("/v1/instances/:name", async (ctx) => {
-    respond(ctx, 200, record(ctx, await load(ctx)));
+    respondSerialized(ctx, 200, renderedJson(ctx, await loadInstance(ctx, deps.instances, true)));
   });
 
   router.delete("/v1/instances/:name", async (ctx) => {
