@@ -24,14 +24,17 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
  * time (under TCG on 2 cores a second guest would slow the first). Each row lists the instance's
  * events as seconds since its creation (the event clock has 1 s resolution).
  */
-test("warm claim vs cold start, create → ready, with phases", async () => {
+// Each row is printed as soon as it is measured, so a run cut short still reports what it had.
+test("warm claim vs cold start, create → ready, with phases", { timeout: 120 * 60_000 }, async () => {
   if (!existsSync(join(IMAGE_DIR, "manifest.json"))) throw new Error(`no image at ${IMAGE_DIR}: run make image`);
   const dir = tempDir("cvmpoolbench-");
   const host = vmHostEnv(join(dir.path, "d"), IMAGE_DIR, `p${process.pid.toString(36)}`, 82);
   const env = { ...host.env, CVM_WARM_POOL_SIZE: "0", CVM_WARM_POOL_REFILL_SECONDS: "5" };
   const cvmd = await startCvmd(env);
   try {
-    const key = JSON.parse((await cvmctl(["tenant", "create", "bench", "--json"], env)).stdout).api_key as string;
+    const created = await cvmctl(["tenant", "create", "bench", "--json"], env);
+    if (created.code !== 0) throw new Error(`cvmctl tenant create: exit ${created.code}: ${created.stderr}`);
+    const key = JSON.parse(created.stdout).api_key as string;
     const auth = { Authorization: `Bearer ${key}` };
     const get = async (path: string) => ((await (await fetch(cvmd.url + path, { headers: auth })).json()) as { data: any }).data;
 
@@ -65,6 +68,7 @@ test("warm claim vs cold start, create → ready, with phases", async () => {
       if (r.kind !== "cold") throw new Error("expected a cold start with an empty pool");
       cold.push(r.total);
       rows.push(`cold ${i + 1}: ready ${r.total.toFixed(1).padStart(6)} s  ${r.phases}`);
+      console.log(rows.at(-1));
     }
     await cvmctl(["pool", "resize", "1"], env);
     for (let i = 0; i < RUNS; i++) {
@@ -81,6 +85,7 @@ test("warm claim vs cold start, create → ready, with phases", async () => {
       if (r.kind !== "warm") throw new Error("expected a warm claim");
       warm.push(r.total);
       rows.push(`warm ${i + 1}: ready ${r.total.toFixed(1).padStart(6)} s  (pool guest warm after ${prepared.toFixed(0)} s of waiting)  ${r.phases}`);
+      console.log(rows.at(-1));
     }
     console.log(`\nwarm pool vs cold start, create → ready, plain profile, ${process.env.CVM_ACCEL ?? "auto"} accel (TCG here), ${RUNS} runs each, one VM at a time`);
     for (const r of rows) console.log(r);
