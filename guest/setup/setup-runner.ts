@@ -199,7 +199,9 @@ export class SetupRunner {
           verdict = reloadVerdict(await this.o.services.outputSince(OPENCLAW_SERVICE, w.mark));
           return verdict.kind !== "pending";
         },
-        { timeoutMs: this.o.reloadTimeoutMs ?? 120_000, intervalMs: 100, signal },
+        // Each poll spawns journalctl, which competes with OpenClaw's own reload for the guest's CPU
+        // (heavily so under TCG): a slower poll costs at most its interval in latency.
+        { timeoutMs: this.o.reloadTimeoutMs ?? 120_000, intervalMs: 500, signal },
       );
       const v = verdict as ReloadVerdict;
       if (v.kind === "pending") throw new StepFailure("openclaw_start_failed", `OpenClaw did not report applying its configuration within ${this.o.reloadTimeoutMs ?? 120_000} ms`);
