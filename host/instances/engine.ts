@@ -227,6 +227,7 @@ export class LifecycleEngine {
     } finally {
       this.inflight.delete(inst.id);
       this.d.capacity?.settle(inst.id);
+      this.d.pool?.claimSettled(inst.id);
     }
   }
 

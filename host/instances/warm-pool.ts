@@ -51,6 +51,7 @@ const SIZE_KEY = "pool_size:";
 const MAX_POOL_SIZE = 64;
 const RETRY_BASE_MS = 30_000;
 const RETRY_MAX_MS = 10 * 60_000;
+const CLAIM_PRIORITY_MS = 60_000;
 
 export class PoolSizeError extends Error {
   override name = "PoolSizeError";
@@ -72,6 +73,8 @@ export class WarmPool {
   private failures = 0;
   private retryAt = 0;
   private blocked: string | null = null;
+  /** Claims in progress (instance id → start), which new boots wait for, up to CLAIM_PRIORITY_MS. */
+  private readonly claiming = new Map<string, number>();
   private readonly log: Logger;
 
   constructor(private readonly o: WarmPoolOptions) {
@@ -109,9 +112,16 @@ export class WarmPool {
     });
     if (!guest) return null;
     this.log.info({ pool_guest: guest.id, instance_id: instanceId }, "pool guest claimed");
-    this.kick();
+    // The refill waits for the claim to finish (claimSettled): a guest booting beside it would take
+    // the CPU the claim-time setup needs (under TCG that doubled the claim).
+    this.claiming.set(instanceId, Date.now());
     await this.reportWarm();
     return { guest, warmForMs: guest.warmAt ? now.getTime() - guest.warmAt.getTime() : 0 };
+  }
+
+  /** The claim-time setup of `instanceId` ended (ready, failed or aborted): refill now. */
+  claimSettled(instanceId: string): void {
+    if (this.claiming.delete(instanceId)) this.kick();
   }
 
   /** Starts a refill unless one is running (then it runs once more after it). */
@@ -198,6 +208,11 @@ export class WarmPool {
     const mine = live.filter((g) => g.imageId === current && !this.draining.has(g.id)).sort((a, b) => (a.status === b.status ? b.createdAt.getTime() - a.createdAt.getTime() : a.status === "booting" ? -1 : 1));
     while (mine.length > size) await this.drain(mine.shift()!, `pool resized to ${size}`);
     this.blocked = null;
+    const oldestClaim = Math.min(Infinity, ...this.claiming.values());
+    if (mine.length < size && this.claiming.size > 0 && Date.now() - oldestClaim < CLAIM_PRIORITY_MS) {
+      this.blocked = `waiting for ${this.claiming.size} claim(s) to finish`;
+      return;
+    }
     let have = mine.length;
     while (have < size && !this.closed) {
       if (Date.now() < this.retryAt) {
