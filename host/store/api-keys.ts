@@ -1,5 +1,5 @@
 import type { Database } from "./db.js";
-import { ReadCache } from "./read-cache.js";
+import { ReadCache, UNSIGNALLED_CHANGE_MAX_AGE_MS } from "./read-cache.js";
 import type { Tenant } from "./tenants.js";
 
 export interface ApiKeyRow {
@@ -29,8 +29,6 @@ const toInfo = (r: ApiKeyRow): ApiKeyInfo => ({
 
 /** Keys whose rows stay in memory; beyond it the oldest is dropped. */
 const CACHED_KEYS = 10_000;
-/** Backstop for a change made without signalling (see ReadCache); signalled changes apply at once. */
-const CACHE_MAX_AGE_MS = 5_000;
 
 export class ApiKeyStore {
   private cache: ReadCache<string, { key: ApiKeyRow; tenant: Tenant }> | undefined;
@@ -46,7 +44,7 @@ export class ApiKeyStore {
    * shared between requests and frozen.
    */
   async withTenantCached(prefix: string): Promise<{ key: ApiKeyRow; tenant: Tenant } | undefined> {
-    const cache = (this.cache ??= new ReadCache(CACHED_KEYS, CACHE_MAX_AGE_MS));
+    const cache = (this.cache ??= new ReadCache(CACHED_KEYS, UNSIGNALLED_CHANGE_MAX_AGE_MS));
     const generation = this.db.changes.authGeneration();
     const hit = cache.get(prefix, generation);
     if (hit) return hit;

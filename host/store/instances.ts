@@ -1,6 +1,6 @@
 import type { InstanceStatus } from "../../shared/api/types.js";
 import type { Database, SqlValue } from "./db.js";
-import { ReadCache } from "./read-cache.js";
+import { ReadCache, UNSIGNALLED_CHANGE_MAX_AGE_MS } from "./read-cache.js";
 
 export interface Instance {
   id: string;
@@ -143,8 +143,6 @@ export interface InstanceEventNotice {
 
 /** Instance records kept in memory for GET /v1/instances/{name}; beyond it the oldest is dropped. */
 const CACHED_INSTANCES = 10_000;
-/** Backstop for a change made without signalling (see ReadCache); every writer here signals. */
-const CACHE_MAX_AGE_MS = 5_000;
 
 export class InstanceStore {
   private readonly observers: Array<(e: InstanceEventNotice) => void> = [];
@@ -159,7 +157,7 @@ export class InstanceStore {
    * egress change shows on the next read. Misses are not cached. The record is shared and frozen.
    */
   async byNameCached(tenantId: number, name: string): Promise<Instance | undefined> {
-    const cache = (this.cache ??= new ReadCache(CACHED_INSTANCES, CACHE_MAX_AGE_MS));
+    const cache = (this.cache ??= new ReadCache(CACHED_INSTANCES, UNSIGNALLED_CHANGE_MAX_AGE_MS));
     const key = `${tenantId}/${name}`;
     const generation = this.db.changes.instancesGeneration();
     const hit = cache.get(key, generation);

@@ -5,6 +5,9 @@
  * `maxAgeMs` bounds how long a change made behind our back (an operator's sqlite3 shell, a writer
  * that does not signal) can stay unseen; the writers in this code base all signal.
  */
+/** Backstop for a change made without signalling; signalled changes apply at once. */
+export const UNSIGNALLED_CHANGE_MAX_AGE_MS = 5_000;
+
 export class ReadCache<K, V> {
   private readonly entries = new Map<K, { value: V; generation: string | number; at: number }>();
 

@@ -12,7 +12,7 @@ const ED = sshKeyPair("ed25519").public;
  * cvmd serves authentication and GET /v1/instances/{name} from memory. Each case warms that
  * cache with a few requests first, changes the rows behind it (another process, or another part
  * of cvmd), and expects the very next request to show the change. The caches keep entries for up
- * to 2 s without a signal, so a missed invalidation shows up here as the old answer.
+ * to 5 s without a signal, so a missed invalidation shows up here as the old answer.
  */
 describe("read caches follow every writer", () => {
   const dirs: Array<{ remove(): void }> = [];
