@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "../config.js";
-import type { PoolStatus } from "../instances/warm-pool.js";
+import { MAX_POOL_SIZE, poolImageRows, SIZE_KEY, type PoolStatus } from "../instances/warm-pool.js";
 import { withDb } from "../ops/cli.js";
 import { controlRequest, controlSocketPath, socketAnswers } from "../ops/control-socket.js";
 import { PoolGuestStore, SettingsStore } from "../store/pool-guests.js";
@@ -54,10 +54,10 @@ export async function runPoolCommand(
         io.out(`pool of image ${r.image_id} resized to ${r.size}; cvmd is refilling or draining toward it`);
         return 0;
       }
-      if (size > 64) throw new PoolCliError("pool size must be an integer from 0 to 64");
+      if (size > MAX_POOL_SIZE) throw new PoolCliError(`pool size must be an integer from 0 to ${MAX_POOL_SIZE}`);
       const image = values.image ?? (await currentImageId(env));
       if (!image) throw new PoolCliError("no current image; name one with --image");
-      await withDb(config, dbFile, (db) => db.tx(() => new SettingsStore(db).set(`pool_size:${image}`, String(size), new Date())));
+      await withDb(config, dbFile, (db) => db.tx(() => new SettingsStore(db).set(SIZE_KEY + image, String(size), new Date())));
       io.out(`pool of image ${image} set to ${size}; cvmd applies it when it starts`);
       return 0;
     }
@@ -102,17 +102,12 @@ async function offlineStatus(config: Config, env: NodeJS.ProcessEnv, dbFile: str
   const current = await currentImageId(env);
   return withDb(config, dbFile, async (db) => {
     const counts = await new PoolGuestStore(db).counts();
-    const sizes = await new SettingsStore(db).all("pool_size:");
-    const ids = new Set([...counts.map((c) => c.imageId), ...(current ? [current] : [])]);
+    const sizes = await new SettingsStore(db).all(SIZE_KEY);
     const vm = loadVmConfig(env);
     const per = Math.min(Math.floor(config.capacity.memoryMiB / vm.memoryMiB), Math.floor(config.capacity.vcpus / vm.vcpus));
     return {
       current_image: current,
-      images: [...ids].sort().map((id) => {
-        const n = (st: string) => counts.find((c) => c.imageId === id && c.status === st)?.n ?? 0;
-        const set = sizes.get(`pool_size:${id}`);
-        return { image_id: id, current: id === current, size: set === undefined ? config.warmPool.defaultSize : Number(set), size_source: set === undefined ? ("default" as const) : ("operator" as const), warm: n("warm"), booting: n("booting"), claimed: n("claimed"), failed: n("failed") };
-      }),
+      images: poolImageRows(counts, sizes, current, config.warmPool.defaultSize),
       capacity: { max_guests: Math.max(0, per), instances: 0, pool_guests: 0, memory_mib: config.capacity.memoryMiB, vcpus: config.capacity.vcpus, guest_memory_mib: vm.memoryMiB, guest_vcpus: vm.vcpus },
       refill_blocked: "cvmd is not running",
     };

@@ -284,13 +284,7 @@ export class QemuDriver implements Driver {
     const link = this.openLink(rt.guestId ?? spec.id, spec.id, log);
     const abort = abortion(ctx.signal);
 
-    const hello = await Promise.race([this.waitHello(link, this.o.timeouts.bootMs), abort]).catch((err) => {
-      if (ctx.signal.aborted) throw err;
-      const seen = watch?.phases().map((p) => p.phase) ?? [];
-      throw new ProvisionError("boot_timeout", "The VM did not boot within the allowed time.", {
-        cause: new Error(`no agent hello within ${this.o.timeouts.bootMs} ms; boot phases seen: ${seen.join(", ") || "none"}`),
-      });
-    });
+    const hello = await this.helloOrBootTimeout(link, abort, ctx.signal, watch);
     // A claimed pool guest's channel has been open since it booted: its hello is old news.
     if (!rt.guestId) ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (image ${hello.image_id ?? "unknown"}, phase ${hello.state.phase})`);
 
@@ -367,6 +361,17 @@ export class QemuDriver implements Driver {
     this.links.set(guestId, link);
     link.start();
     return link;
+  }
+
+  /** The agent's hello within the boot deadline, or `boot_timeout` naming the boot phases seen. */
+  private helloOrBootTimeout(link: AgentLink, abort: Promise<never>, signal: AbortSignal, watch?: BootPhaseWatch): Promise<AgentHello> {
+    return Promise.race([this.waitHello(link, this.o.timeouts.bootMs), abort]).catch((err) => {
+      if (signal.aborted) throw err;
+      const seen = watch?.phases().map((p) => p.phase) ?? [];
+      throw new ProvisionError("boot_timeout", "The VM did not boot within the allowed time.", {
+        cause: new Error(`no agent hello within ${this.o.timeouts.bootMs} ms; boot phases seen: ${seen.join(", ") || "none"}`),
+      });
+    });
   }
 
   private waitHello(link: AgentLink, timeoutMs: number): Promise<AgentHello> {
@@ -479,11 +484,7 @@ export class QemuDriver implements Driver {
   private async prepareGuest(guestId: string, ctx: PoolGuestContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<void> {
     const link = this.openLink(guestId, guestId, log);
     const abort = abortion(ctx.signal);
-    const hello = await Promise.race([this.waitHello(link, this.o.timeouts.bootMs), abort]).catch((err) => {
-      if (ctx.signal.aborted) throw err;
-      const seen = watch?.phases().map((p) => p.phase) ?? [];
-      throw new ProvisionError("boot_timeout", "The VM did not boot within the allowed time.", { cause: new Error(`no agent hello within ${this.o.timeouts.bootMs} ms; boot phases seen: ${seen.join(", ") || "none"}`) });
-    });
+    const hello = await this.helloOrBootTimeout(link, abort, ctx.signal, watch);
     ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (phase ${hello.state.phase})`);
     if (hello.state.phase === "prepared") return;
     if (hello.state.phase !== "awaiting_setup" && hello.state.phase !== "preparing") {

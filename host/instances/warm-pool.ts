@@ -47,11 +47,40 @@ export interface Claimed {
   warmForMs: number;
 }
 
-const SIZE_KEY = "pool_size:";
-const MAX_POOL_SIZE = 64;
+/** Settings key prefix of an image's pool size (`pool_size:<image id>`). */
+export const SIZE_KEY = "pool_size:";
+export const MAX_POOL_SIZE = 64;
 const RETRY_BASE_MS = 30_000;
 const RETRY_MAX_MS = 10 * 60_000;
 const CLAIM_PRIORITY_MS = 60_000;
+
+/**
+ * One row per image that has pool guests or is current: its size (operator-set in `sizes`, keyed
+ * SIZE_KEY + id, else the default) and its guests by status.
+ */
+export function poolImageRows(
+  counts: Array<{ imageId: string; status: string; n: number }>,
+  sizes: Map<string, string>,
+  current: string | null,
+  defaultSize: number,
+): PoolImageStatus[] {
+  const ids = new Set(counts.map((c) => c.imageId));
+  if (current) ids.add(current);
+  return [...ids].sort().map((id) => {
+    const n = (s: string) => counts.find((c) => c.imageId === id && c.status === s)?.n ?? 0;
+    const set = sizes.get(SIZE_KEY + id);
+    return {
+      image_id: id,
+      current: id === current,
+      size: set === undefined ? defaultSize : Number(set),
+      size_source: set === undefined ? "default" : "operator",
+      warm: n("warm"),
+      booting: n("booting"),
+      claimed: n("claimed"),
+      failed: n("failed"),
+    };
+  });
+}
 
 export class PoolSizeError extends Error {
   override name = "PoolSizeError";
@@ -166,15 +195,7 @@ export class WarmPool {
 
   async status(): Promise<PoolStatus> {
     const current = await this.o.driver.currentImageId().catch(() => null);
-    const counts = await this.o.guests.counts();
-    const ids = new Set(counts.map((c) => c.imageId));
-    if (current) ids.add(current);
-    const images: PoolImageStatus[] = [];
-    for (const id of [...ids].sort()) {
-      const n = (s: string) => counts.find((c) => c.imageId === id && c.status === s)?.n ?? 0;
-      const size = await this.sizeOf(id);
-      images.push({ image_id: id, current: id === current, size: size.size, size_source: size.source, warm: n("warm"), booting: n("booting"), claimed: n("claimed"), failed: n("failed") });
-    }
+    const images = poolImageRows(await this.o.guests.counts(), await this.o.settings.all(SIZE_KEY), current, this.o.defaultSize);
     const u = await this.o.capacity.usage();
     return {
       current_image: current,
