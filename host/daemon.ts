@@ -157,7 +157,6 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     logger: log.child({ component: "api" }),
     securityLog,
     clock,
-    tenants,
     keys,
     instances,
     engine,

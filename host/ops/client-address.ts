@@ -1,5 +1,4 @@
 import { BlockList, isIP } from "node:net";
-import type { Context, Middleware, Next } from "koa";
 
 /** Addresses whose X-Forwarded-For we believe; everything else is the client itself. */
 export class TrustedProxies {
@@ -45,12 +44,4 @@ export function clientAddress(peer: string, forwardedFor: string | undefined, tr
     if (!trusted.has(hop)) return hop;
   }
   return current;
-}
-
-/** Puts the resolved address in `ctx.state.clientAddress` for limits and the security log. */
-export function resolveClientAddress(trusted: TrustedProxies): Middleware {
-  return (ctx: Context, next: Next) => {
-    ctx.state.clientAddress = clientAddress(ctx.req.socket.remoteAddress ?? "unknown", trusted.empty ? undefined : ctx.get("X-Forwarded-For") || undefined, trusted);
-    return next();
-  };
 }

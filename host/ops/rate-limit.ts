@@ -1,5 +1,5 @@
 import { isIP } from "node:net";
-import type { Context, Middleware, Next } from "koa";
+import type { Context } from "koa";
 import type { Logger } from "pino";
 import { ApiError } from "../api/errors.js";
 import type { Metrics } from "./metrics.js";
@@ -158,44 +158,34 @@ export class RateLimiter {
     this.authFailures = cfg.authFailuresPerMinute > 0 ? new TokenBuckets(cfg.authFailuresPerMinute, now) : null;
   }
 
-  /** Charges the client address for every request (after the address was resolved). */
-  perAddress(): Middleware {
-    return (ctx: Context, next: Next) => {
-      if (this.byAddress) {
-        const id = addressBucketId(address(ctx));
-        this.apply(ctx, id, this.byAddress.take(id), "address");
-      }
-      return next();
-    };
+  /** Charges the client address for every request (after the address was resolved); throws when over. */
+  chargeAddress(ctx: Context): void {
+    if (!this.byAddress) return;
+    const id = addressBucketId(address(ctx));
+    this.apply(ctx, id, this.byAddress.take(id), "address");
   }
 
   /**
-   * Wraps the authentication middleware: an address in the penalty box is refused before its
-   * token is even looked at (so the answer says nothing about the token), and the key's own
-   * bucket is charged once the key is known to be genuine.
+   * Before a token is looked at: an address in the penalty box is refused without it (so the
+   * answer says nothing about the token).
    */
-  aroundAuth(auth: (ctx: Context, next: Next) => Promise<void>): Middleware {
-    return async (ctx: Context, next: Next) => {
-      if (this.authFailures) {
-        const id = addressBucketId(address(ctx));
-        // An address that never failed authentication has no bucket: skip computing its state.
-        const s = this.authFailures.isFull(id) ? null : this.authFailures.peek(id);
-        if (s && !s.allowed) {
-          this.deps.metrics?.countRateLimited("auth");
-          throw new ApiError("rate_limited", "too many failed authentication attempts from this address; retry later", {
-            headers: { "Retry-After": String(s.retryAfterSeconds) },
-          });
-        }
-        this.throttled.delete(id);
-      }
-      await auth(ctx, async () => {
-        if (this.byKey) {
-          const prefix = String(ctx.state.keyPrefix);
-          this.apply(ctx, prefix, this.byKey.take(prefix), "key");
-        }
-        await next();
+  refuseThrottled(ctx: Context): void {
+    if (!this.authFailures) return;
+    const id = addressBucketId(address(ctx));
+    // An address that never failed authentication has no bucket: skip computing its state.
+    const s = this.authFailures.isFull(id) ? null : this.authFailures.peek(id);
+    if (s && !s.allowed) {
+      this.deps.metrics?.countRateLimited("auth");
+      throw new ApiError("rate_limited", "too many failed authentication attempts from this address; retry later", {
+        headers: { "Retry-After": String(s.retryAfterSeconds) },
       });
-    };
+    }
+    this.throttled.delete(id);
+  }
+
+  /** Once the key is known to be genuine: charges its own bucket; throws when over. */
+  chargeKey(ctx: Context, prefix: string): void {
+    if (this.byKey) this.apply(ctx, prefix, this.byKey.take(prefix), "key");
   }
 
   /** Called by the auth middleware's failure hook. */

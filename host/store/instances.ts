@@ -151,6 +151,11 @@ export class InstanceStore {
 
   constructor(private readonly db: Database) {}
 
+  /** The cached row of `byNameCached` without a read, or undefined when it is not cached (or no longer valid). */
+  cachedByName(tenantId: number, name: string): Instance | undefined {
+    return this.cache?.get(`${tenantId}/${name}`, this.db.changes.instancesGeneration());
+  }
+
   /**
    * `byName` through an in-memory cache. Every write to an instance row or its egress state (this
    * store, EgressStore) moves the generation, which drops every cached record, so a status or

@@ -1,4 +1,4 @@
-import type { Context, Next } from "koa";
+import type { Context } from "koa";
 import type { ApiErrorCode } from "../../../shared/api/types.js";
 import { ApiError, HTTP_STATUS } from "../errors.js";
 
@@ -24,26 +24,24 @@ function renderError(ctx: Context, code: ApiErrorCode, message: string, param?: 
   ctx.body = { request_id: ctx.state.requestId, correlation_id: ctx.state.correlationId ?? null, error };
 }
 
+/** An unmatched route or method ends here as `not_found`, in the envelope like every answer. */
+export function renderUnmatched(ctx: Context): void {
+  if (ctx.body === undefined && (ctx.status === 404 || ctx.status === 405 || ctx.status === 501)) {
+    renderError(ctx, "not_found", `no such endpoint: ${ctx.method} ${ctx.path}`);
+  }
+}
+
 /**
  * The one place where failures become HTTP: ApiError renders as itself; anything else is logged
- * with its cause and shown only as `internal_error`. Unmatched routes end here as `not_found`.
+ * with its cause and shown only as `internal_error`.
  */
-export function envelope() {
-  return async (ctx: Context, next: Next) => {
-    try {
-      await next();
-      if (ctx.body === undefined && (ctx.status === 404 || ctx.status === 405 || ctx.status === 501)) {
-        renderError(ctx, "not_found", `no such endpoint: ${ctx.method} ${ctx.path}`);
-      }
-    } catch (err) {
-      if (err instanceof ApiError) {
-        if (err.headers) ctx.set(err.headers);
-        renderError(ctx, err.code, err.message, err.param);
-        if (err.code === "unauthenticated") ctx.set("WWW-Authenticate", 'Bearer realm="cvm"');
-        return;
-      }
-      ctx.state.log?.error({ err }, "unhandled error");
-      renderError(ctx, "internal_error", "internal error; quote request_id when reporting");
-    }
-  };
+export function renderFailure(ctx: Context, err: unknown): void {
+  if (err instanceof ApiError) {
+    if (err.headers) ctx.set(err.headers);
+    renderError(ctx, err.code, err.message, err.param);
+    if (err.code === "unauthenticated") ctx.set("WWW-Authenticate", 'Bearer realm="cvm"');
+    return;
+  }
+  ctx.state.log?.error({ err }, "unhandled error");
+  renderError(ctx, "internal_error", "internal error; quote request_id when reporting");
 }

@@ -132,8 +132,11 @@ export function instanceRoutes(deps: InstanceRouteDeps): Router {
     respond(ctx, 200, { instances: list.map((i) => record(ctx, i)), next_cursor: null });
   });
 
-  router.get("/v1/instances/:name", async (ctx) => {
-    respondSerialized(ctx, 200, renderedJson(ctx, await loadInstance(ctx, deps.instances, true)));
+  // The hot read: served from memory without waiting a turn of the event loop when cached.
+  router.get("/v1/instances/:name", (ctx) => {
+    const cached = deps.instances.cachedByName((ctx.state.tenant as Tenant).id, ctx.params.name as string);
+    if (cached) return respondSerialized(ctx, 200, renderedJson(ctx, cached));
+    return loadInstance(ctx, deps.instances, true).then((inst) => respondSerialized(ctx, 200, renderedJson(ctx, inst)));
   });
 
   router.delete("/v1/instances/:name", async (ctx) => {
