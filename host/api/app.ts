@@ -6,6 +6,7 @@ import type { ModelCatalogue } from "../gateway/catalogue.js";
 import type { LifecycleEngine } from "../instances/engine.js";
 import type { ApiKeyStore } from "../store/api-keys.js";
 import type { InstanceStore } from "../store/instances.js";
+import { assertRoutesOnly, dispatch } from "./dispatch.js";
 import { authenticate } from "./middleware/auth.js";
 import { requestFrame } from "./middleware/frame.js";
 import { openApiDocument } from "./openapi.js";
@@ -45,8 +46,7 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   app.silent = true;
 
   const doc = openApiDocument({ version: deps.version, models: deps.catalogue.models.map((m) => m.id) });
-  // One router for every route: a request is matched once, and the chain built for it holds only
-  // its own route's middleware.
+  // One router for every route, run by `dispatch` (see there): a request is matched once.
   const router = new Router();
   router.get("/v1/openapi.json", (ctx) => {
     ctx.body = doc;
@@ -86,7 +86,8 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
       },
     }),
   );
-  app.use(router.routes());
+  assertRoutesOnly(router);
+  app.use(dispatch(router));
 
   const routes = router.stack.flatMap((layer) =>
     layer.methods.filter((m) => m !== "HEAD").map((method) => ({ method, path: String(layer.path) })),

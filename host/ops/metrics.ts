@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { INSTANCE_STATUSES, type InstanceStatus } from "../../shared/api/types.js";
+import { ApiRequestMetrics } from "./api-request-metrics.js";
 import { FAILURE_CODES } from "../instances/failure-codes.js";
 import type { InstanceEventNotice } from "../store/instances.js";
 
@@ -20,8 +21,7 @@ const HTTP_METHODS = new Set(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "
  */
 export class Metrics {
   readonly registry = new Registry();
-  private readonly apiRequests: Counter<"method" | "route" | "status">;
-  private readonly apiLatency: Histogram<"method" | "route">;
+  private readonly api: ApiRequestMetrics;
   private readonly phaseDuration: Histogram<"phase">;
   private readonly failures: Counter<"failure_code">;
   private readonly quotes: Counter<"verdict">;
@@ -34,19 +34,9 @@ export class Metrics {
 
   constructor(opts: { processMetrics?: boolean; version?: string } = {}) {
     const registers = [this.registry];
-    this.apiRequests = new Counter({
-      name: "cvm_api_requests_total",
-      help: "Tenant API requests by method, route template and HTTP status.",
-      labelNames: ["method", "route", "status"],
-      registers,
-    });
-    this.apiLatency = new Histogram({
-      name: "cvm_api_request_duration_seconds",
-      help: "Tenant API request latency (until the handler finished) by method and route template.",
-      labelNames: ["method", "route"],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-      registers,
-    });
+    this.api = new ApiRequestMetrics(this.registry, { requests: "cvm_api_requests_total", duration: "cvm_api_request_duration_seconds" }, [
+      0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+    ]);
     this.phaseDuration = new Histogram({
       name: "cvm_provisioning_phase_duration_seconds",
       help: "Duration of each provisioning step (named by the step that completed); phase=\"total\" is create to ready.",
@@ -126,8 +116,7 @@ export class Metrics {
 
   observeApiRequest(method: string, route: string, status: number, seconds: number): void {
     const m = HTTP_METHODS.has(method) ? method : "OTHER";
-    this.apiRequests.inc({ method: m, route, status: String(status) });
-    this.apiLatency.observe({ method: m, route }, seconds);
+    this.api.observe(m, route, status, seconds);
   }
 
   observeProvisioningPhase(phase: string, seconds: number): void {

@@ -13,7 +13,8 @@ export function respond(ctx: Context, status: number, data: unknown): void {
  */
 export function respondSerialized(ctx: Context, status: number, dataJson: string): void {
   ctx.status = status;
-  ctx.type = "application/json";
+  // The header Koa derives from `ctx.type = "application/json"`, without its per-call MIME lookup.
+  ctx.set("Content-Type", "application/json; charset=utf-8");
   ctx.body = `{"request_id":${JSON.stringify(ctx.state.requestId)},"correlation_id":${JSON.stringify(ctx.state.correlationId ?? null)},"data":${dataJson}}`;
 }
 
