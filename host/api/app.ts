@@ -79,10 +79,11 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
       draining: deps.draining,
       metrics: deps.metrics,
       rateLimiter: deps.rateLimiter,
-      // For requests refused before routing (draining, an address over its limit).
+      // For requests refused before routing (draining, an address over its limit): the route
+      // `dispatch` would have run.
       routeOf: (ctx) => {
-        const layers = router.match(ctx.path, ctx.method).pathAndMethod;
-        return layers.length > 0 ? String(layers[layers.length - 1]!.path) : undefined;
+        const first = router.match(ctx.path, ctx.method).pathAndMethod[0];
+        return first ? String(first.path) : undefined;
       },
     }),
   );

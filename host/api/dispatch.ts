@@ -12,8 +12,9 @@ type Routed = Context & { params: Record<string, string>; _matchedRoute?: string
  *
  * Why not `router.routes()`: it builds a fresh middleware chain per request (a closure per matched
  * layer, the composition, the captures twice). On the cached authenticated GET, the request cvmd
- * serves most, cvmd's CPU per request (user + system from /proc, 8 runs each under autocannon's
- * GET load on the 2-core test machine) was 26.1-30.6 us with `routes()` and 23.0-25.3 us with this. With no router-level middleware
+ * serves most, cvmd's CPU per request (user + system from /proc under autocannon's GET load on the
+ * 2-core test machine, 8 measurements in 4 cvmd processes each) was 26.1-30.6 us with `routes()`
+ * and 23.0-25.3 us with this. With no router-level middleware
  * (`assertRoutesOnly`) and handlers that answer rather than fall through with `next()`, running the
  * first matching route is what `routes()` does.
  */
