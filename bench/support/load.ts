@@ -1,6 +1,6 @@
-// The API benchmark's load generator, in a process of its own: inside the vitest worker it shared
-// that process with the test runner, and its figures for the same server varied by a third
-// between runs. Takes autocannon options as one JSON argument, prints the figures as JSON.
+// The API benchmark's load generator, in a process of its own so that it shares no event loop or
+// heap with the test runner. Takes autocannon options as one JSON argument, prints the figures as
+// JSON.
 import autocannon from "autocannon";
 
 const opts = JSON.parse(process.argv[2]!) as autocannon.Options;
