@@ -26,6 +26,7 @@ interface PoolGuestRow {
   id: string;
   status: string;
   runtime: { ip: string; tap: string } | null;
+  note: string | null;
 }
 
 describe("warm pool of real VMs (QEMU, TCG)", () => {
@@ -46,8 +47,9 @@ describe("warm pool of real VMs (QEMU, TCG)", () => {
     return { status: res.status, body: (await res.json()) as any };
   };
   const poolGuests = async (): Promise<PoolGuestRow[]> => {
-    const { stdout } = await execP("sqlite3", ["-json", join(data, "cvm.sqlite"), "SELECT id, status, runtime FROM pool_guests ORDER BY created_at"]);
-    return (stdout.trim() ? (JSON.parse(stdout) as Array<{ id: string; status: string; runtime: string | null }>) : []).map((r) => ({ ...r, runtime: r.runtime ? JSON.parse(r.runtime) : null }));
+    const { stdout } = await execP("sqlite3", ["-json", join(data, "cvm.sqlite"), "SELECT id, status, runtime, note FROM pool_guests ORDER BY created_at"]);
+    // `note` says why a guest failed or went: printed with the pool while the test waits.
+    return (stdout.trim() ? (JSON.parse(stdout) as Array<{ id: string; status: string; runtime: string | null; note: string | null }>) : []).map((r) => ({ ...r, runtime: r.runtime ? JSON.parse(r.runtime) : null }));
   };
   const poolStatus = async () => JSON.parse((await cvmctl(["pool", "--json"], env)).stdout) as { images: Array<{ current: boolean; warm: number; booting: number; claimed: number }>; refill_blocked: string | null; capacity: Record<string, number> };
   const firewall = () => new NftEgressFirewall({ nft: new NftCommandRunner({ netns: env.CVM_NETNS! }), table: env.CVM_EGRESS_TABLE! });
