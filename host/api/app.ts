@@ -6,7 +6,7 @@ import type { ModelCatalogue } from "../gateway/catalogue.js";
 import type { LifecycleEngine } from "../instances/engine.js";
 import type { ApiKeyStore } from "../store/api-keys.js";
 import type { InstanceStore } from "../store/instances.js";
-import { assertRoutesOnly, dispatch } from "./dispatch.js";
+import { dispatch, matchRoute } from "./dispatch.js";
 import { authenticate } from "./middleware/auth.js";
 import { requestFrame } from "./middleware/frame.js";
 import { openApiDocument } from "./openapi.js";
@@ -79,15 +79,10 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
       draining: deps.draining,
       metrics: deps.metrics,
       rateLimiter: deps.rateLimiter,
-      // For requests refused before routing (draining, an address over its limit): the route
-      // `dispatch` would have run.
-      routeOf: (ctx) => {
-        const first = router.match(ctx.path, ctx.method).pathAndMethod[0];
-        return first ? String(first.path) : undefined;
-      },
+      // For requests refused before routing (draining, an address over its limit).
+      routeOf: (ctx) => matchRoute(router, ctx.path, ctx.method)?.path,
     }),
   );
-  assertRoutesOnly(router);
   app.use(dispatch(router));
 
   const routes = router.stack.flatMap((layer) =>

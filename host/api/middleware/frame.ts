@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import { clientAddress, type TrustedProxies } from "../../ops/client-address.js";
 import type { Metrics } from "../../ops/metrics.js";
 import type { RateLimiter } from "../../ops/rate-limit.js";
+import type { RoutedContext } from "../dispatch.js";
 import { ApiError } from "../errors.js";
 import { startRequest } from "./context.js";
 import { renderFailure, renderUnmatched } from "./envelope.js";
@@ -14,11 +15,9 @@ export interface FrameDeps {
   draining(): boolean;
   metrics?: Metrics;
   rateLimiter?: RateLimiter;
-  /** Names the route of a request refused before routing; undefined when no route matches. */
-  routeOf(ctx: Context): string | undefined;
+  /** The route a request refused before routing asked for; undefined when no route matches. */
+  routeOf(ctx: Context): string | RegExp | undefined;
 }
-
-type Routed = Context & { _matchedRoute?: string | RegExp };
 
 /**
  * What every tenant API request gets around its route, in this order:
@@ -38,6 +37,7 @@ export function requestFrame(deps: FrameDeps): Middleware {
     const state = startRequest(ctx, deps.logger);
     state.clientAddress = clientAddress(ctx.req.socket.remoteAddress ?? "unknown", trusted.empty ? undefined : ctx.get("X-Forwarded-For") || undefined, trusted);
     const started = performance.now();
+    let routed = false;
     try {
       deps.rateLimiter?.chargeAddress(ctx);
       if (deps.draining()) {
@@ -45,6 +45,7 @@ export function requestFrame(deps: FrameDeps): Middleware {
         ctx.set("Retry-After", "5");
         throw new ApiError("unavailable", "the server is restarting; retry shortly");
       }
+      routed = true;
       await next();
       renderUnmatched(ctx);
     } catch (err) {
@@ -52,11 +53,10 @@ export function requestFrame(deps: FrameDeps): Middleware {
     }
     const ms = performance.now() - started;
     if (deps.metrics) {
-      // The router names the route before its middleware runs, so a 401 is counted under the route
-      // it asked for; only requests refused before routing, or matching nothing, are looked up.
-      const matched = (ctx as Routed)._matchedRoute;
-      const route = matched !== undefined ? String(matched) : (deps.routeOf(ctx) ?? "unmatched");
-      deps.metrics.observeApiRequest(ctx.method, route, ctx.status, ms / 1000);
+      // `dispatch` names the route before its middleware runs, so a 401 is counted under the route
+      // it asked for; only a request refused before routing is looked up here.
+      const route = routed ? (ctx as RoutedContext)._matchedRoute : deps.routeOf(ctx);
+      deps.metrics.observeApiRequest(ctx.method, route === undefined ? "unmatched" : String(route), ctx.status, ms / 1000);
     }
     // The access line is at debug level: counts, statuses and latencies are in the metrics, and
     // failures that matter are logged where they happen (unhandled errors, the security log).
