@@ -161,7 +161,7 @@ export class RateLimiter {
   /** Charges the client address for every request (after the address was resolved); throws when over. */
   chargeAddress(ctx: Context): void {
     if (!this.byAddress) return;
-    const id = addressBucketId(address(ctx));
+    const id = bucketOf(ctx);
     this.apply(ctx, id, this.byAddress.take(id), "address");
   }
 
@@ -171,7 +171,7 @@ export class RateLimiter {
    */
   refuseThrottled(ctx: Context): void {
     if (!this.authFailures) return;
-    const id = addressBucketId(address(ctx));
+    const id = bucketOf(ctx);
     // An address that never failed authentication has no bucket: skip computing its state.
     const s = this.authFailures.isFull(id) ? null : this.authFailures.peek(id);
     if (s && !s.allowed) {
@@ -192,7 +192,7 @@ export class RateLimiter {
   authFailed(ctx: Context, reason: string): void {
     if (!this.authFailures || NOT_A_GUESS.has(reason)) return;
     const addr = address(ctx);
-    const id = addressBucketId(addr);
+    const id = bucketOf(ctx);
     const s = this.authFailures.take(id);
     if ((!s.allowed || s.remaining === 0) && !this.throttled.has(id)) {
       this.throttled.add(id);
@@ -235,4 +235,10 @@ export class RateLimiter {
 
 function address(ctx: Context): string {
   return (ctx.state.clientAddress as string | undefined) ?? ctx.ip;
+}
+
+/** The request's address bucket, worked out once per request (the address limit and the auth penalty box both need it). */
+function bucketOf(ctx: Context): string {
+  const state = ctx.state as { addressBucket?: string };
+  return (state.addressBucket ??= addressBucketId(address(ctx)));
 }

@@ -52,15 +52,17 @@ export class ApiKeyStore {
    * shared between requests and frozen.
    */
   async withTenantCached(prefix: string): Promise<{ key: ApiKeyRow; tenant: Tenant } | undefined> {
-    const cache = (this.cache ??= new ReadCache(CACHED_KEYS, UNSIGNALLED_CHANGE_MAX_AGE_MS));
+    return this.cachedWithTenant(prefix) ?? this.readIntoCache(prefix);
+  }
+
+  private async readIntoCache(prefix: string): Promise<{ key: ApiKeyRow; tenant: Tenant } | undefined> {
+    // Taken before the read: a change committed meanwhile makes the entry stale at once.
     const generation = this.db.changes.authGeneration();
-    const hit = cache.get(prefix, generation);
-    if (hit) return hit;
     const found = await this.withTenant(prefix);
     if (found) {
       Object.freeze(found.key);
       Object.freeze(found.tenant);
-      cache.set(prefix, generation, Object.freeze(found));
+      (this.cache ??= new ReadCache(CACHED_KEYS, UNSIGNALLED_CHANGE_MAX_AGE_MS)).set(prefix, generation, Object.freeze(found));
     }
     return found;
   }

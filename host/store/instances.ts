@@ -143,6 +143,7 @@ export interface InstanceEventNotice {
 
 /** Instance records kept in memory for GET /v1/instances/{name}; beyond it the oldest is dropped. */
 const CACHED_INSTANCES = 10_000;
+const cacheKey = (tenantId: number, name: string) => `${tenantId}/${name}`;
 
 export class InstanceStore {
   private readonly observers: Array<(e: InstanceEventNotice) => void> = [];
@@ -153,7 +154,7 @@ export class InstanceStore {
 
   /** The cached row of `byNameCached` without a read, or undefined when it is not cached (or no longer valid). */
   cachedByName(tenantId: number, name: string): Instance | undefined {
-    return this.cache?.get(`${tenantId}/${name}`, this.db.changes.instancesGeneration());
+    return this.cache?.get(cacheKey(tenantId, name), this.db.changes.instancesGeneration());
   }
 
   /**
@@ -162,13 +163,12 @@ export class InstanceStore {
    * egress change shows on the next read. Misses are not cached. The record is shared and frozen.
    */
   async byNameCached(tenantId: number, name: string): Promise<Instance | undefined> {
-    const cache = (this.cache ??= new ReadCache(CACHED_INSTANCES, UNSIGNALLED_CHANGE_MAX_AGE_MS));
-    const key = `${tenantId}/${name}`;
-    const generation = this.db.changes.instancesGeneration();
-    const hit = cache.get(key, generation);
+    const hit = this.cachedByName(tenantId, name);
     if (hit) return hit;
+    // Taken before the read: a write committed meanwhile makes the entry stale at once.
+    const generation = this.db.changes.instancesGeneration();
     const inst = await this.byName(tenantId, name);
-    if (inst) cache.set(key, generation, deepFreeze(inst));
+    if (inst) (this.cache ??= new ReadCache(CACHED_INSTANCES, UNSIGNALLED_CHANGE_MAX_AGE_MS)).set(cacheKey(tenantId, name), generation, deepFreeze(inst));
     return inst;
   }
 

@@ -84,8 +84,7 @@ class VerifiedSecrets {
     const known = this.known.get(row);
     if (known !== undefined) return known.length === presented.length && timingSafeEqual(known, presented);
     if (!secretMatches(secret, row.secret_hash)) return false;
-    // Only shared (cached, frozen) rows are worth remembering.
-    if (Object.isFrozen(row)) this.known.set(row, presented);
+    this.known.set(row, presented);
     return true;
   }
 }
