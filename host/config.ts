@@ -5,7 +5,8 @@ import { resolve } from "node:path";
 import { loadCatalogue, type ModelCatalogue } from "./gateway/catalogue.js";
 import { parseDnsConfig, type DnsConfig } from "./dns/dns-config.js";
 import { gatewayLimitsFromEnv, type GatewayLimits } from "./gateway/limits.js";
-import { parseAcceptedTcbStatuses, TcbPolicyError, type TcbStatus } from "../shared/tdx/index.js";
+import { parseAcceptedTcbStatuses, TcbPolicyError } from "../shared/tdx/tcb-policy.js";
+import type { TcbStatus } from "../shared/tdx/tcb.js";
 
 /**
  * cvmd's configuration, compiled in stages: raw (env, optionally over a JSON file) → defaults →
