@@ -182,8 +182,9 @@ interface Report {
 }
 
 /**
- * The live event log: the agent writes it at boot, so its absence is a failed check (the guest cannot
- * show what RTMR3 covers), not a reason to stop; a named file that cannot be read is a usage problem.
+ * The RTMR3 event log. Live, the agent writes it at boot, so a missing file is a failed check (the
+ * guest cannot show what RTMR3 covers), never "not checked"; offline, a log that was named but cannot
+ * be read stops the run (exit 2).
  */
 async function eventLogInput(path: string | undefined, live: boolean): Promise<{ value?: unknown; note?: string }> {
   if (!path) return {};
