@@ -50,6 +50,12 @@ export interface QuoteCheck {
   accepted_statuses: TcbStatus[];
 }
 
+/** POST /v1/attestation/verify's answer: the DCAP check and the optional comparisons the caller asked for. */
+export type QuoteVerification = QuoteCheck & {
+  report_data?: ReportDataCheck;
+  manifest?: MeasurementReport | { ok: false; reason: string };
+};
+
 export interface ReportDataCheck {
   ok: boolean;
   expected: string;
@@ -159,9 +165,9 @@ export class AttestationService {
   async verifyQuote(
     quote: Buffer,
     opts: { collateral?: Collateral; at?: Date; reportData?: Buffer; expected?: ImageManifest; allowUnchecked?: readonly ManifestMeasurement[] } = {},
-  ): Promise<QuoteCheck & { report_data?: ReportDataCheck; manifest?: MeasurementReport | { ok: false; reason: string } }> {
+  ): Promise<QuoteVerification> {
     const q = await this.dcap(quote, opts);
-    const out: QuoteCheck & { report_data?: ReportDataCheck; manifest?: MeasurementReport | { ok: false; reason: string } } = { ...q };
+    const out: QuoteVerification = { ...q };
     const fail = (reason: string | null, failure: QuoteCheck["failure"]) => {
       if (!out.ok) return;
       out.ok = false;
