@@ -5,6 +5,8 @@ import { resolve } from "node:path";
 import { loadCatalogue, type ModelCatalogue } from "./gateway/catalogue.js";
 import { parseDnsConfig, type DnsConfig } from "./dns/dns-config.js";
 import { gatewayLimitsFromEnv, type GatewayLimits } from "./gateway/limits.js";
+import { parseAcceptedTcbStatuses, TcbPolicyError } from "../shared/tdx/tcb-policy.js";
+import type { TcbStatus } from "../shared/tdx/tcb.js";
 
 /**
  * cvmd's configuration, compiled in stages: raw (env, optionally over a JSON file) → defaults →
@@ -34,8 +36,11 @@ export interface Config {
   trustedProxies: string[];
   /** Native HTTPS on the tenant listener when both are set (re-read on SIGHUP). */
   tls: { certFile: string; keyFile: string } | null;
-  /** Where TDX collateral comes from: an offline bundle and/or a PCCS (neither: verdicts say so). */
-  attestation: { collateralFile: string | null; pccsUrl: string | null };
+  /**
+   * Where TDX collateral comes from: an offline bundle and/or a PCCS (neither: verdicts say so); which
+   * TCB statuses pass (CVM_ACCEPT_TCB_STATUS, default UpToDate, the same rule as cvm-verify).
+   */
+  attestation: { collateralFile: string | null; pccsUrl: string | null; acceptTcbStatuses: TcbStatus[] };
   /** Warm pool: the default size per image (CVM_WARM_POOL_SIZE) and how often it is refilled. */
   warmPool: { defaultSize: number; refillSeconds: number };
   /** What guests (instances and pool guests together) may use on this host. */
@@ -104,7 +109,14 @@ function attestationConfig(get: (name: string) => string | undefined, cwd: strin
       throw new ConfigError(`CVM_PCCS_URL=${pccs}: expected an http(s) URL of a PCCS or Intel PCS, e.g. https://pccs.example:8081`);
     }
   }
-  return { collateralFile: file ? resolve(cwd, file) : null, pccsUrl: pccs ?? null };
+  let acceptTcbStatuses: TcbStatus[];
+  try {
+    acceptTcbStatuses = parseAcceptedTcbStatuses(get("CVM_ACCEPT_TCB_STATUS"), "CVM_ACCEPT_TCB_STATUS");
+  } catch (err) {
+    if (err instanceof TcbPolicyError) throw new ConfigError(err.message);
+    throw err;
+  }
+  return { collateralFile: file ? resolve(cwd, file) : null, pccsUrl: pccs ?? null, acceptTcbStatuses };
 }
 
 function isAddressOrCidr(v: string): boolean {

@@ -99,7 +99,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   const log = deps.logger;
   // Before the database opens: a bad collateral bundle stops start-up with nothing to clean up.
   const collateral = await buildCollateralProvider(config.attestation, { now: () => clock.now().getTime(), logger: log.child({ component: "attest" }) });
-  log.info({ collateral_file: config.attestation.collateralFile, pccs_host: config.attestation.pccsUrl ? new URL(config.attestation.pccsUrl).host : null }, collateral.configured ? "attestation collateral source" : "no attestation collateral source configured");
+  log.info({ collateral_file: config.attestation.collateralFile, pccs_host: config.attestation.pccsUrl ? new URL(config.attestation.pccsUrl).host : null, accept_tcb_status: config.attestation.acceptTcbStatuses }, collateral.configured ? "attestation collateral source" : "no attestation collateral source configured");
   const db = await Database.open(join(config.dataDir, DB_FILE));
   const version = await db.migrate();
   log.info({ schema_version: version, data_dir: config.dataDir }, "database ready");
@@ -167,7 +167,13 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     metrics,
     rateLimiter: new RateLimiter(config.rateLimit, { securityLog, metrics }),
     trustedProxies: new TrustedProxies(config.trustedProxies),
-    attestation: new AttestationService({ verifier: deps.quoteVerifier ?? new QuoteVerifier(), collateral, clock, metrics }),
+    attestation: new AttestationService({
+      verifier: deps.quoteVerifier ?? new QuoteVerifier(),
+      collateral,
+      clock,
+      metrics,
+      acceptTcbStatuses: config.attestation.acceptTcbStatuses,
+    }),
     usage: {
       egressLimitBytes: config.egressLimitBytes,
       inferenceCostUsd: (tenantId, from, to) => gateway.costUsd(tenantId, from, to),

@@ -3,9 +3,12 @@
 # kernel command line carrying the root hash, and manifest.json with digests and expected
 # TDX measurements. Output: images/out/<image-id>/ and the images/out/current symlink.
 #
-# Usage: images/build.sh [--firmware FILE] [--memory-mib N] [--require-agent] [--out DIR]
+# Usage: images/build.sh [--firmware FILE] [--qemu-version V | --qemu BINARY] [--memory-mib N]
+#                        [--require-agent] [--out DIR]
 #   --firmware FILE   TDVF image used to compute MRTD (otherwise mrtd is null)
-#   --memory-mib N    guest memory assumed for the QEMU-patched RTMR1 candidate (default 2048)
+#   --qemu-version V  the TDX host's QEMU version (e.g. 10.1.0): RTMR1 is computed for it (else null)
+#   --qemu BINARY     the same, read from BINARY --version (when building on the TDX host)
+#   --memory-mib N    guest memory (the host's CVM_VM_MEMORY_MIB) RTMR1 is computed for (default 2048)
 #   --require-agent   fail instead of warning when dist/guest/main.js is missing
 #   --out DIR         output root (default images/out)
 #   --dist DIR        compiled TypeScript (default dist/; the agent is DIR/guest + DIR/shared)
@@ -21,6 +24,7 @@ REPO="$(cd "$HERE/.." && pwd)"
 CACHE="${CVM_IMAGE_CACHE:-$HERE/cache}"
 OUT_ROOT="$HERE/out"
 FIRMWARE=""
+QEMU_VERSION=""
 MEMORY_MIB=2048
 REQUIRE_AGENT=0
 DIST="$REPO/dist"
@@ -31,11 +35,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --firmware) FIRMWARE="$(realpath "$2")"; shift 2 ;;
     --memory-mib) MEMORY_MIB="$2"; shift 2 ;;
+    --qemu-version) QEMU_VERSION="$2"; shift 2 ;;
+    --qemu) QEMU_VERSION="$("$2" --version | head -n1)" || { echo "build.sh: cannot run $2 --version" >&2; exit 2; }; shift 2 ;;
     --require-agent) REQUIRE_AGENT=1; shift ;;
     --out) OUT_ROOT="$(realpath -m "$2")"; shift 2 ;;
     --dist) DIST="$(realpath -m "$2")"; shift 2 ;;
     --node-modules) NODE_MODULES="$(realpath -m "$2")"; shift 2 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -415,6 +421,7 @@ cat >"$WORK/spec.json" <<EOF
   "kernel_version": "$KVER",
   "kernel_package": "$KERNEL_PACKAGE ($KSUITE)",
   "memory_mib": $MEMORY_MIB,
+  "qemu_version": $( [ -n "$QEMU_VERSION" ] && node -p 'JSON.stringify(process.argv[1])' "$QEMU_VERSION" || echo null ),
   "firmware": $( [ -n "$FIRMWARE" ] && echo "\"$FIRMWARE\"" || echo null ),
   "verity": {
     "root_hash": "$ROOT_HASH",

@@ -1,13 +1,17 @@
 /**
  * cvm-verify: checks a TDX quote, either a saved one (offline) or a fresh one from this guest (live).
  *
- *   cvm-verify --quote FILE --collateral FILE [--at TIME] [--json] [--accept-status LIST]
- *              [--manifest FILE] [--event-log FILE]
- *   cvm-verify [--collateral FILE | --pccs URL] [--tsm-root DIR] [--ssh-dir DIR] [--authorized-keys FILE]
- *              [--manifest FILE] [--event-log FILE] [--at TIME] [--json] [--accept-status LIST]
+ *   cvm-verify --quote FILE --collateral FILE [--at TIME] [--json] [--accept-tcb-status LIST]
+ *              [--manifest FILE [--allow-unchecked REGS]] [--event-log FILE]
+ *   cvm-verify --manifest FILE [--allow-unchecked REGS] [--collateral FILE | --pccs URL] [--tsm-root DIR]
+ *              [--ssh-dir DIR] [--authorized-keys FILE] [--event-log FILE] [--at TIME] [--json]
+ *              [--accept-tcb-status LIST]
  *
- * Exit status: 0 = the quote verifies with an accepted TCB status and every requested check passed;
- * 1 = it does not; 2 = the check could not run (bad arguments, unreadable input, no TDX).
+ * Exit status: 0 = the quote verifies with an accepted TCB status and every check passed; 1 = it does
+ * not; 2 = the check could not run (bad arguments, unreadable input, no TDX). Fail-closed: live, the
+ * image manifest and the RTMR3 event log are required (a guest cannot vouch for itself without
+ * them), and a manifest passes only when MRTD and RTMR0–2 all matched or the caller waived by name
+ * the ones it leaves out.
  */
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
@@ -15,11 +19,15 @@ import { parseArgs } from "node:util";
 import {
   CollateralError,
   PcsCollateralSource,
-  TCB_STATUSES,
+  ManifestError,
+  TcbPolicyError,
+  applyTcbPolicy,
   checkEventLog,
   compareMeasurements,
-  isAcceptable,
+  describeChecks,
   loadCollateralFile,
+  parseAcceptedTcbStatuses,
+  parseWaivers,
   parseEventLog,
   parseManifest,
   parseQuote,
@@ -27,6 +35,7 @@ import {
   verifyQuote,
   type Collateral,
   type EventLogCheck,
+  type ManifestMeasurement,
   type MeasurementReport,
   type TcbStatus,
   type Verdict,
@@ -36,7 +45,8 @@ import { InputError, decodeQuoteFile, parseTime, readHostKeys, readJsonFile } fr
 import { authorizedKeyFingerprints, compareSshKeys, injectedFingerprints, type SshKeyReport } from "./ssh-keys.js";
 import { ConfigfsTsm, DEFAULT_TSM_ROOT, TsmUnavailableError, nodeTsmFs, type TsmFs } from "./tsm.js";
 
-export const DEFAULT_MANIFEST = "/etc/cvm/image-manifest.json";
+// No default manifest: the image cannot carry its own expected measurements (its root hash is in the
+// measured command line), so the tenant fetches the operator's published manifest.json and names it.
 export const DEFAULT_EVENT_LOG = "/run/cvm/rtmr3-events.json";
 // The image generates host keys per boot into tmpfs state, not the read-only /etc/ssh.
 export const DEFAULT_SSH_DIR = "/var/lib/cvm/ssh";
@@ -59,9 +69,11 @@ const USAGE = `usage:
   cvm-verify [--collateral FILE | --pccs URL] [options]               verify this guest (configfs-tsm)
 options:
   --at TIME               ISO 8601 or Unix seconds (default: now)
-  --accept-status LIST    comma-separated TCB statuses that pass (default: UpToDate)
-  --manifest FILE         image manifest with expected_measurements (live default ${DEFAULT_MANIFEST})
-  --event-log FILE        RTMR3 event log to replay (live default ${DEFAULT_EVENT_LOG})
+  --accept-tcb-status LIST  comma-separated TCB statuses that pass (default: UpToDate)
+  --manifest FILE         the image's manifest.json as the operator publishes it (required live)
+  --allow-unchecked REGS  accept these registers unchecked where the manifest has no value
+                          (comma list of mrtd, rtmr0, rtmr1, rtmr2; never excuses a mismatch)
+  --event-log FILE        RTMR3 event log to replay (live default ${DEFAULT_EVENT_LOG}, required)
   --json                  print one JSON object
   --tsm-root DIR          configfs-tsm root (default ${DEFAULT_TSM_ROOT})
   --ssh-dir DIR           where ssh_host_*_key.pub live (default ${DEFAULT_SSH_DIR})
@@ -71,6 +83,9 @@ exit: 0 verified and accepted, 1 not, 2 could not run`;
 
 class UsageError extends Error {}
 
+const NO_MANIFEST_LIVE =
+  "no image manifest: pass --manifest FILE, the manifest.json the operator publishes for this instance's image (images/out/<image id>/manifest.json on the host), without which MRTD and RTMR0-2 are not checked";
+
 interface Options {
   quote?: string;
   collateral?: string;
@@ -78,10 +93,9 @@ interface Options {
   at?: Date;
   json: boolean;
   accept: TcbStatus[];
+  allowUnchecked: ManifestMeasurement[];
   manifest?: string;
-  manifestExplicit: boolean;
   eventLog?: string;
-  eventLogExplicit: boolean;
   tsmRoot: string;
   sshDir: string;
   authorizedKeys: string;
@@ -100,8 +114,9 @@ function parseOptions(argv: string[]): Options | "help" {
         pccs: { type: "string" },
         at: { type: "string" },
         json: { type: "boolean", default: false },
-        "accept-status": { type: "string" },
+        "accept-tcb-status": { type: "string" },
         manifest: { type: "string" },
+        "allow-unchecked": { type: "string" },
         "event-log": { type: "string" },
         "tsm-root": { type: "string" },
         "ssh-dir": { type: "string" },
@@ -113,11 +128,16 @@ function parseOptions(argv: string[]): Options | "help" {
     throw new UsageError((e as Error).message);
   }
   if (v.help) return "help";
-  const accept = (v["accept-status"] ?? "UpToDate").split(",").map((s) => s.trim()).filter(Boolean);
-  for (const s of accept) {
-    if (!(TCB_STATUSES as readonly string[]).includes(s)) throw new UsageError(`--accept-status: unknown status "${s}" (one of ${TCB_STATUSES.join(", ")})`);
+  let accept: TcbStatus[];
+  let allowUnchecked: ManifestMeasurement[] = [];
+  try {
+    accept = parseAcceptedTcbStatuses(v["accept-tcb-status"], "--accept-tcb-status");
+    if (v["allow-unchecked"] !== undefined) allowUnchecked = parseWaivers(v["allow-unchecked"]);
+  } catch (e) {
+    if (e instanceof TcbPolicyError || e instanceof ManifestError) throw new UsageError(e.message.replace(/^allow-unchecked/, "--allow-unchecked"));
+    throw e;
   }
-  if (accept.length === 0) throw new UsageError("--accept-status is empty");
+  if (v["allow-unchecked"] !== undefined && !v.manifest) throw new UsageError("--allow-unchecked waives registers of a manifest: pass --manifest FILE too");
   if (v.quote && !v.collateral && !v.pccs) throw new UsageError("--quote needs --collateral FILE (or --pccs URL)");
   let at: Date | undefined;
   if (v.at !== undefined) {
@@ -134,11 +154,10 @@ function parseOptions(argv: string[]): Options | "help" {
     pccs: v.pccs,
     at,
     json: v.json ?? false,
-    accept: accept as TcbStatus[],
-    manifest: v.manifest ?? (live ? DEFAULT_MANIFEST : undefined),
-    manifestExplicit: v.manifest !== undefined,
+    accept,
+    allowUnchecked,
+    manifest: v.manifest,
     eventLog: v["event-log"] ?? (live ? DEFAULT_EVENT_LOG : undefined),
-    eventLogExplicit: v["event-log"] !== undefined,
     tsmRoot: v["tsm-root"] ?? DEFAULT_TSM_ROOT,
     sshDir: v["ssh-dir"] ?? DEFAULT_SSH_DIR,
     authorizedKeys: v["authorized-keys"] ?? DEFAULT_AUTHORIZED_KEYS,
@@ -152,22 +171,27 @@ interface Report {
   advisory_ids: string[];
   reason: string | null;
   accepted_statuses: TcbStatus[];
+  allow_unchecked: ManifestMeasurement[];
   measurements: Verdict["measurements"];
   fmspc: string | null;
   verdict: Verdict;
-  manifest?: (MeasurementReport & { path: string }) | { path: string; checked: 0; note: string };
-  event_log?: (EventLogCheck & { path: string }) | { path: string; note: string };
+  manifest: (MeasurementReport & { path: string }) | { path: string | null; checked: 0; note: string };
+  event_log?: (EventLogCheck & { path: string }) | { path: string; ok: false; note: string };
   report_data_binding?: { ok: boolean; expected: string; actual: string | null; nonce: string; host_keys: number };
   ssh_keys?: (SshKeyReport & { trusted: boolean; authorized_keys: string }) | { note: string };
 }
 
-/** Reads an optional JSON input: a missing default file is "not checked", a missing explicit one is an error. */
-async function optionalJson(path: string | undefined, explicit: boolean, what: string): Promise<{ value?: unknown; note?: string }> {
+/**
+ * The RTMR3 event log. Live, the agent writes it at boot, so a missing file is a failed check (the
+ * guest cannot show what RTMR3 covers), never "not checked"; offline, a log that was named but cannot
+ * be read stops the run (exit 2).
+ */
+async function eventLogInput(path: string | undefined, live: boolean): Promise<{ value?: unknown; note?: string }> {
   if (!path) return {};
   try {
-    return { value: await readJsonFile(path, what) };
+    return { value: await readJsonFile(path, "RTMR3 event log") };
   } catch (e) {
-    if (!explicit && /ENOENT/.test((e as Error).message)) return { note: `no ${what} at ${path}: not checked` };
+    if (live && /ENOENT/.test((e as Error).message)) return { note: `no RTMR3 event log at ${path} (is cvm-agent running? pass --event-log FILE)` };
     throw e;
   }
 }
@@ -216,14 +240,14 @@ async function run(o: Options, deps: MainDeps): Promise<Report> {
     }
     quote = decodeQuoteFile(raw);
   }
-  const manifestIn = await optionalJson(o.manifest, o.manifestExplicit, "image manifest");
-  const eventsIn = await optionalJson(o.eventLog, o.eventLogExplicit, "RTMR3 event log");
+  const eventsIn = await eventLogInput(o.eventLog, live);
   let manifest;
-  if (manifestIn.value !== undefined) {
+  if (o.manifest) {
     try {
-      manifest = parseManifest(manifestIn.value);
+      manifest = parseManifest(await readJsonFile(o.manifest, "image manifest"));
     } catch (e) {
-      throw new InputError(`${o.manifest}: ${(e as Error).message}`);
+      if (e instanceof ManifestError) throw new InputError(`${o.manifest}: ${e.message}`);
+      throw e;
     }
   }
 
@@ -239,13 +263,18 @@ async function run(o: Options, deps: MainDeps): Promise<Report> {
     advisory_ids: verdict.advisory_ids,
     reason: null,
     accepted_statuses: o.accept,
+    allow_unchecked: o.allowUnchecked,
     measurements: m,
     fmspc: verdict.fmspc,
     verdict,
+    manifest: live
+      ? { path: null, checked: 0, note: NO_MANIFEST_LIVE }
+      : { path: null, checked: 0, note: "no --manifest: measurements not compared (a check of the quote alone)" },
   };
   const reasons: string[] = [];
+  const policy = applyTcbPolicy(verdict, o.accept);
   if (!verdict.ok) reasons.push(verdict.reason ?? "quote does not verify");
-  else if (!isAcceptable(verdict, o.accept)) reasons.push(`TCB status ${verdict.status} is not accepted (accepted: ${o.accept.join(", ")})`);
+  else if (!policy.ok) reasons.push(policy.reason!);
 
   if (binding) {
     binding.actual = m?.report_data ?? null;
@@ -256,11 +285,13 @@ async function run(o: Options, deps: MainDeps): Promise<Report> {
     }
   }
   if (manifest && m) {
-    const r = compareMeasurements(m, manifest);
+    const r = compareMeasurements(m, manifest, { allowUnchecked: o.allowUnchecked });
     report.manifest = { ...r, path: o.manifest! };
-    if (!r.ok) reasons.push(`measurements differ from the image manifest: ${r.mismatches.join(", ")}`);
-  } else if (manifestIn.note) {
-    report.manifest = { path: o.manifest!, checked: 0, note: manifestIn.note };
+    if (!r.ok) reasons.push(`image manifest ${o.manifest}: ${r.reason}`);
+  } else if (manifest) {
+    report.manifest = { path: o.manifest!, checked: 0, note: "the quote does not parse: measurements not compared" };
+  } else if (live) {
+    reasons.push(NO_MANIFEST_LIVE);
   }
   let events;
   if (eventsIn.value !== undefined && m) {
@@ -269,7 +300,8 @@ async function run(o: Options, deps: MainDeps): Promise<Report> {
     if (!check.ok) reasons.push(`RTMR3 event log: ${check.reason}`);
     else events = parseEventLog(eventsIn.value);
   } else if (eventsIn.note) {
-    report.event_log = { path: o.eventLog!, note: eventsIn.note };
+    report.event_log = { path: o.eventLog!, ok: false, note: eventsIn.note };
+    reasons.push(eventsIn.note);
   }
   if (live) {
     if (events) {
@@ -325,11 +357,10 @@ function render(r: Report): string {
   if (r.report_data_binding) {
     lines.push(`  binding      ${r.report_data_binding.ok ? "REPORTDATA = H(nonce, host keys): yes" : "REPORTDATA does NOT match H(nonce, host keys)"} (${r.report_data_binding.host_keys} host keys)`);
   }
-  if (r.manifest) {
-    if ("checks" in r.manifest) {
-      lines.push(`  manifest     ${r.manifest.path}: ${r.manifest.checks.map((c) => `${c.name} ${c.result.replace("_", " ")}`).join(", ")}`);
-    } else lines.push(`  manifest     ${r.manifest.note}`);
-  }
+  if ("checks" in r.manifest) {
+    lines.push(`  manifest     ${r.manifest.path}: ${describeChecks(r.manifest)}`);
+    if (r.allow_unchecked.length) lines.push(`  waived       ${r.allow_unchecked.join(", ")} (--allow-unchecked)`);
+  } else lines.push(`  manifest     ${r.manifest.note}`);
   if (r.event_log) {
     if ("expected" in r.event_log) {
       lines.push(`  RTMR3 log    ${r.event_log.path}: ${r.event_log.ok ? `${r.event_log.events} events replay to RTMR3` : r.event_log.reason}`);

@@ -1,5 +1,5 @@
 import { API_ERROR_CODES, INSTANCE_STATUSES } from "../../shared/api/types.js";
-import { TCB_STATUSES } from "../../shared/tdx/index.js";
+import { MANIFEST_MEASUREMENTS, TCB_STATUSES } from "../../shared/tdx/index.js";
 import { ERROR_DOCS, HTTP_STATUS } from "./errors.js";
 
 /** OpenAPI 3.1 description of /v1; a test checks it against the router's routes. */
@@ -20,6 +20,12 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
   const nameParam = { name: "name", in: "path", required: true, schema: { type: "string", pattern: "^[a-z0-9]{8}$" } };
   const common = ["unauthenticated", "forbidden", "rate_limited", "internal_error"] as const;
   const hexString = { type: "string", pattern: "^[0-9a-f]*$" };
+  const measurementReport = {
+    type: "object",
+    description:
+      "Fail-closed comparison of MRTD and RTMR0–2: ok only when all four matched, or the unchecked ones (no expected value) were waived by allow_unchecked; " +
+      "checked (how many were compared), checks [{name, result: matched|mismatched|unchecked, expected (null when absent), actual, waived}], matched, mismatched, unchecked, allow_unchecked, reason.",
+  };
 
   return {
     openapi: "3.1.0",
@@ -83,6 +89,13 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
           parameters: [
             nameParam,
             { name: "nonce", in: "query", required: true, description: "Your fresh random challenge, hex, 16 to 64 bytes.", schema: { type: "string", pattern: "^([0-9a-fA-F]{2}){16,64}$" } },
+            {
+              name: "allow_unchecked",
+              in: "query",
+              required: false,
+              description: "Comma list of mrtd, rtmr0, rtmr1, rtmr2 you accept unchecked where the image manifest has no value (it never excuses a mismatch).",
+              schema: { type: "string", pattern: "^(mrtd|rtmr[012])(,(mrtd|rtmr[012]))*$" },
+            },
           ],
           responses: {
             ...ok(200, "Evidence and the host's verdict (available=true), or why there is none (available=false, verdict=null)", ref("InstanceAttestation")),
@@ -239,18 +252,43 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
             collateral: ref("Collateral"),
             at: { oneOf: [{ type: "string", format: "date-time" }, { type: "number", description: "Unix seconds" }], description: "Verification time; default now." },
             report_data: { type: "string", pattern: "^[0-9a-fA-F]{128}$", description: "Expected REPORTDATA (64 bytes hex); a difference makes ok false." },
+            expected_measurements: {
+              type: "object",
+              additionalProperties: false,
+              description: "An image manifest's expected_measurements: mrtd, rtmr0, rtmr1, rtmr2, each 48 bytes hex or null. Compared fail-closed: ok only when all four matched, or the missing ones are in allow_unchecked.",
+              properties: Object.fromEntries(MANIFEST_MEASUREMENTS.map((k) => [k, { type: ["string", "null"], pattern: "^[0-9a-fA-F]{96}$" }])),
+            },
+            allow_unchecked: {
+              type: "array",
+              items: { type: "string", enum: [...MANIFEST_MEASUREMENTS] },
+              description: "Registers accepted unchecked where expected_measurements has no value (never excuses a mismatch); needs expected_measurements.",
+            },
           },
         },
         QuoteVerdict: {
           type: "object",
-          required: ["ok", "status", "advisory_ids", "reason", "failure", "fmspc", "measurements", "at", "collateral_source"],
+          required: ["ok", "status", "advisory_ids", "reason", "failure", "fmspc", "measurements", "at", "collateral_source", "accepted_statuses"],
           properties: {
-            ok: { type: "boolean", description: "Every check passed and the TCB status is not Revoked (OutOfDate and similar are ok=true with that status)." },
+            ok: {
+              type: "boolean",
+              description:
+                "Every check passed and the TCB status is one of accepted_statuses (the operator's CVM_ACCEPT_TCB_STATUS, default UpToDate); a DCAP-valid OutOfDate quote is ok=false with failure {stage: policy, code: tcb_status_not_accepted} unless the operator accepts it.",
+            },
+            accepted_statuses: { type: "array", items: { type: "string", enum: [...TCB_STATUSES] }, description: "The TCB statuses this server accepted for the verdict." },
             status: { type: ["string", "null"], enum: [...TCB_STATUSES, null] },
             advisory_ids: { type: "array", items: { type: "string" } },
             reason: { type: ["string", "null"] },
             failure: {
-              oneOf: [{ type: "null" }, { type: "object", properties: { stage: { type: "string", enum: ["parse", "collateral", "pck_chain", "qe_report", "quote_signature", "tcb", "policy", "internal", "report_data"] }, code: { type: "string" } } }],
+              oneOf: [
+                { type: "null" },
+                {
+                  type: "object",
+                  properties: {
+                    stage: { type: "string", enum: ["parse", "collateral", "pck_chain", "qe_report", "quote_signature", "tcb", "policy", "internal", "report_data", "measurements"] },
+                    code: { type: "string" },
+                  },
+                },
+              ],
             },
             fmspc: { type: ["string", "null"] },
             measurements: ref("Measurements"),
@@ -264,6 +302,7 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
               description: "Only when report_data was given.",
               properties: { ok: { type: "boolean" }, expected: hexString, actual: { type: ["string", "null"] }, reason: { type: ["string", "null"] } },
             },
+            manifest: { ...measurementReport, description: `Only when expected_measurements was given. ${measurementReport.description}` },
           },
         },
         InstanceAttestation: {
@@ -285,9 +324,11 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
                 { type: "null" },
                 {
                   type: "object",
-                  required: ["ok", "reason", "status", "advisory_ids", "fmspc", "at", "collateral_source", "checks"],
+                  required: ["ok", "reason", "status", "advisory_ids", "fmspc", "at", "collateral_source", "accepted_statuses", "allow_unchecked", "checks"],
                   properties: {
-                    ok: { type: "boolean", description: "All four checks passed." },
+                    ok: { type: "boolean", description: "All four checks passed (the quote's TCB status among accepted_statuses)." },
+                    accepted_statuses: { type: "array", items: { type: "string", enum: [...TCB_STATUSES] } },
+                    allow_unchecked: { type: "array", items: { type: "string", enum: [...MANIFEST_MEASUREMENTS] } },
                     reason: { type: ["string", "null"], description: "The first failing check, as \"<check>: <reason>\"." },
                     status: { type: ["string", "null"], enum: [...TCB_STATUSES, null] },
                     advisory_ids: { type: "array", items: { type: "string" } },
@@ -300,7 +341,7 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
                       properties: {
                         quote: { type: "object", description: "DCAP: ok, reason, failure {stage, code}." },
                         report_data: { type: "object", description: "ok, expected (recomputed by the host), actual (in the quote), agent_reported, reason." },
-                        measurements: { type: "object", description: "ok, image_id, checked, checks [{name, result: match|mismatch|not_checked, expected, actual}], mismatches, reason." },
+                        measurements: { ...measurementReport, description: `image_id and ${measurementReport.description}` },
                         event_log: { type: "object", description: "ok, replayed, expected (RTMR3), events, reason." },
                       },
                     },

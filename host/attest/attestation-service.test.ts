@@ -15,14 +15,22 @@ describe("checkManifest", () => {
   // The shape images/tools/image-tool.mjs writes: build notes beside the values, null for "not predicted".
   const em = { mrtd: null, rtmr1: null, rtmr1_candidates: { kernel_unmodified: "ab".repeat(48) }, rtmr2: f.expected.rtmr2, events: { rtmr1: [] }, firmware: "OVMF.fd" };
 
-  test("compares only MRTD and RTMR0-2; nulls are not_checked, never a match", () => {
+  test("compares only MRTD and RTMR0-2; nulls are unchecked, never a match, and unchecked is not ok", () => {
     const r = checkManifest(m, { id: "cvm-1", expectedMeasurements: em });
-    expect(r).toMatchObject({ ok: true, image_id: "cvm-1", checked: 1, reason: null });
-    expect(r.checks?.map((c) => `${c.name}:${c.result}`)).toEqual(["mrtd:not_checked", "rtmr0:not_checked", "rtmr1:not_checked", "rtmr2:match"]);
+    expect(r).toMatchObject({ ok: false, image_id: "cvm-1", checked: 1, unchecked: ["mrtd", "rtmr0", "rtmr1"] });
+    expect(r.reason).toMatch(/^image cvm-1: the manifest has no expected value for mrtd, rtmr0, rtmr1, so they were not checked/);
+    expect(r.checks?.map((c) => `${c.name}:${c.result}`)).toEqual(["mrtd:unchecked", "rtmr0:unchecked", "rtmr1:unchecked", "rtmr2:matched"]);
+  });
+
+  test("the caller's waivers make named unchecked registers acceptable", () => {
+    expect(checkManifest(m, { id: "cvm-1", expectedMeasurements: em }, ["mrtd", "rtmr0"]).ok).toBe(false);
+    const r = checkManifest(m, { id: "cvm-1", expectedMeasurements: em }, ["mrtd", "rtmr0", "rtmr1"]);
+    expect(r).toMatchObject({ ok: true, reason: null, allow_unchecked: ["mrtd", "rtmr0", "rtmr1"] });
+    expect(r.checks?.filter((c) => c.waived).map((c) => c.name)).toEqual(["mrtd", "rtmr0", "rtmr1"]);
   });
 
   test("a differing value fails with its name; a malformed one fails as a manifest error", () => {
-    expect(checkManifest(m, { id: "cvm-1", expectedMeasurements: { ...em, rtmr2: "00".repeat(48) } })).toMatchObject({ ok: false, mismatches: ["rtmr2"], reason: "measurements differ from image cvm-1's manifest: rtmr2" });
+    expect(checkManifest(m, { id: "cvm-1", expectedMeasurements: { ...em, rtmr2: "00".repeat(48) } })).toMatchObject({ ok: false, mismatched: ["rtmr2"], reason: expect.stringMatching(/^image cvm-1: measurements differ from the manifest: rtmr2/) });
     expect(checkManifest(m, { id: "cvm-1", expectedMeasurements: { ...em, mrtd: "abc" } })).toMatchObject({ ok: false, reason: expect.stringMatching(/^image cvm-1 manifest: .*48 bytes/) });
   });
 

@@ -1,8 +1,9 @@
 import {
+  applyTcbPolicy,
   checkEventLog,
+  DEFAULT_ACCEPTED_TCB_STATUSES,
   compareMeasurements,
   ManifestError,
-  MANIFEST_MEASUREMENTS,
   measurementsOf,
   NotTdxQuoteError,
   parseManifest,
@@ -13,10 +14,13 @@ import {
   reportDataFor,
   type Collateral,
   type EventLogCheck,
+  type ImageManifest,
+  type ManifestMeasurement,
   type Measurements,
   type MeasurementReport,
   type PckInfo,
   type QuoteVerifier,
+  type TcbStatus,
   type Verdict,
   type VerifyStage,
 } from "../../shared/tdx/index.js";
@@ -27,11 +31,12 @@ import type { CollateralOrigin, CollateralProvider } from "./collateral-provider
 
 /** DCAP verification of one quote, as the API shows it. */
 export interface QuoteCheck {
+  /** The quote verified and its TCB status is one of accepted_statuses. */
   ok: boolean;
   status: Verdict["status"];
   advisory_ids: string[];
   reason: string | null;
-  failure: { stage: VerifyStage | "report_data"; code: string } | null;
+  failure: { stage: VerifyStage | "report_data" | "measurements"; code: string } | null;
   fmspc: string | null;
   /** Parsed whenever the quote parses; trust them only when ok. */
   measurements: Measurements | null;
@@ -41,7 +46,15 @@ export interface QuoteCheck {
   /** Verification time, ISO 8601. */
   at: string;
   collateral_source: CollateralOrigin | null;
+  /** The TCB statuses this server accepts (CVM_ACCEPT_TCB_STATUS, default UpToDate). */
+  accepted_statuses: TcbStatus[];
 }
+
+/** POST /v1/attestation/verify's answer: the DCAP check and the optional comparisons the caller asked for. */
+export type QuoteVerification = QuoteCheck & {
+  report_data?: ReportDataCheck;
+  manifest?: MeasurementReport | { ok: false; reason: string };
+};
 
 export interface ReportDataCheck {
   ok: boolean;
@@ -58,7 +71,7 @@ export interface ManifestCheck extends Partial<MeasurementReport> {
 }
 
 export interface InstanceVerdict {
-  /** Every check below passed (a DCAP-valid quote may still carry an OutOfDate status: see status). */
+  /** Every check below passed: the quote verified with an accepted TCB status, and so on. */
   ok: boolean;
   /** The first failing check's reason, prefixed by its name. */
   reason: string | null;
@@ -68,6 +81,9 @@ export interface InstanceVerdict {
   tcb: Verdict["tcb"] | null;
   at: string;
   collateral_source: CollateralOrigin | null;
+  accepted_statuses: TcbStatus[];
+  /** Registers the caller accepted unchecked (allow_unchecked), whether or not that was needed. */
+  allow_unchecked: ManifestMeasurement[];
   checks: {
     quote: { ok: boolean; reason: string | null; failure: QuoteCheck["failure"] };
     report_data: ReportDataCheck & { agent_reported: string };
@@ -82,6 +98,8 @@ export interface AttestationServiceDeps {
   collateral: CollateralProvider;
   clock: Clock;
   metrics?: Metrics;
+  /** The operator's TCB policy (CVM_ACCEPT_TCB_STATUS); default UpToDate only, as cvm-verify. */
+  acceptTcbStatuses?: readonly TcbStatus[];
 }
 
 function parseFailure(e: unknown): { stage: VerifyStage; code: string } {
@@ -99,13 +117,6 @@ function measurementsIfParsed(quote: Buffer): Measurements | null {
   }
 }
 
-/** The manifest's expected_measurements also carry build notes; only the four compared values count. */
-function manifestFrom(image: BootedImage) {
-  const em = image.expectedMeasurements ?? {};
-  const picked: Record<string, unknown> = {};
-  for (const k of MANIFEST_MEASUREMENTS) if (em[k] !== undefined && em[k] !== null) picked[k] = em[k];
-  return parseManifest({ expected_measurements: picked });
-}
 
 export function checkReportData(nonce: Buffer, hostKeys: string[], actual: string | null): ReportDataCheck {
   const expected = reportDataFor(nonce, hostKeys).toString("hex");
@@ -119,18 +130,19 @@ export function checkReportData(nonce: Buffer, hostKeys: string[], actual: strin
   };
 }
 
-export function checkManifest(m: Measurements | null, image: BootedImage | undefined): ManifestCheck {
+export function checkManifest(m: Measurements | null, image: BootedImage | undefined, allowUnchecked: readonly ManifestMeasurement[] = []): ManifestCheck {
   if (!image) return { ok: false, image_id: null, reason: "the image this instance booted from is not known; measurements not checked" };
   if (!m) return { ok: false, image_id: image.id, reason: "the quote does not parse; measurements not checked" };
   let manifest;
   try {
-    manifest = manifestFrom(image);
+    // Build notes beside the four values are skipped by parseManifest.
+    manifest = parseManifest({ expected_measurements: image.expectedMeasurements ?? {} });
   } catch (e) {
     if (!(e instanceof ManifestError)) throw e;
     return { ok: false, image_id: image.id, reason: `image ${image.id} manifest: ${e.message}` };
   }
-  const r = compareMeasurements(m, manifest);
-  return { ...r, image_id: image.id, reason: r.ok ? null : `measurements differ from image ${image.id}'s manifest: ${r.mismatches.join(", ")}` };
+  const r = compareMeasurements(m, manifest, { allowUnchecked });
+  return { ...r, image_id: image.id, reason: r.ok ? null : `image ${image.id}: ${r.reason}` };
 }
 
 /**
@@ -146,36 +158,54 @@ export class AttestationService {
     return this.d.collateral.configured;
   }
 
-  /** POST /v1/attestation/verify: a caller's quote, optionally with collateral, time and expected REPORTDATA. */
-  async verifyQuote(quote: Buffer, opts: { collateral?: Collateral; at?: Date; reportData?: Buffer } = {}): Promise<QuoteCheck & { report_data?: ReportDataCheck }> {
+  /**
+   * POST /v1/attestation/verify: a caller's quote, optionally with collateral, time, expected REPORTDATA
+   * and expected measurements (compared fail-closed, with the caller's waivers).
+   */
+  async verifyQuote(
+    quote: Buffer,
+    opts: { collateral?: Collateral; at?: Date; reportData?: Buffer; expected?: ImageManifest; allowUnchecked?: readonly ManifestMeasurement[] } = {},
+  ): Promise<QuoteVerification> {
     const q = await this.dcap(quote, opts);
-    if (!opts.reportData) {
-      this.count(q, q.ok);
-      return q;
-    }
-    const expected = opts.reportData.toString("hex");
-    const actual = q.measurements?.report_data ?? null;
-    const rd: ReportDataCheck = {
-      ok: actual === expected,
-      expected,
-      actual,
-      reason: actual === null ? "the quote does not parse, so its REPORTDATA is unknown" : actual === expected ? null : "the quote's REPORTDATA differs from report_data",
-    };
-    const out = { ...q, report_data: rd };
-    if (q.ok && !rd.ok) {
+    const out: QuoteVerification = { ...q };
+    const fail = (reason: string | null, failure: QuoteCheck["failure"]) => {
+      if (!out.ok) return;
       out.ok = false;
-      out.reason = rd.reason;
-      out.failure = { stage: "report_data", code: "mismatch" };
+      out.reason = reason;
+      out.failure = failure;
+    };
+    if (opts.reportData) {
+      const expected = opts.reportData.toString("hex");
+      const actual = q.measurements?.report_data ?? null;
+      out.report_data = {
+        ok: actual === expected,
+        expected,
+        actual,
+        reason: actual === null ? "the quote does not parse, so its REPORTDATA is unknown" : actual === expected ? null : "the quote's REPORTDATA differs from report_data",
+      };
+      if (!out.report_data.ok) fail(out.report_data.reason, { stage: "report_data", code: "mismatch" });
+    }
+    if (opts.expected) {
+      if (q.measurements) {
+        const r = compareMeasurements(q.measurements, opts.expected, { allowUnchecked: opts.allowUnchecked });
+        out.manifest = r;
+        if (!r.ok) fail(r.reason, { stage: "measurements", code: r.mismatched.length ? "mismatch" : "unchecked" });
+      } else out.manifest = { ok: false, reason: "the quote does not parse; measurements not compared" };
     }
     this.count(q, out.ok);
     return out;
   }
 
   /** GET /v1/instances/{name}/attestation: the evidence a ready instance's agent returned for `nonce`. */
-  async checkInstance(ev: Extract<AttestationEvidence, { available: true }>, nonce: Buffer): Promise<{ verdict: InstanceVerdict; measurements: Measurements | null }> {
+  async checkInstance(
+    ev: Extract<AttestationEvidence, { available: true }>,
+    nonce: Buffer,
+    opts: { allowUnchecked?: readonly ManifestMeasurement[] } = {},
+  ): Promise<{ verdict: InstanceVerdict; measurements: Measurements | null }> {
+    const allowUnchecked = [...(opts.allowUnchecked ?? [])];
     const q = await this.dcap(ev.quote, {});
     const rd = checkReportData(nonce, ev.hostKeys, q.measurements?.report_data ?? null);
-    const measurements = checkManifest(q.measurements, ev.image);
+    const measurements = checkManifest(q.measurements, ev.image, allowUnchecked);
     const eventLog: EventLogCheck = q.measurements
       ? checkEventLog(ev.eventLog, q.measurements.rtmr3)
       : { ok: false, expected: "", events: ev.eventLog.length, reason: "the quote does not parse; RTMR3 unknown" };
@@ -196,6 +226,8 @@ export class AttestationService {
       tcb: q.tcb,
       at: q.at,
       collateral_source: q.collateral_source,
+      accepted_statuses: q.accepted_statuses,
+      allow_unchecked: allowUnchecked,
       checks: {
         quote: { ok: q.ok, reason: q.reason, failure: q.failure },
         report_data: { ...rd, agent_reported: ev.reportData.toString("hex") },
@@ -216,6 +248,7 @@ export class AttestationService {
 
   private async dcap(quote: Buffer, opts: { collateral?: Collateral; at?: Date }): Promise<QuoteCheck> {
     const at = opts.at ?? this.d.clock.now();
+    const accepted = [...(this.d.acceptTcbStatuses ?? DEFAULT_ACCEPTED_TCB_STATUSES)];
     const base = (over: Partial<QuoteCheck>): QuoteCheck => ({
       ok: false,
       status: null,
@@ -229,6 +262,7 @@ export class AttestationService {
       pck: null,
       at: at.toISOString(),
       collateral_source: null,
+      accepted_statuses: accepted,
       ...over,
     });
 
@@ -248,12 +282,16 @@ export class AttestationService {
     }
 
     const v = await this.d.verifier.verify(quote, collateral, at);
+    // The same policy function as cvm-verify: a DCAP-valid quote with a status the operator did not
+    // accept is not ok here either.
+    const policy = applyTcbPolicy(v, accepted);
+    const notAccepted = v.ok && !policy.ok;
     return {
-      ok: v.ok,
+      ok: policy.ok,
       status: v.status,
       advisory_ids: v.advisory_ids,
-      reason: v.reason ?? null,
-      failure: v.failure ?? null,
+      reason: notAccepted ? `${policy.reason}; the operator accepts more with CVM_ACCEPT_TCB_STATUS` : (v.reason ?? null),
+      failure: notAccepted ? { stage: "policy", code: "tcb_status_not_accepted" } : (v.failure ?? null),
       fmspc: v.fmspc,
       measurements: v.measurements,
       quote: v.quote,
@@ -261,6 +299,7 @@ export class AttestationService {
       pck: v.pck ?? null,
       at: v.at,
       collateral_source: source,
+      accepted_statuses: accepted,
     };
   }
 }

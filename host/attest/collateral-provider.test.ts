@@ -121,10 +121,16 @@ describe("ConfiguredCollateralProvider", () => {
 describe("configuration", () => {
   test("CVM_COLLATERAL_FILE is resolved against the working directory; CVM_PCCS_URL must be http(s)", () => {
     const c = loadConfig({ CVM_COLLATERAL_FILE: "etc/collateral.json", CVM_PCCS_URL: "https://pccs.example:8081/" }, "/srv/cvm");
-    expect(c.attestation).toEqual({ collateralFile: "/srv/cvm/etc/collateral.json", pccsUrl: "https://pccs.example:8081/" });
-    expect(loadConfig({}).attestation).toEqual({ collateralFile: null, pccsUrl: null });
+    expect(c.attestation).toEqual({ collateralFile: "/srv/cvm/etc/collateral.json", pccsUrl: "https://pccs.example:8081/", acceptTcbStatuses: ["UpToDate"] });
+    expect(loadConfig({}).attestation).toEqual({ collateralFile: null, pccsUrl: null, acceptTcbStatuses: ["UpToDate"] });
     for (const bad of ["pccs.example:8081", "ftp://pccs.example", "not a url"]) {
       expect(() => loadConfig({ CVM_PCCS_URL: bad }), bad).toThrow(ConfigError);
     }
+  });
+
+  test("CVM_ACCEPT_TCB_STATUS: a comma list of TCB statuses; unknown names and Revoked stop start-up naming the variable", () => {
+    expect(loadConfig({ CVM_ACCEPT_TCB_STATUS: "OutOfDate,UpToDate" }).attestation.acceptTcbStatuses).toEqual(["UpToDate", "OutOfDate"]);
+    expect(() => loadConfig({ CVM_ACCEPT_TCB_STATUS: "UpToDate,Stale" })).toThrow(/^CVM_ACCEPT_TCB_STATUS: unknown TCB status "Stale"/);
+    expect(() => loadConfig({ CVM_ACCEPT_TCB_STATUS: "Revoked" })).toThrow(ConfigError);
   });
 });

@@ -6,6 +6,7 @@ export {
   type InstanceVerdict,
   type ManifestCheck,
   type QuoteCheck,
+  type QuoteVerification,
   type ReportDataCheck,
 } from "./attestation-service.js";
 export {

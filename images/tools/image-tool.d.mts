@@ -5,11 +5,17 @@ export function replay(digests: Buffer[]): Buffer;
 export function peImageHash(buf: Buffer, alg: string): Buffer;
 export function qemuPatchedKernel(kernel: Buffer, initrdSize: number, memoryBytes: number): Buffer;
 export interface Measurements {
-  rtmr1_candidates: { kernel_unmodified: string; kernel_qemu_patched: { memory_mib: number; value: string } };
+  /** One value for the QEMU named, or null (with rtmr1_reason) when it cannot be predicted. */
+  rtmr1: string | null;
+  rtmr1_reason: string | null;
+  qemu_version: string | null;
+  memory_mib: number;
   rtmr2: string;
   events: { rtmr1: { event: string; digest: string }[]; rtmr2: { event: string; digest: string }[] };
 }
-export function measure(kernelPath: string, initrdPath: string, cmdline: string, memoryMiB: number): Measurements;
+export const MIN_TDX_QEMU: [number, number];
+export function parseQemuVersion(text: string): [number, number, number] | null;
+export function measure(kernelPath: string, initrdPath: string, cmdline: string, memoryMiB: number, qemuVersion?: string | null): Measurements;
 export interface TdvfSection {
   dataOffset: number;
   rawSize: number;

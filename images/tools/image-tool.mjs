@@ -4,7 +4,7 @@
 //
 //   image-tool.mjs listing <dir> <out-file>         -> prints sha256 of the listing
 //   image-tool.mjs agent-deps <node_modules> <js-dir>...  -> package dirs, one per line
-//   image-tool.mjs measure <vmlinuz> <initrd> <cmdline-file> [--memory-mib N]
+//   image-tool.mjs measure <vmlinuz> <initrd> <cmdline-file> [--memory-mib N] [--qemu-version V]
 //   image-tool.mjs manifest <spec.json>              -> writes manifest.json (see build.sh)
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
@@ -220,30 +220,60 @@ function utf16z(s) {
   return Buffer.concat([Buffer.from(s, "utf16le"), Buffer.alloc(2)]);
 }
 
-export function measure(kernelPath, initrdPath, cmdline, memoryMiB) {
+// The first QEMU that runs TDX guests. host/vmm/tdx-preflight.ts refuses older ones on a TDX host;
+// this file is plain ESM and cannot import that, so image-tool.test.ts checks the two agree.
+export const MIN_TDX_QEMU = [10, 1];
+
+/** "10.1.0", "10.1" or a `qemu-system-x86_64 --version` banner → [major, minor, micro]; null otherwise. */
+export function parseQemuVersion(text) {
+  const m = /^(?:QEMU emulator version )?(\d+)\.(\d+)(?:\.(\d+))?(?:[\s(]|$)/.exec(String(text).trim());
+  return m ? [Number(m[1]), Number(m[2]), Number(m[3] ?? 0)] : null;
+}
+
+/**
+ * RTMR1 for the one QEMU the host runs. Every QEMU that can launch a TD (>= MIN_TDX_QEMU) hands the
+ * kernel to TDVF over fw_cfg with its x86 loader's setup-header rewrite (qemuPatchedKernel), which
+ * depends on guest memory and initrd size, so the value holds for that QEMU line and that memory
+ * size only. For any other QEMU, or none named, RTMR1 stays null: unchecked, so verdicts fail closed.
+ */
+function rtmr1For(kernel, initrdSize, memoryMiB, qemuVersion) {
+  if (qemuVersion === null || qemuVersion === undefined) {
+    return { digest: null, reason: "no QEMU version given (build with --qemu-version V or --qemu BINARY of the TDX host)" };
+  }
+  const v = parseQemuVersion(qemuVersion);
+  if (!v) return { digest: null, reason: `"${qemuVersion}" is not a QEMU version` };
+  const [maj, min] = MIN_TDX_QEMU;
+  if (v[0] < maj || (v[0] === maj && v[1] < min)) {
+    return { digest: null, reason: `QEMU ${v.join(".")} cannot launch TDX guests (needs >= ${MIN_TDX_QEMU.join(".")}), so there is no RTMR1 to predict for it` };
+  }
+  const digest = peImageHash(qemuPatchedKernel(kernel, initrdSize, memoryMiB * 1024 * 1024), "sha384");
+  return { digest, qemu: v.join("."), reason: null };
+}
+
+export function measure(kernelPath, initrdPath, cmdline, memoryMiB, qemuVersion = null) {
   const kernel = readFileSync(kernelPath);
   const initrd = readFileSync(initrdPath);
   const tail = RTMR1_TAIL.map((e) => sha("sha384", e));
-  const rawHash = peImageHash(kernel, "sha384");
-  const patchedHash = peImageHash(qemuPatchedKernel(kernel, initrd.length, memoryMiB * 1024 * 1024), "sha384");
+  const r1 = rtmr1For(kernel, initrd.length, memoryMiB, qemuVersion);
   const loadOptions = `initrd=initrd ${cmdline}`;
   const rtmr2Events = [sha("sha384", utf16z(loadOptions)), sha("sha384", initrd)];
   const hex = (b) => b.toString("hex");
   return {
-    rtmr1_candidates: {
-      kernel_unmodified: hex(replay([rawHash, ...tail])),
-      kernel_qemu_patched: { memory_mib: memoryMiB, value: hex(replay([patchedHash, ...tail])) },
-    },
+    rtmr1: r1.digest ? hex(replay([r1.digest, ...tail])) : null,
+    rtmr1_reason: r1.reason,
+    qemu_version: r1.qemu ?? null,
+    memory_mib: memoryMiB,
     rtmr2: hex(replay(rtmr2Events)),
     events: {
-      rtmr1: [
-        { event: "EV_EFI_BOOT_SERVICES_APPLICATION kernel (unmodified file)", digest: hex(rawHash) },
-        { event: `EV_EFI_BOOT_SERVICES_APPLICATION kernel (QEMU-patched header, ${memoryMiB} MiB)`, digest: hex(patchedHash) },
-        ...RTMR1_TAIL.map((e, i) => ({
-          event: i === 1 ? "EV_SEPARATOR" : `EV_EFI_ACTION ${e.toString()}`,
-          digest: hex(tail[i]),
-        })),
-      ],
+      rtmr1: r1.digest
+        ? [
+            { event: `EV_EFI_BOOT_SERVICES_APPLICATION kernel (QEMU ${r1.qemu} loader header, ${memoryMiB} MiB guest)`, digest: hex(r1.digest) },
+            ...RTMR1_TAIL.map((e, i) => ({
+              event: i === 1 ? "EV_SEPARATOR" : `EV_EFI_ACTION ${e.toString()}`,
+              digest: hex(tail[i]),
+            })),
+          ]
+        : [],
       rtmr2: [
         { event: `EV_EVENT_TAG LoadOptions "${loadOptions}" (UTF-16LE, NUL-terminated)`, digest: hex(rtmr2Events[0]) },
         { event: "EV_EVENT_TAG Linux initrd", digest: hex(rtmr2Events[1]) },
@@ -336,7 +366,7 @@ export async function manifest(specPath) {
   const spec = JSON.parse(readFileSync(specPath, "utf8"));
   const dir = spec.out_dir;
   const cmdline = readFileSync(join(dir, "cmdline.txt"), "utf8").replace(/\n$/, "");
-  const m = measure(join(dir, "vmlinuz"), join(dir, "initrd.img"), cmdline, spec.memory_mib);
+  const m = measure(join(dir, "vmlinuz"), join(dir, "initrd.img"), cmdline, spec.memory_mib, spec.qemu_version ?? null);
   let mrtdValue = null;
   let firmware = null;
   const notes = [...spec.notes];
@@ -357,8 +387,10 @@ export async function manifest(specPath) {
   }
   notes.push(
     "rtmr2: SHA-384 replay of the two events the Linux EFI stub logs under edk2 (OVMF) direct kernel boot: LoadOptions = 'initrd=initrd ' + cmdline.txt as UTF-16LE with NUL, then the initrd file.",
-    "rtmr1: null: its first event is the PE image hash of the kernel as the firmware received it over fw_cfg, and whether QEMU rewrites setup-header fields first depends on the QEMU build (and then on guest memory and initrd size). rtmr1_candidates gives both: the unmodified file, and QEMU's loader rewrite for the memory size given. Pick the one that matches the host's QEMU once checked against a real quote.",
-    "rtmr0: not computed: it measures TDVF configuration (CFV, ACPI tables, boot variables) of the host, not this image.",
+    m.rtmr1
+      ? `rtmr1: the PE image hash of the kernel as QEMU ${m.qemu_version} hands it to TDVF (its loader's setup-header rewrite for a ${spec.memory_mib} MiB guest), then the four constant TDVF events; valid for that QEMU line and CVM_VM_MEMORY_MIB=${spec.memory_mib} only; not yet checked against a quote from TDX hardware.`
+      : `rtmr1: null (unchecked unless waived): ${m.rtmr1_reason}.`,
+    "rtmr0: null (unchecked unless waived): it measures TDVF configuration (CFV, ACPI tables, boot variables) of the host, not this image.",
     "rtmr3: empty at boot; cvm-agent extends it at run time and reports the event log.",
   );
   const out = {
@@ -380,14 +412,11 @@ export async function manifest(specPath) {
     node_version: spec.node_version,
     agent_present: spec.agent_present,
     agent_digest: spec.agent_digest,
-    expected_measurements: {
-      mrtd: mrtdValue,
-      rtmr1: null,
-      rtmr1_candidates: m.rtmr1_candidates,
-      rtmr2: m.rtmr2,
-      events: m.events,
-      firmware,
-    },
+    // Only the four registers a verifier compares; how they were computed is beside them, so a
+    // verifier never mistakes a build note for an expected value.
+    expected_measurements: { mrtd: mrtdValue, rtmr0: null, rtmr1: m.rtmr1, rtmr2: m.rtmr2 },
+    measured_for: { qemu_version: m.qemu_version, memory_mib: spec.memory_mib, firmware },
+    measurement_events: m.events,
     inputs: spec.inputs,
     notes,
   };
@@ -406,11 +435,12 @@ async function main() {
       process.stdout.write(agentDeps(args[0], args.slice(1)).map((d) => `${d}\n`).join(""));
       break;
     case "measure": {
-      if (args.length < 3) fail("usage: measure <vmlinuz> <initrd> <cmdline-file> [--memory-mib N]");
+      if (args.length < 3) fail("usage: measure <vmlinuz> <initrd> <cmdline-file> [--memory-mib N] [--qemu-version V]");
       const i = args.indexOf("--memory-mib");
       const mem = i >= 0 ? Number(args[i + 1]) : 2048;
+      const q = args.indexOf("--qemu-version");
       const cmdline = readFileSync(args[2], "utf8").replace(/\n$/, "");
-      process.stdout.write(`${JSON.stringify(measure(args[0], args[1], cmdline, mem), null, 2)}\n`);
+      process.stdout.write(`${JSON.stringify(measure(args[0], args[1], cmdline, mem, q >= 0 ? args[q + 1] : null), null, 2)}\n`);
       break;
     }
     case "mrtd":

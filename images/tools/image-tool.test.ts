@@ -4,7 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import { parseTreeListing } from "../../guest/setup/openclaw-tree.js";
-import { agentDeps, listing, mrtd, peImageHash, qemuPatchedKernel, replay } from "./image-tool.mjs";
+import { compareMeasurements, parseManifest } from "../../shared/tdx/measurements.js";
+import { MIN_TDX_QEMU as PREFLIGHT_MIN_TDX_QEMU } from "../../host/vmm/tdx-preflight.js";
+import { agentDeps, listing, manifest, measure, MIN_TDX_QEMU, mrtd, parseQemuVersion, peImageHash, qemuPatchedKernel, replay } from "./image-tool.mjs";
 
 const sha256 = (b: Buffer | string) => createHash("sha256").update(b).digest("hex");
 const sha384 = (b: Buffer | string) => createHash("sha384").update(b).digest();
@@ -142,5 +144,113 @@ describe("measurements", () => {
     expect(r.sections.map((s) => s.type)).toEqual(expect.arrayContaining(["BFV", "CFV"]));
     const bfv = r.sections.find((s) => s.type === "BFV");
     expect(bfv && bfv.attributes & 1).toBe(1);
+  });
+});
+
+/**
+ * A tiny x86 bzImage stand-in: a PE32+ image (one section) whose first sector carries a Linux setup
+ * header (protocol 2.15, loaded high), so both the PE hash and QEMU's header rewrite apply to it.
+ */
+function tinyKernel(): Buffer {
+  const k = Buffer.alloc(0x600);
+  k.writeUInt16LE(0x5a4d, 0);
+  k.writeUInt32LE(0x40, 0x3c);
+  k.writeUInt32LE(0x00004550, 0x40);
+  const coff = 0x44;
+  k.writeUInt16LE(0x8664, coff);
+  k.writeUInt16LE(1, coff + 2);
+  k.writeUInt16LE(0xf0, coff + 16);
+  const opt = coff + 20;
+  k.writeUInt16LE(0x20b, opt);
+  k.writeUInt32LE(0x400, opt + 60); // SizeOfHeaders
+  k.writeUInt32LE(16, opt + 108); // NumberOfRvaAndSizes
+  const sec = opt + 0xf0;
+  k.write(".text", sec, "ascii");
+  k.writeUInt32LE(0x200, sec + 16);
+  k.writeUInt32LE(0x400, sec + 20);
+  k.fill(0x90, 0x400, 0x600);
+  k.writeUInt32LE(0x53726448, 0x202); // "HdrS"
+  k.writeUInt16LE(0x020f, 0x206);
+  k[0x211] = 0x01; // LOADED_HIGH
+  k.writeUInt32LE(0x7fffffff, 0x22c);
+  return k;
+}
+
+describe("measurements for the host's exact QEMU (small inputs)", () => {
+  function files(): { kernel: string; initrd: string } {
+    const kernel = join(dir, "vmlinuz");
+    const initrd = join(dir, "initrd.img");
+    writeFileSync(kernel, tinyKernel());
+    writeFileSync(initrd, Buffer.alloc(100_000, 7));
+    return { kernel, initrd };
+  }
+
+  test("the TDX QEMU floor is the preflight's", () => {
+    expect(MIN_TDX_QEMU).toEqual([...PREFLIGHT_MIN_TDX_QEMU]);
+    expect(parseQemuVersion("QEMU emulator version 10.1.2 (qemu-10.1.2-1)")).toEqual([10, 1, 2]);
+    expect(parseQemuVersion("10.2")).toEqual([10, 2, 0]);
+    expect(parseQemuVersion("ten")).toBeNull();
+  });
+
+  test("one RTMR1 value for a TDX-capable QEMU: the listed events replay to it; it follows guest memory", () => {
+    const { kernel, initrd } = files();
+    const m = measure(kernel, initrd, "console=ttyS0", 2048, "QEMU emulator version 10.1.0");
+    expect(m).not.toHaveProperty("rtmr1_candidates");
+    expect(m.rtmr1).toMatch(/^[0-9a-f]{96}$/);
+    expect(m).toMatchObject({ qemu_version: "10.1.0", memory_mib: 2048, rtmr1_reason: null });
+    expect(m.events.rtmr1).toHaveLength(5);
+    expect(replay(m.events.rtmr1.map((e) => Buffer.from(e.digest, "hex"))).toString("hex")).toBe(m.rtmr1);
+    // the first event is the kernel as QEMU's loader hands it over, not the file as built
+    expect(m.events.rtmr1[0]!.digest).not.toBe(peImageHash(tinyKernel(), "sha384").toString("hex"));
+    expect(m.events.rtmr1[0]!.digest).toBe(peImageHash(qemuPatchedKernel(tinyKernel(), 100_000, 2048 * 1048576), "sha384").toString("hex"));
+    // the initrd is placed below the top of low memory, so a smaller guest gives another RTMR1
+    expect(measure(kernel, initrd, "console=ttyS0", 1024, "10.1.0").rtmr1).not.toBe(m.rtmr1);
+    // RTMR2 does not depend on the QEMU
+    expect(measure(kernel, initrd, "console=ttyS0", 2048, null).rtmr2).toBe(m.rtmr2);
+  });
+
+  test("no QEMU named, or one that cannot launch a TD: RTMR1 is null with the reason", () => {
+    const { kernel, initrd } = files();
+    expect(measure(kernel, initrd, "x", 2048, null)).toMatchObject({ rtmr1: null, rtmr1_reason: expect.stringMatching(/--qemu-version/), events: { rtmr1: [] } });
+    expect(measure(kernel, initrd, "x", 2048, "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7)")).toMatchObject({
+      rtmr1: null,
+      rtmr1_reason: "QEMU 7.2.22 cannot launch TDX guests (needs >= 10.1), so there is no RTMR1 to predict for it",
+    });
+    expect(measure(kernel, initrd, "x", 2048, "latest").rtmr1_reason).toMatch(/"latest" is not a QEMU version/);
+  });
+
+  async function buildManifest(extra: Record<string, unknown>): Promise<Record<string, any>> {
+    files();
+    writeFileSync(join(dir, "cmdline.txt"), "console=ttyS0 ro cvm.image=cvm-test\n");
+    writeFileSync(join(dir, "rootfs.img"), "root");
+    writeFileSync(join(dir, "rootfs.verity"), "verity");
+    const spec = join(dir, "spec.json");
+    writeFileSync(spec, JSON.stringify({ out_dir: dir, image_id: "cvm-test", memory_mib: 2048, firmware: null, notes: [], ...extra }));
+    await manifest(spec);
+    return JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
+  }
+
+  test("the manifest holds exactly the four registers, rtmr0 null; verifiers fail closed on it unless rtmr0 is waived", async () => {
+    const out = await buildManifest({ qemu_version: "10.1.0" });
+    const em = out.expected_measurements;
+    expect(Object.keys(em)).toEqual(["mrtd", "rtmr0", "rtmr1", "rtmr2"]);
+    expect(em).toMatchObject({ mrtd: null, rtmr0: null, rtmr1: expect.stringMatching(/^[0-9a-f]{96}$/), rtmr2: expect.stringMatching(/^[0-9a-f]{96}$/) });
+    expect(out.measured_for).toEqual({ qemu_version: "10.1.0", memory_mib: 2048, firmware: null });
+    expect(out.notes.join("\n")).toMatch(/mrtd: null: .*--firmware/);
+    // what a guest of this image would report, if every computed value is right
+    const quoted = { mrtd: "ab".repeat(48), rtmr0: "cd".repeat(48), rtmr1: em.rtmr1, rtmr2: em.rtmr2 };
+    const parsed = parseManifest(out);
+    expect(compareMeasurements(quoted, parsed)).toMatchObject({ ok: false, unchecked: ["mrtd", "rtmr0"], matched: ["rtmr1", "rtmr2"] });
+    expect(compareMeasurements(quoted, parsed, { allowUnchecked: ["mrtd", "rtmr0"] }).ok).toBe(true);
+    const old = await buildManifest({ qemu_version: "7.2.22" });
+    expect(old.expected_measurements.rtmr1).toBeNull();
+    expect(old.notes.join("\n")).toMatch(/rtmr1: null \(unchecked unless waived\): QEMU 7\.2\.22 cannot launch TDX guests/);
+  });
+
+  const ovmf = "/usr/share/ovmf/OVMF.fd";
+  test.skipIf(!existsSync(ovmf))("with --firmware, MRTD is computed from the TDVF and recorded with the firmware digest", async () => {
+    const out = await buildManifest({ qemu_version: "10.1.0", firmware: ovmf });
+    expect(out.expected_measurements.mrtd).toBe(mrtd(ovmf).value);
+    expect(out.measured_for.firmware).toMatchObject({ file: ovmf, sha256: sha256(readFileSync(ovmf)) });
   });
 });

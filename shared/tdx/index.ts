@@ -17,7 +17,6 @@ export {
   verifyQuoteSync,
   QuoteVerifier,
   VerificationCache,
-  isAcceptable,
   measurementsOf,
   type Verdict,
   type VerifyOptions,
@@ -25,6 +24,13 @@ export {
   type Measurements,
 } from "./verify.js";
 export { TCB_STATUSES, type TcbStatus, type TcbMatching } from "./tcb.js";
+export {
+  applyTcbPolicy,
+  parseAcceptedTcbStatuses,
+  DEFAULT_ACCEPTED_TCB_STATUSES,
+  TcbPolicyError,
+  type TcbPolicyVerdict,
+} from "./tcb-policy.js";
 export {
   parseCollateral,
   parseCollateralJson,
@@ -47,11 +53,15 @@ export { pckInfoOf, type PckInfo } from "./pck-info.js";
 export {
   parseManifest,
   compareMeasurements,
+  describeChecks,
+  parseWaivers,
   ManifestError,
   MANIFEST_MEASUREMENTS,
   type ImageManifest,
   type MeasurementReport,
   type MeasurementCheck,
+  type MeasurementResult,
+  type ManifestMeasurement,
 } from "./measurements.js";
 export {
   eventDigest,

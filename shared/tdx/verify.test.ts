@@ -5,7 +5,7 @@ import { parseCertificate, parseSgxExtension, splitPemChain } from "./pck.js";
 import { parseQuote } from "./quote.js";
 import { allFixtures, loadFixture, type Fixture } from "./test/fixtures.js";
 import { TestPki } from "./test/test-pki.js";
-import { QuoteVerifier, VerificationCache, isAcceptable, verifyQuote, verifyQuoteSync, type Verdict } from "./verify.js";
+import { QuoteVerifier, VerificationCache, verifyQuote, verifyQuoteSync, type Verdict } from "./verify.js";
 
 // The pure-JavaScript build of dcap-qvl (its package main); the wasm build rejects v5 quotes.
 const dcap = createRequire(import.meta.url)("@phala/dcap-qvl") as {
@@ -344,13 +344,6 @@ describe("warm path", () => {
     const v = verifyQuoteSync(q, f.collateral!, { at, cache });
     expect(v.ok).toBe(false);
     expect(v.failure?.stage).toBe("quote_signature");
-  });
-
-  test("isAcceptable widens only when asked", () => {
-    const f = loadFixture("gcp-cos-v4-outofdate");
-    const v = verifyQuoteSync(f.quote, f.collateral!, { at: f.expected.at_unix! });
-    expect(isAcceptable(v)).toBe(false);
-    expect(isAcceptable(v, ["UpToDate", "OutOfDate"])).toBe(true);
   });
 });
 

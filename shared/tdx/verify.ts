@@ -549,8 +549,3 @@ export class QuoteVerifier {
     return verifyQuoteSync(quote, collateral, { ...this.defaults, at, cache: this.cache });
   }
 }
-
-/** True when the verdict is ok and its status is one the caller accepts (default: only UpToDate). */
-export function isAcceptable(v: Verdict, accepted: readonly TcbStatus[] = ["UpToDate"]): boolean {
-  return v.ok && v.status !== null && accepted.includes(v.status);
-}

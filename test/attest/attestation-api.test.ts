@@ -176,7 +176,7 @@ describe("attestation API: Intel fixtures, collateral from a bundle file and a P
       expect(await quoteCounts(d)).toEqual(before);
     });
 
-    it("gcp-cos fixture quote at its pinned time: OutOfDate with its advisories; REPORTDATA mismatch reported", async () => {
+    it("gcp-cos fixture quote at its pinned time: OutOfDate is not accepted by default (same policy as cvm-verify); REPORTDATA mismatch reported", async () => {
       clock.set(at(gcp));
       driver.quoteFor = () => gcp.quote;
       driver.image = imageOf(gcp);
@@ -191,15 +191,21 @@ describe("attestation API: Intel fixtures, collateral from a bundle file and a P
       const v = data.verdict;
       expect(v.status).toBe(gcp.expected.status);
       expect(v.advisory_ids).toEqual(gcp.expected.advisory_ids);
-      expect(v.checks.quote).toEqual({ ok: gcp.expected.ok, reason: null, failure: null });
+      expect(gcp.expected).toMatchObject({ ok: true, status: "OutOfDate" }); // DCAP-valid: only the policy refuses it
+      expect(v.accepted_statuses).toEqual(["UpToDate"]);
+      expect(v.checks.quote).toEqual({
+        ok: false,
+        reason: "TCB status OutOfDate is not accepted (accepted: UpToDate); the operator accepts more with CVM_ACCEPT_TCB_STATUS",
+        failure: { stage: "policy", code: "tcb_status_not_accepted" },
+      });
       expect(v.collateral_source).toBe("file");
       expect(v.at).toBe(at(gcp).toISOString());
       // A real quote cannot carry REPORTDATA over our nonce: the host recomputes and says so.
       const expected = reportDataFor(Buffer.from(NONCE, "hex"), driver.hostKeys).toString("hex");
       expect(v.checks.report_data).toEqual({ ok: false, expected, actual: gcp.expected.report_data, agent_reported: expected, reason: expect.stringMatching(/REPORTDATA is not SHA-512/) });
-      expect(v.checks.measurements).toMatchObject({ ok: true, image_id: "cvm-test-image", checked: 4, mismatches: [] });
+      expect(v.checks.measurements).toMatchObject({ ok: true, image_id: "cvm-test-image", checked: 4, mismatched: [], unchecked: [] });
       expect(v.ok).toBe(false);
-      expect(v.reason).toMatch(/^report_data: /);
+      expect(v.reason).toMatch(/^quote: TCB status OutOfDate is not accepted/);
       expect((await quoteCounts(d)).rejected).toBe(before.rejected! + 1);
     });
 
@@ -213,7 +219,7 @@ describe("attestation API: Intel fixtures, collateral from a bundle file and a P
       expect(v.advisory_ids).toEqual([]);
       expect(v.checks.quote.ok).toBe(true);
       expect(v.checks.event_log).toMatchObject({ ok: true, events: 0, expected: "00".repeat(48) });
-      expect(v.checks.measurements).toMatchObject({ ok: false, image_id: "img-2", mismatches: ["rtmr1"], reason: expect.stringMatching(/rtmr1/) });
+      expect(v.checks.measurements).toMatchObject({ ok: false, image_id: "img-2", mismatched: ["rtmr1"], reason: expect.stringMatching(/rtmr1/) });
       expect(r.body.data.image_id).toBe("img-2");
     });
 
@@ -232,17 +238,47 @@ describe("attestation API: Intel fixtures, collateral from a bundle file and a P
 
   describe("POST /v1/attestation/verify", () => {
     const tdxFixtures = allFixtures().filter((f) => f.collateral && f.expected.tee_type === "TDX");
-    it.each(tdxFixtures.map((f) => [f.name, f] as const))("%s with its collateral and pinned time: ok/status/advisories as expected.json", async (_n, f) => {
+    it.each(tdxFixtures.map((f) => [f.name, f] as const))("%s with its collateral and pinned time: status/advisories as expected.json, ok only for UpToDate", async (_n, f) => {
       const r = await d.fetch("/v1/attestation/verify", { key: acme.apiKey, ...post({ quote: f.quote.toString("base64"), collateral: f.collateral, at: f.expected.at_unix }) });
       expect(r.status).toBe(200);
       const v = r.body.data;
-      expect(v.ok).toBe(f.expected.ok);
+      expect(v.ok).toBe(f.expected.ok === true && f.expected.status === "UpToDate");
+      expect(v.accepted_statuses).toEqual(["UpToDate"]);
       expect(v.status).toBe(f.expected.status);
       expect(v.advisory_ids).toEqual(f.expected.advisory_ids ?? []);
       expect(v.fmspc).toBe(f.expected.fmspc);
       expect(v.measurements.mrtd).toBe(f.expected.mr_td);
       expect(v.collateral_source).toBe("request");
       if (!f.expected.ok) expect(v.reason).toMatch(/^No matching TCB level found/);
+    });
+
+    it("OutOfDate quotes (both gcp fixtures): ok=false by default, saying which statuses were accepted", async () => {
+      for (const f of [gcp, loadFixture("gcp-automata-v4-outofdate")]) {
+        const r = await d.fetch("/v1/attestation/verify", { key: acme.apiKey, ...post({ quote: f.quote.toString("base64"), collateral: f.collateral, at: f.expected.at_unix }) });
+        expect(r.body.data, f.name).toMatchObject({
+          ok: false,
+          status: "OutOfDate",
+          accepted_statuses: ["UpToDate"],
+          failure: { stage: "policy", code: "tcb_status_not_accepted" },
+          reason: expect.stringMatching(/^TCB status OutOfDate is not accepted \(accepted: UpToDate\)/),
+        });
+      }
+    });
+
+    it("expected_measurements leaving RTMR0 null: ok=false naming rtmr0; allow_unchecked [rtmr0]: ok, and the waiver is in the JSON", async () => {
+      const f = tdxV4;
+      const base = { quote: f.quote.toString("base64"), at: f.expected.at_unix, expected_measurements: { mrtd: f.expected.mr_td, rtmr0: null, rtmr1: f.expected.rtmr1, rtmr2: f.expected.rtmr2 } };
+      const strict = await d.fetch("/v1/attestation/verify", { key: acme.apiKey, ...post(base) });
+      expect(strict.status).toBe(200);
+      expect(strict.body.data).toMatchObject({ ok: false, status: "UpToDate", failure: { stage: "measurements", code: "unchecked" } });
+      expect(strict.body.data.reason).toMatch(/no expected value for rtmr0, so it was not checked/);
+      expect(strict.body.data.manifest).toMatchObject({ ok: false, checked: 3, unchecked: ["rtmr0"], matched: ["mrtd", "rtmr1", "rtmr2"], allow_unchecked: [] });
+      const waived = await d.fetch("/v1/attestation/verify", { key: acme.apiKey, ...post({ ...base, allow_unchecked: ["rtmr0"] }) });
+      expect(waived.body.data).toMatchObject({ ok: true, reason: null, failure: null, manifest: { ok: true, allow_unchecked: ["rtmr0"] } });
+      expect(waived.body.data.manifest.checks[1]).toEqual({ name: "rtmr0", result: "unchecked", expected: null, actual: f.expected.rtmr0, waived: true });
+      // a waiver never excuses a mismatch
+      const wrong = await d.fetch("/v1/attestation/verify", { key: acme.apiKey, ...post({ ...base, expected_measurements: { ...base.expected_measurements, rtmr0: "00".repeat(48) }, allow_unchecked: ["rtmr0"] }) });
+      expect(wrong.body.data).toMatchObject({ ok: false, failure: { stage: "measurements", code: "mismatch" }, manifest: { mismatched: ["rtmr0"] } });
     });
 
     it("the SGX fixture is refused as not TDX (HTTP 200, ok=false)", async () => {
@@ -297,6 +333,10 @@ describe("attestation API: Intel fixtures, collateral from a bundle file and a P
       ["at negative", { quote: q64, at: -5 }, "at"],
       ["report_data short", { quote: q64, report_data: "00".repeat(32) }, "report_data"],
       ["unknown field", { quote: q64, nonce: "00" }, "nonce"],
+      ["expected_measurements with rtmr3", { quote: q64, expected_measurements: { rtmr3: "00".repeat(48) } }, "expected_measurements"],
+      ["expected_measurements value not 48 bytes", { quote: q64, expected_measurements: { mrtd: "00" } }, "expected_measurements"],
+      ["allow_unchecked unknown register", { quote: q64, expected_measurements: {}, allow_unchecked: ["rtmr3"] }, "allow_unchecked"],
+      ["allow_unchecked without expected_measurements", { quote: q64, allow_unchecked: ["rtmr0"] }, "allow_unchecked"],
     ];
     it.each(garbage)("%s → 400 invalid_request", async (_, body, param) => {
       const r = await d.fetch("/v1/attestation/verify", { key: acme.apiKey, ...post(body) });
@@ -416,6 +456,31 @@ describe("attestation API end to end under a test PKI (a quote over our own REPO
     expect((await quoteCounts(d)).accepted).toBe(before.accepted! + 1);
   });
 
+  it("an image manifest that leaves RTMR0 null: ok=false naming rtmr0; ?allow_unchecked=rtmr0: ok, with the waiver in the verdict", async () => {
+    driver.image = { id: "img-no-rtmr0", expectedMeasurements: { ...imageOf(f).expectedMeasurements, rtmr0: null } };
+    try {
+      const strict = (await d.fetch(`/v1/instances/${name}/attestation?nonce=${NONCE}`, { key })).body.data.verdict;
+      expect(strict.ok).toBe(false);
+      expect(strict.allow_unchecked).toEqual([]);
+      expect(strict.checks.measurements).toMatchObject({ ok: false, image_id: "img-no-rtmr0", unchecked: ["rtmr0"], checked: 3 });
+      expect(strict.reason).toMatch(/^measurements: image img-no-rtmr0: the manifest has no expected value for rtmr0, so it was not checked/);
+      const r = await d.fetch(`/v1/instances/${name}/attestation?nonce=${NONCE}&allow_unchecked=rtmr0`, { key });
+      const waived = r.body.data.verdict;
+      expect(waived).toMatchObject({ ok: true, reason: null, allow_unchecked: ["rtmr0"], accepted_statuses: ["UpToDate"] });
+      expect(waived.checks.measurements.checks.map((c: { name: string; result: string; waived: boolean }) => `${c.name}:${c.result}${c.waived ? ":waived" : ""}`)).toEqual([
+        "mrtd:matched",
+        "rtmr0:unchecked:waived",
+        "rtmr1:matched",
+        "rtmr2:matched",
+      ]);
+      const typo = await d.fetch(`/v1/instances/${name}/attestation?nonce=${NONCE}&allow_unchecked=rtmr3`, { key });
+      expect(typo.status).toBe(400);
+      expect(typo.body.error).toMatchObject({ code: "invalid_request", param: "allow_unchecked", message: expect.stringMatching(/"rtmr3" is not one of/) });
+    } finally {
+      driver.image = imageOf(f);
+    }
+  });
+
   it("a quote over other host keys (a different machine answering) fails the REPORTDATA check", async () => {
     const real = driver.quoteFor!;
     driver.quoteFor = (nonce) => real(nonce, reportDataFor(nonce, [ED]));
@@ -436,5 +501,47 @@ describe("attestation API end to end under a test PKI (a quote over our own REPO
     expect(v.checks.report_data.ok).toBe(true);
     expect(v.checks.event_log.ok).toBe(false);
     expect(v.reason).toMatch(/^event_log: replaying 1 events gives/);
+  });
+});
+
+describe("attestation API where the operator accepts OutOfDate (CVM_ACCEPT_TCB_STATUS)", () => {
+  const dir = tempDir();
+  const driver = new FakeDriver();
+  let d: TestDaemon;
+  let key: string;
+
+  beforeAll(async () => {
+    const file = join(dir.path, "collateral.json");
+    writeFileSync(file, JSON.stringify(gcp.collateral));
+    d = await startTestDaemon({
+      dataDir: join(dir.path, "data"),
+      driver,
+      clock: new ManualClock(at(gcp)),
+      env: { CVM_COLLATERAL_FILE: file, CVM_ACCEPT_TCB_STATUS: "UpToDate,OutOfDate" },
+    });
+    key = (await d.tenant("acme")).apiKey;
+  });
+  afterAll(async () => {
+    await d.close();
+    dir.remove();
+  });
+
+  it("an OutOfDate quote is ok, and the verdict says which statuses were accepted", async () => {
+    for (const f of [gcp, loadFixture("gcp-automata-v4-outofdate")]) {
+      const r = await d.fetch("/v1/attestation/verify", { key, ...post({ quote: f.quote.toString("base64"), collateral: f.collateral, at: f.expected.at_unix }) });
+      expect(r.body.data, f.name).toMatchObject({ ok: true, status: "OutOfDate", reason: null, failure: null, accepted_statuses: ["UpToDate", "OutOfDate"] });
+    }
+  });
+
+  it("instance attestation: the quote check passes for OutOfDate under the operator's policy", async () => {
+    driver.quoteFor = () => gcp.quote;
+    driver.image = imageOf(gcp);
+    const name = await readyInstance(d, key);
+    const v = (await d.fetch(`/v1/instances/${name}/attestation?nonce=${NONCE}`, { key })).body.data.verdict;
+    expect(v.accepted_statuses).toEqual(["UpToDate", "OutOfDate"]);
+    expect(v.status).toBe("OutOfDate");
+    expect(v.checks.quote).toEqual({ ok: true, reason: null, failure: null });
+    // a real quote cannot bind our nonce, so the instance verdict as a whole still fails, on that alone
+    expect(v.reason).toMatch(/^report_data: /);
   });
 });

@@ -1,7 +1,17 @@
 import Router from "@koa/router";
 import type { Context } from "koa";
 import type { Logger } from "pino";
-import { CollateralError, MAX_QUOTE_BYTES, parseCollateral, type Collateral } from "../../../shared/tdx/index.js";
+import {
+  CollateralError,
+  ManifestError,
+  MAX_QUOTE_BYTES,
+  parseCollateral,
+  parseManifest,
+  parseWaivers,
+  type Collateral,
+  type ImageManifest,
+  type ManifestMeasurement,
+} from "../../../shared/tdx/index.js";
 import type { AttestationService } from "../../attest/index.js";
 import type { Clock } from "../../clock.js";
 import { AttestationUnavailableError } from "../../instances/driver.js";
@@ -24,7 +34,7 @@ export interface AttestationRouteDeps {
 
 export const NONCE_MIN_BYTES = 16;
 export const NONCE_MAX_BYTES = 64;
-const VERIFY_FIELDS = new Set(["quote", "collateral", "at", "report_data"]);
+const VERIFY_FIELDS = new Set(["quote", "collateral", "at", "report_data", "expected_measurements", "allow_unchecked"]);
 const HEX = /^(?:[0-9a-fA-F]{2})+$/;
 const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 const ISO_8601 = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})$/;
@@ -69,6 +79,17 @@ export function parseAt(v: unknown): Date {
   return d;
 }
 
+/** Registers the caller accepts unchecked where the manifest has no value: "rtmr0,rtmr1" (query) or a list (body). */
+export function parseAllowUnchecked(v: unknown): ManifestMeasurement[] {
+  if (v === undefined || v === null) return [];
+  try {
+    return parseWaivers(v);
+  } catch (e) {
+    if (!(e instanceof ManifestError)) throw e;
+    throw new ApiError("invalid_request", e.message.replace(/^allow-unchecked/, "allow_unchecked"), { param: "allow_unchecked" });
+  }
+}
+
 export function attestationRoutes(deps: AttestationRouteDeps): Router {
   const router = new Router();
   const service = (): AttestationService => {
@@ -80,6 +101,7 @@ export function attestationRoutes(deps: AttestationRouteDeps): Router {
 
   router.get("/v1/instances/:name/attestation", async (ctx) => {
     const nonce = parseNonce(ctx.query.nonce);
+    const allowUnchecked = parseAllowUnchecked(ctx.query.allow_unchecked);
     const svc = service();
     const inst = await load(ctx);
     if (inst.status !== "ready") throw new ApiError("conflict", `instance ${inst.name} is ${inst.status}; attestation needs a ready instance`);
@@ -105,7 +127,7 @@ export function attestationRoutes(deps: AttestationRouteDeps): Router {
     if (!ev.available) {
       return respond(ctx, 200, { ...base, available: false, reason: ev.reason, event_log: ev.eventLog, measurements: null, verdict: null });
     }
-    const { verdict, measurements } = await svc.checkInstance(ev, nonce);
+    const { verdict, measurements } = await svc.checkInstance(ev, nonce, { allowUnchecked });
     if (!verdict.ok) {
       deps.securityLog.warn(
         { event: "attestation_rejected", instance: inst.name, tenant: (ctx.state.tenant as Tenant).slug, reason: verdict.reason, req_id: ctx.state.requestId },
@@ -148,7 +170,20 @@ export function attestationRoutes(deps: AttestationRouteDeps): Router {
       }
       reportData = Buffer.from(body.report_data, "hex");
     }
-    respond(ctx, 200, await service().verifyQuote(quote, { collateral, at: at ?? deps.clock.now(), reportData }));
+    let expected: ImageManifest | undefined;
+    if (body.expected_measurements !== undefined && body.expected_measurements !== null) {
+      try {
+        expected = parseManifest({ expected_measurements: body.expected_measurements });
+      } catch (e) {
+        if (!(e instanceof ManifestError)) throw e;
+        throw new ApiError("invalid_request", e.message, { param: "expected_measurements" });
+      }
+    }
+    const allowUnchecked = parseAllowUnchecked(body.allow_unchecked);
+    if (allowUnchecked.length && !expected) {
+      throw new ApiError("invalid_request", "allow_unchecked waives registers of expected_measurements, which is missing", { param: "allow_unchecked" });
+    }
+    respond(ctx, 200, await service().verifyQuote(quote, { collateral, at: at ?? deps.clock.now(), reportData, expected, allowUnchecked }));
   });
 
   return router;
