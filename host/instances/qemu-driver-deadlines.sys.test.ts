@@ -1,4 +1,3 @@
-import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -7,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { sshKeyPair } from "../../test/support/ssh-keys.js";
 import { AgentVmHypervisorDouble, socatVsockStandIn } from "../../test/support/agent-vm-double.js";
 import { startTestDaemon, type TestDaemon } from "../../test/support/daemon.js";
+import { whyNotRunnable } from "../../test/support/sys-tools.js";
 import { ImageCatalog } from "../images/image-catalog.js";
 import { NftEgressFirewall } from "../net/egress-firewall.js";
 import { NetnsGuestNetwork } from "../net/guest-network.js";
@@ -14,18 +14,7 @@ import { NftCommandRunner } from "../net/nft-runner.js";
 import type { GuestProfile } from "../vmm/hypervisor.js";
 import { QemuDriver } from "./qemu-driver.js";
 
-function missing(): string | null {
-  if (process.getuid?.() !== 0) return "not root";
-  for (const [tool, args] of [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["socat", ["-V"]]] as const) {
-    try {
-      execFileSync(tool, [...args], { stdio: "ignore" });
-    } catch {
-      return `${tool} not installed`;
-    }
-  }
-  return null;
-}
-const why = missing();
+const why = whyNotRunnable([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["socat", ["-V"]]]);
 if (why) console.warn(`skipping setup-deadline tests: ${why}`);
 
 const tag = randomBytes(3).toString("hex");
@@ -83,6 +72,7 @@ describe.skipIf(why !== null)("setup deadlines with a misbehaving agent", () => 
   afterAll(async () => {
     for (const c of cleanups.splice(0)) await c().catch((e) => console.warn(`cleanup: ${e}`));
     await gn?.destroy().catch((e) => console.warn(`net cleanup: ${e}`));
+    if (root) await rm(root, { recursive: true, force: true });
   }, 60_000);
 
   async function scenario(profile: GuestProfile, mode: "crash" | "refuse") {

@@ -1,6 +1,6 @@
 import type { Logger } from "pino";
 import { ImageError, type ImageCatalog } from "../images/image-catalog.js";
-import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready } from "../link/index.js";
+import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready } from "../link/index.js";
 import type { EgressFirewall } from "../net/egress-firewall.js";
 import type { GuestAttachment, GuestNetwork } from "../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "../vmm/boot-phases.js";
@@ -367,6 +367,11 @@ export class QemuDriver implements Driver {
     }
   }
 
+  /** How this driver reaches a guest's agent: the profile row's endpoint, which the constructor checked its argv creates. */
+  agentConnector(guestId: string, cid: number): AgentConnector {
+    return connectorFor(this.profile.endpoint({ cid }, runPaths(this.o.dataDir, guestId)), { socat: this.o.socat });
+  }
+
   /** The guest's channel; `ownerId` is whom its model calls and egress samples are billed to. */
   private openLink(guestId: string, cid: number, ownerId: string, log: Logger): AgentLink {
     this.owners.set(guestId, ownerId);
@@ -376,8 +381,7 @@ export class QemuDriver implements Driver {
       return existing;
     }
     const link = new AgentLink({
-      // The profile's row says what its argv created; the constructor checked the two agree.
-      connector: connectorFor(this.profile.endpoint({ cid }, runPaths(this.o.dataDir, guestId)), { socat: this.o.socat }),
+      connector: this.agentConnector(guestId, cid),
       logger: log,
       instanceId: guestId,
       hostVersion: "cvmd",

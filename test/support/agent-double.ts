@@ -7,12 +7,11 @@
  * Prints one line per setup received on stdout, so the test can count the re-sends.
  * Usage: node --import tsx agent-double.ts --listen <unix path> --mode crash|refuse
  */
-import { createServer } from "node:net";
 import { parseArgs } from "node:util";
-import { decodeHostMessage, encodeMessage } from "../../shared/protocol/codec.js";
-import { FrameDecoder } from "../../shared/protocol/frame.js";
+import { encodeMessage } from "../../shared/protocol/codec.js";
 import type { AgentMessage } from "../../shared/protocol/messages.js";
 import { AGENT_SAMPLES } from "../../shared/protocol/testdata/samples.js";
+import { serveHostFrames } from "./host-frame-server.js";
 
 const { values: a } = parseArgs({ options: { listen: { type: "string" }, mode: { type: "string" } }, strict: true });
 if (!a.listen || (a.mode !== "crash" && a.mode !== "refuse")) {
@@ -21,26 +20,13 @@ if (!a.listen || (a.mode !== "crash" && a.mode !== "refuse")) {
 }
 const hello = (AGENT_SAMPLES.hello as Extract<AgentMessage, { type: "hello" }>).body;
 
-const server = createServer((s) => {
-  const d = new FrameDecoder();
-  s.on("error", () => undefined);
-  s.on("data", (chunk) => {
-    for (const ev of d.push(chunk)) {
-      if (ev.kind !== "frame") continue;
-      const r = decodeHostMessage(ev.payload);
-      if (!r.ok) {
-        process.stderr.write(`agent-double: undecodable frame: ${r.reason}\n`);
-        process.exit(3);
-      }
-      const m = r.message;
-      if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: hello }));
-      if (m.type === "setup") {
-        process.stdout.write(`setup ${m.body.instance_name}\n`);
-        if (a.mode === "crash") s.destroy();
-        else s.write(encodeMessage({ type: "error", re: m.id, body: { code: "invalid_request", message: "setup refused by the agent double" } }));
-      }
-    }
-  });
+await serveHostFrames(a.listen, (m, s) => {
+  if (m.type === "hello") s.write(encodeMessage({ type: "hello", re: m.id, body: hello }));
+  if (m.type === "setup") {
+    process.stdout.write(`setup ${m.body.instance_name}\n`);
+    if (a.mode === "crash") s.destroy();
+    else s.write(encodeMessage({ type: "error", re: m.id, body: { code: "invalid_request", message: "setup refused by the agent double" } }));
+  }
 });
-server.listen(a.listen, () => process.stdout.write("listening\n"));
+process.stdout.write("listening\n");
 process.on("SIGTERM", () => process.exit(0));
