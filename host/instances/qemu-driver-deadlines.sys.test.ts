@@ -4,6 +4,7 @@ import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { sshKeyPair } from "../../test/support/ssh-keys.js";
+import type { AgentDoubleMode } from "../../test/support/agent-double.js";
 import { AgentVmHypervisorDouble, socatVsockStandIn } from "../../test/support/agent-vm-double.js";
 import { startTestDaemon, type TestDaemon } from "../../test/support/daemon.js";
 import { whyNotRunnable } from "../../test/support/sys-tools.js";
@@ -19,8 +20,8 @@ if (why) console.warn(`skipping setup-deadline tests: ${why}`);
 
 const tag = randomBytes(3).toString("hex");
 const ED = sshKeyPair("ed25519").public;
-/** Short on purpose: the acknowledgement deadline is what the crash-looping agent must run into. */
-const TIMEOUTS = { bootMs: 20_000, setupAckMs: 2_000, setupMs: 5_000, sshMs: 2_000 };
+/** Short on purpose: each misbehaving agent must run into its phase's deadline. */
+const TIMEOUTS = { bootMs: 4_000, setupAckMs: 2_000, setupMs: 3_000, sshMs: 2_000 };
 
 /** A real image directory (files and manifest digests) the catalog verifies; its content never boots. */
 async function imageDir(dir: string): Promise<string> {
@@ -75,7 +76,7 @@ describe.skipIf(why !== null)("setup deadlines with a misbehaving agent", () => 
     if (root) await rm(root, { recursive: true, force: true });
   }, 60_000);
 
-  async function scenario(profile: GuestProfile, mode: "crash" | "refuse") {
+  async function scenario(profile: GuestProfile, mode: AgentDoubleMode) {
     const dir = join(root, `${profile}-${mode}`);
     await mkdir(dir, { recursive: true });
     const standIn = await socatVsockStandIn(dir);
@@ -134,6 +135,7 @@ describe.skipIf(why !== null)("setup deadlines with a misbehaving agent", () => 
       const guest = [...hv.guests.values()][0];
       expect(guest.setups).toBeGreaterThanOrEqual(2);
       // Bounded by the ack deadline, plus the launch of the double (a node process) and the polling.
+      expect(first.elapsedMs).toBeGreaterThan(TIMEOUTS.setupAckMs);
       expect(first.elapsedMs).toBeLessThan(TIMEOUTS.setupAckMs + 15_000);
       expect(first.events.map((e: any) => e.message)).toContain("agent_timeout: The in-VM agent did not acknowledge setup within the allowed time.");
       // The channel dialed was the one the argv created.
@@ -160,6 +162,24 @@ describe.skipIf(why !== null)("setup deadlines with a misbehaving agent", () => 
       const second = await createAndWaitFailed(d, key);
       expect(second.record.failure_code).toBe("setup_failed");
     }, 90_000);
+  }
+
+  // The other phases, on the vsock path (the one that could not work before profiles were data).
+  const phases: Array<{ mode: AgentDoubleMode; code: string; message: RegExp; deadlineMs: number }> = [
+    { mode: "mute", code: "boot_timeout", message: /did not boot/, deadlineMs: TIMEOUTS.bootMs },
+    { mode: "stall", code: "agent_timeout", message: /did not report ready/, deadlineMs: TIMEOUTS.setupMs },
+    { mode: "ready", code: "ssh_unreachable", message: /SSH in the VM was not reachable/, deadlineMs: TIMEOUTS.sshMs },
+  ];
+  for (const { mode, code, message, deadlineMs } of phases) {
+    test(`tdx: agent double "${mode}" fails with ${code} after its phase's deadline; VM gone`, async () => {
+      const { d, hv, key } = await scenario("tdx", mode);
+      const r = await createAndWaitFailed(d, key);
+      expect(r.record.failure_code).toBe(code);
+      expect(r.record.failure_message).toMatch(message);
+      expect(r.elapsedMs).toBeGreaterThan(deadlineMs);
+      expect(r.elapsedMs).toBeLessThan(deadlineMs + 15_000);
+      await expectGone(hv, [...hv.guests.values()][0]);
+    }, 60_000);
   }
 
   async function expectGone(hv: AgentVmHypervisorDouble, guest: { child: { pid?: number } }) {

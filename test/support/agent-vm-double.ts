@@ -6,6 +6,7 @@ import type { AdoptResult, Hypervisor, LaunchedVm, LaunchSpec, StopResult, VmIns
 import { agentChannelsInArgv } from "../../host/vmm/profile-check.js";
 import { buildQemuArgs } from "../../host/vmm/qemu-args.js";
 import { ensureRunDir, runPaths, writeLaunchRecord } from "../../host/vmm/run-dir.js";
+import type { AgentDoubleMode } from "./agent-double.js";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const AGENT_DOUBLE = join(REPO, "test/support/agent-double.ts");
@@ -51,7 +52,7 @@ interface Guest {
 export class AgentVmHypervisorDouble implements Hypervisor {
   readonly guests = new Map<string, Guest>();
 
-  constructor(private readonly o: { dataDir: string; mode: "crash" | "refuse"; vsockPath(cid: number, port: number): string }) {}
+  constructor(private readonly o: { dataDir: string; mode: AgentDoubleMode; vsockPath(cid: number, port: number): string }) {}
 
   async launch(spec: LaunchSpec): Promise<LaunchedVm> {
     const p = runPaths(this.o.dataDir, spec.instanceId);
