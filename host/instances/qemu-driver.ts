@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { ImageError, type ImageCatalog } from "../images/image-catalog.js";
 import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready } from "../link/index.js";
@@ -5,9 +6,9 @@ import type { EgressFirewall } from "../net/egress-firewall.js";
 import type { GuestAttachment, GuestNetwork } from "../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "../vmm/boot-phases.js";
 import { allocateCid } from "../vmm/cid.js";
-import { VmmError, type Accel, type GuestProfile, type Hypervisor } from "../vmm/hypervisor.js";
-import { assertProfileConsistent } from "../vmm/profile-check.js";
-import { PROFILES, type Profile, type ProfileTable } from "../vmm/profiles.js";
+import { VmmError, type Accel, type GuestProfile, type Hypervisor, type LaunchRecord } from "../vmm/hypervisor.js";
+import { agentChannelsInArgv, assertProfileConsistent } from "../vmm/profile-check.js";
+import { PROFILES, type AgentEndpoint, type Profile, type ProfileTable } from "../vmm/profiles.js";
 import { runPaths } from "../vmm/run-dir.js";
 import {
   AttestationUnavailableError,
@@ -127,6 +128,8 @@ export class QemuDriver implements Driver {
   private readonly unsubscribe = new Map<string, () => void>();
   private services: HostServices = {};
   private readonly profile: Profile;
+  /** Adopted guests whose recorded argv created another channel than this profile's (cvmd restarted with another profile). */
+  private readonly recordedChannels = new Map<string, AgentEndpoint>();
 
   /** Throws when the profile's argv and agent channel disagree: cvmd must not start with such a driver. */
   constructor(private readonly o: QemuDriverOptions) {
@@ -259,6 +262,7 @@ export class QemuDriver implements Driver {
     this.owners.set(guestId, spec.id);
     this.watchExit(guestId);
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id });
+    this.rememberRecordedChannel(guestId, res.record, log);
     const paths = runPaths(this.o.dataDir, guestId);
     const watch = watchBootPhases(paths.serialLog, { fromOffset: res.record.serialOffset });
     const ready = this.bringUp(spec, rt, ctx, log, performance.now(), watch).finally(() => watch.stop());
@@ -369,7 +373,24 @@ export class QemuDriver implements Driver {
 
   /** How this driver reaches a guest's agent: the profile row's endpoint, which the constructor checked its argv creates. */
   agentConnector(guestId: string, cid: number): AgentConnector {
-    return connectorFor(this.profile.endpoint({ cid }, runPaths(this.o.dataDir, guestId)), { socat: this.o.socat });
+    const endpoint = this.recordedChannels.get(guestId) ?? this.profile.endpoint({ cid }, runPaths(this.o.dataDir, guestId));
+    return connectorFor(endpoint, { socat: this.o.socat });
+  }
+
+  /**
+   * An adopted guest is reached where its own QEMU command line put the agent channel: after a
+   * restart with another CVM_PROFILE, dialing the new profile's channel would reach nothing.
+   */
+  private rememberRecordedChannel(guestId: string, record: LaunchRecord, log: Logger): void {
+    let found: AgentEndpoint[] = [];
+    try {
+      found = agentChannelsInArgv(record.argv);
+    } catch (err) {
+      log.warn({ err }, "cannot read the agent channel from the guest's launch record; using the profile's");
+    }
+    if (found.length !== 1 || isDeepStrictEqual(found[0], this.profile.endpoint({ cid: record.cid }, runPaths(this.o.dataDir, guestId)))) return;
+    log.warn({ launched_as: record.profile, profile: this.o.profile, channel: found[0] }, "adopted guest was launched under another profile; dialing the channel its command line created");
+    this.recordedChannels.set(guestId, found[0]);
   }
 
   /** The guest's channel; `ownerId` is whom its model calls and egress samples are billed to. */
@@ -480,6 +501,7 @@ export class QemuDriver implements Driver {
     this.links.delete(guestId);
     this.facts.delete(guestId);
     this.owners.delete(guestId);
+    this.recordedChannels.delete(guestId);
     this.unclaimed.delete(guestId);
     await link?.close();
     const inspect = await this.o.hypervisor.inspect(guestId).catch(() => null);
@@ -522,6 +544,7 @@ export class QemuDriver implements Driver {
     this.unclaimed.add(g.id);
     this.watchExit(g.id);
     const log = this.o.logger.child({ pool_guest: g.id });
+    this.rememberRecordedChannel(g.id, res.record, log);
     return { alive: true, prepared: this.prepareGuest(g.id, rt.cid, ctx, log, performance.now()) };
   }
 
