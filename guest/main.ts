@@ -22,9 +22,7 @@ import { UseraddAccounts } from "./setup/user-accounts.js";
 import { RootFs } from "./system/root-fs.js";
 import { ProcSystemStats } from "./system/system-stats.js";
 import { AGENT_VERSION } from "./version.js";
-
-export const DEFAULT_VIRTIO_PORT = "/dev/virtio-ports/org.cvm.agent.0";
-export const DEFAULT_VSOCK_PORT = 1024;
+import { AGENT_CHANNELS, guestProfile } from "../shared/protocol/agent-channel.js";
 
 const { values: a } = parseArgs({
   options: {
@@ -148,10 +146,13 @@ function selectTransport(logger: pino.Logger, stateDir: string): HostTransport {
   const chosen = [a.unix, a["virtio-port"], a["vsock-port"]].filter((x) => x !== undefined);
   if (chosen.length > 1) throw new Error("choose one of --unix, --virtio-port, --vsock-port");
   if (a.unix) return new UnixSocketHostTransport(a.unix);
-  const virtio = a["virtio-port"] ?? (a["vsock-port"] === undefined && existsSync(DEFAULT_VIRTIO_PORT) ? DEFAULT_VIRTIO_PORT : undefined);
-  if (virtio) return new VirtioSerialHostTransport(virtio, logger.child({ component: "virtio-serial" }));
+  const serial = (device: string) => new VirtioSerialHostTransport(device, logger.child({ component: "virtio-serial" }));
+  if (a["virtio-port"] !== undefined) return serial(a["virtio-port"]);
+  // No flag: the channel of the profile this guest runs under, from the table the host builds QEMU's devices from.
+  const channel = a["vsock-port"] !== undefined ? AGENT_CHANNELS.tdx : AGENT_CHANNELS[guestProfile(existsSync)];
+  if (channel.kind === "virtio-serial") return serial(channel.guestDevice);
   return new SocatVsockHostTransport({
-    port: a["vsock-port"] === undefined ? DEFAULT_VSOCK_PORT : int("vsock-port", a["vsock-port"], 1, 0xffffffff),
+    port: a["vsock-port"] === undefined ? channel.port : int("vsock-port", a["vsock-port"], 1, 0xffffffff),
     socketPath: a["vsock-socket"] ?? join(stateDir, "agent.sock"),
     socat: a.socat,
     logger: logger.child({ component: "vsock" }),

@@ -22,7 +22,7 @@ export interface VmConfig {
   sshListen: string;
   sshPorts: { from: number; to: number };
   tdxFirmware: string;
-  timeouts: { bootMs: number; setupMs: number; sshMs: number };
+  timeouts: { bootMs: number; setupAckMs: number; setupMs: number; sshMs: number };
   guestGatewayUrl: string;
 }
 
@@ -66,6 +66,7 @@ export function loadVmConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): VmCon
     tdxFirmware: get("CVM_TDX_FIRMWARE", "/usr/share/ovmf/OVMF.inteltdx.fd"),
     timeouts: {
       bootMs: int(get("CVM_BOOT_TIMEOUT_S", "600"), "CVM_BOOT_TIMEOUT_S", 5, 86_400) * 1000,
+      setupAckMs: int(get("CVM_SETUP_ACK_TIMEOUT_S", "120"), "CVM_SETUP_ACK_TIMEOUT_S", 5, 86_400) * 1000,
       setupMs: int(get("CVM_SETUP_TIMEOUT_S", "900"), "CVM_SETUP_TIMEOUT_S", 5, 86_400) * 1000,
       sshMs: int(get("CVM_SSH_TIMEOUT_S", "120"), "CVM_SSH_TIMEOUT_S", 1, 3_600) * 1000,
     },

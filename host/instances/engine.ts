@@ -202,11 +202,11 @@ export class LifecycleEngine {
   private async provision(inst: Instance, mode: "create"): Promise<void> {
     const ac = new AbortController();
     this.inflight.set(inst.id, ac);
+    let info: ReadyInfo | undefined;
     try {
       const spec = await this.spec(inst);
       const ctx = this.context(inst, ac);
       const claimed = this.d.pool && this.d.driver.warm ? await this.d.pool.claim(inst.id) : null;
-      let info: ReadyInfo;
       if (claimed) {
         const g = claimed.guest;
         ctx.event("claim", `claimed warm guest ${g.id} (image ${g.imageId}, warm for ${Math.round(claimed.warmForMs / 1000)} s): claim-time setup only`);
@@ -224,6 +224,8 @@ export class LifecycleEngine {
       await this.markReady(inst.id, info);
     } catch (err) {
       await this.failProvisioning(inst.id, ac, err, mode);
+      // The driver tears down what fails inside it; a failure after it handed over a running guest leaves that to us.
+      if (info !== undefined && !ac.signal.aborted) await this.destroyAfterFailure(inst);
     } finally {
       this.inflight.delete(inst.id);
       this.d.capacity?.settle(inst.id);
@@ -269,16 +271,33 @@ export class LifecycleEngine {
   }
 
   private async failProvisioning(id: string, ac: AbortController, err: unknown, _mode: string): Promise<void> {
-    const current = await this.d.instances.byId(id);
-    // A delete or shutdown aborted us: the delete path (or the next cvmd) owns the instance now.
-    if (ac.signal.aborted || this.closing || !current || current.status !== "provisioning") return;
-    const log = this.d.logger.child({ instance: current.name, instance_id: id });
-    if (err instanceof ProvisionError) {
-      log.warn({ failure_code: err.code, err: err.cause ?? err }, "provisioning failed");
-      await this.fail(id, err.code, err.message);
-    } else {
-      log.error({ err }, "provisioning failed unexpectedly");
-      await this.fail(id, "internal", FAILURE_CODES.internal);
+    const log = this.d.logger.child({ instance_id: id });
+    try {
+      const current = await this.d.instances.byId(id);
+      // A delete or shutdown aborted us: the delete path (or the next cvmd) owns the instance now.
+      if (ac.signal.aborted || this.closing || !current || current.status !== "provisioning") return;
+      const failure = err instanceof ProvisionError ? err : new ProvisionError("internal", FAILURE_CODES.internal, { cause: err });
+      if (failure.code === "internal") {
+        log.error({ instance: current.name, err: failure.cause ?? failure }, "provisioning failed unexpectedly");
+        // Nobody can act on a bare "internal": the event says what broke (an error's name, code and message, no stack).
+        await this.d.db.tx(() => this.d.instances.appendEvent(id, "error", null, null, `internal: ${describeCause(failure.cause)}`, this.d.clock.now()));
+      } else {
+        log.warn({ instance: current.name, failure_code: failure.code, err: failure.cause ?? failure }, "provisioning failed");
+      }
+      await this.fail(id, failure.code, failure.message);
+    } catch (e) {
+      // The store itself failing: the row stays provisioning and the next cvmd's recover() settles it.
+      log.error({ err: e, cause: err }, "could not record the provisioning failure");
+    }
+  }
+
+  private async destroyAfterFailure(inst: Instance): Promise<void> {
+    const log = this.d.logger.child({ instance: inst.name, instance_id: inst.id });
+    try {
+      const current = (await this.d.instances.byId(inst.id).catch(() => null)) ?? inst;
+      await this.d.driver.destroy(await this.spec(current));
+    } catch (err) {
+      log.error({ err }, "could not tear down the guest of a failed instance");
     }
   }
 
@@ -348,4 +367,21 @@ export class LifecycleEngine {
     assertTransition(inst.status, to);
     return this.d.db.tx(() => this.d.instances.transition(inst.id, inst.status, to, fields, this.d.clock.now(), message));
   }
+}
+
+/** One line naming an unexpected error and its causes, for an instance event (no stack, bounded). */
+export function describeCause(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 4; depth++) {
+    if (e instanceof Error) {
+      const code = (e as { code?: unknown }).code;
+      parts.push(`${e.name}${typeof code === "string" ? ` (${code})` : ""}: ${e.message}`);
+      e = e.cause;
+    } else {
+      parts.push(String(e));
+      break;
+    }
+  }
+  const line = (parts.join(" <- ") || "unknown cause").replace(/\s+/g, " ");
+  return line.length > 500 ? `${line.slice(0, 499)}…` : line;
 }

@@ -42,7 +42,7 @@ async function setup(answer: (nonce: Buffer) => AgentMessage | null) {
   const images = {
     manifestOf: async (id: string) => (id === "cvm-img" ? { image_id: id, expected_measurements: { rtmr2: "cd".repeat(48) } } : null),
   } as unknown as ImageCatalog;
-  const driver = new QemuDriver({ images, logger: pino({ level: "silent" }) } as unknown as QemuDriverOptions);
+  const driver = new QemuDriver({ images, profile: "plain", logger: pino({ level: "silent" }) } as unknown as QemuDriverOptions);
   const link = new AgentLink({ connector: new UnixSocketConnector(path), logger: pino({ level: "silent" }), instanceId: "i1", hostVersion: "test" });
   link.start();
   (driver as unknown as { links: Map<string, AgentLink> }).links.set("i1", link);

@@ -7,6 +7,8 @@ import { NetnsGuestNetwork } from "../net/guest-network.js";
 import { NftCommandRunner } from "../net/nft-runner.js";
 import type { VmConfig } from "../vm-config.js";
 import { probeAccel } from "../vmm/accel-probe.js";
+import { assertProfileConsistent } from "../vmm/profile-check.js";
+import { PROFILES } from "../vmm/profiles.js";
 import { QemuHypervisor } from "../vmm/qemu-hypervisor.js";
 import { tdxPreflight } from "../vmm/tdx-preflight.js";
 import type { Driver } from "./driver.js";
@@ -26,8 +28,12 @@ export interface BuiltDriver {
  * falling back to a non-confidential guest would be worse than not starting.
  */
 export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger): Promise<BuiltDriver> {
+  // Before any side effect (namespace, nft): a profile whose argv and agent channel disagree never runs.
+  assertProfileConsistent(vm.profile, PROFILES);
   if (process.getuid?.() !== 0) return { driver: new UnavailableDriver("cvmd must run as root to manage network namespaces, taps and nftables") };
-  for (const tool of ["qemu-system-x86_64", "nft", "ip", "dnsmasq"]) {
+  // A vsock agent channel is dialed through socat (Node cannot open AF_VSOCK).
+  const tools = ["qemu-system-x86_64", "nft", "ip", "dnsmasq", ...(PROFILES[vm.profile].channel.kind === "vsock" ? ["socat"] : [])];
+  for (const tool of tools) {
     const found = await run("sh", ["-c", `command -v ${tool}`]).then(
       () => true,
       () => false,

@@ -1,11 +1,14 @@
+import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { ImageError, type ImageCatalog } from "../images/image-catalog.js";
-import { AgentLink, AgentRequestError, checkSshHostKey, UnixSocketConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready } from "../link/index.js";
+import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready } from "../link/index.js";
 import type { EgressFirewall } from "../net/egress-firewall.js";
 import type { GuestAttachment, GuestNetwork } from "../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "../vmm/boot-phases.js";
 import { allocateCid } from "../vmm/cid.js";
-import type { Accel, GuestProfile, Hypervisor } from "../vmm/hypervisor.js";
+import { VmmError, type Accel, type GuestProfile, type Hypervisor, type LaunchRecord } from "../vmm/hypervisor.js";
+import { agentChannelsInArgv, assertProfileConsistent } from "../vmm/profile-check.js";
+import { PROFILES, type AgentEndpoint, type Profile, type ProfileTable } from "../vmm/profiles.js";
 import { runPaths } from "../vmm/run-dir.js";
 import {
   AttestationUnavailableError,
@@ -32,6 +35,10 @@ export interface QemuDriverOptions {
   images: ImageCatalog;
   logger: Logger;
   profile: GuestProfile;
+  /** The profile rows; the hypervisor must build its argv from the same table (both default to PROFILES). */
+  profiles?: ProfileTable;
+  /** socat binary for the vsock bridge of profiles whose agent channel is vsock. */
+  socat?: string;
   accel: Accel;
   memoryMiB: number;
   vcpus: number;
@@ -40,8 +47,11 @@ export interface QemuDriverOptions {
   guestGatewayUrl: string;
   /** The cap a pool guest runs under before its claim (its counters are dropped at the claim). */
   poolEgressLimitBytes?: number;
-  /** Phase-aware deadlines: QEMU start → agent hello, setup → ready, ready → SSH handshake. */
-  timeouts: { bootMs: number; setupMs: number; sshMs: number };
+  /**
+   * One deadline per phase, each failing with its own code: QEMU start → agent hello (`boot_timeout`),
+   * setup sent → acknowledged and acknowledged → ready (`agent_timeout`), ready → SSH handshake (`ssh_unreachable`).
+   */
+  timeouts: { bootMs: number; setupAckMs: number; setupMs: number; sshMs: number };
 }
 
 interface Runtime {
@@ -81,6 +91,22 @@ function abortion(signal: AbortSignal): Promise<never> {
   return p;
 }
 
+/** A promise that rejects with `make()` after `ms` (never resolves); its timer does not hold the process. */
+function deadline(ms: number, make: () => Error): Promise<never> {
+  const p = new Promise<never>((_, reject) => setTimeout(() => reject(make()), ms).unref());
+  p.catch(() => undefined);
+  return p;
+}
+
+/**
+ * The agent answered a request with an error reply (its own code): it refused, which no wait will
+ * change. Link-side codes (disconnected, timeout, closed) are not refusals.
+ */
+function agentRefusal(err: unknown): ProvisionError | null {
+  if (!(err instanceof AgentRequestError) || err.code === "disconnected" || err.code === "timeout" || err.code === "closed") return null;
+  return new ProvisionError("setup_failed", `The in-VM agent refused setup (${err.code}).`, { cause: err });
+}
+
 /**
  * Provisions an instance as a QEMU guest booted from the measured image: network and egress rules
  * first, then QEMU, then the agent's hello → setup → ready over its channel, then an SSH handshake
@@ -101,8 +127,13 @@ export class QemuDriver implements Driver {
   private readonly unclaimed = new Set<string>();
   private readonly unsubscribe = new Map<string, () => void>();
   private services: HostServices = {};
+  private readonly profile: Profile;
+  /** Adopted guests whose recorded argv created another channel than this profile's (cvmd restarted with another profile). */
+  private readonly recordedChannels = new Map<string, AgentEndpoint>();
 
+  /** Throws when the profile's argv and agent channel disagree: cvmd must not start with such a driver. */
   constructor(private readonly o: QemuDriverOptions) {
+    this.profile = assertProfileConsistent(o.profile, o.profiles ?? PROFILES);
     this.name = `qemu (${o.profile}, ${o.profile === "tdx" ? "kvm" : o.accel})`;
   }
 
@@ -203,9 +234,19 @@ export class QemuDriver implements Driver {
     }
   }
 
+  /**
+   * Every failure leaves with a failure code. A QEMU that does not start is `boot_timeout`; an
+   * agent's error reply is `setup_failed`; anything else was not expected and is `internal`, its
+   * cause kept for the event and the log.
+   */
   private asProvisionError(err: unknown, signal: AbortSignal): unknown {
     if (err instanceof ProvisionError || signal.aborted) return err;
-    return new ProvisionError("boot_timeout", "The VM could not be started.", { cause: err });
+    if (err instanceof VmmError && err.code !== "invalid_spec") return new ProvisionError("boot_timeout", "The VM could not be started.", { cause: err });
+    const refusal = agentRefusal(err);
+    if (refusal) return refusal;
+    // A request the link gave up on (no session, or no answer) within its own deadline: the agent is not answering.
+    if (err instanceof AgentRequestError && (err.code === "timeout" || err.code === "disconnected")) return new ProvisionError("agent_timeout", undefined, { cause: err });
+    return new ProvisionError("internal", undefined, { cause: err });
   }
 
   async adopt(spec: InstanceSpec, ctx: DriverContext): Promise<AdoptResult> {
@@ -221,6 +262,7 @@ export class QemuDriver implements Driver {
     this.owners.set(guestId, spec.id);
     this.watchExit(guestId);
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id });
+    this.rememberRecordedChannel(guestId, res.record, log);
     const paths = runPaths(this.o.dataDir, guestId);
     const watch = watchBootPhases(paths.serialLog, { fromOffset: res.record.serialOffset });
     const ready = this.bringUp(spec, rt, ctx, log, performance.now(), watch).finally(() => watch.stop());
@@ -235,10 +277,8 @@ export class QemuDriver implements Driver {
   private async destroyGuest(guestId: string, ownerId: string, rt: Runtime | null): Promise<void> {
     this.destroying.add(guestId);
     try {
-      await this.o.hypervisor.stop(guestId, { graceMs: 5_000 }).catch((err) => {
-        // Nothing running is fine: teardown is idempotent.
-        if (!/not running|no record/i.test(String(err))) throw err;
-      });
+      // Stopping a guest that is not running answers `already-stopped`, so teardown is idempotent; a throw is real.
+      await this.o.hypervisor.stop(guestId, { graceMs: 5_000 });
       await this.release(guestId, ownerId, rt, this.o.logger, { keepRunDir: false });
     } finally {
       this.destroying.delete(guestId);
@@ -281,7 +321,7 @@ export class QemuDriver implements Driver {
 
   /** hello → setup → ready → SSH check; shared by create and by adoption of a guest still provisioning. */
   private async bringUp(spec: InstanceSpec, rt: Runtime, ctx: DriverContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<ReadyInfo> {
-    const link = this.openLink(rt.guestId ?? spec.id, spec.id, log);
+    const link = this.openLink(rt.guestId ?? spec.id, rt.cid, spec.id, log);
     const abort = abortion(ctx.signal);
 
     const hello = await this.helloOrBootTimeout(link, abort, ctx.signal, watch);
@@ -300,17 +340,21 @@ export class QemuDriver implements Driver {
     const setupStarted = performance.now();
     try {
       if (!hello.state.ready) {
+        // The link re-sends setup on each new session, so an agent that crash-loops before acknowledging would keep
+        // this instance provisioning (and its capacity held) forever without a deadline of its own.
+        const ack = link.setup({ public_key: spec.publicKey, agent: spec.agent, inference_model: spec.inferenceModel, gateway_address: this.o.guestGatewayUrl, instance_name: spec.name });
         await Promise.race([
-          link.setup({ public_key: spec.publicKey, agent: spec.agent, inference_model: spec.inferenceModel, gateway_address: this.o.guestGatewayUrl, instance_name: spec.name }),
+          ack.catch((err) => {
+            throw agentRefusal(err) ?? err;
+          }),
           abort,
+          deadline(this.o.timeouts.setupAckMs, () => new ProvisionError("agent_timeout", "The in-VM agent did not acknowledge setup within the allowed time.", { cause: new Error(`no setup ack within ${this.o.timeouts.setupAckMs} ms`) })),
         ]);
       }
       const ready = await Promise.race([
         outcome,
         abort,
-        new Promise<never>((_, reject) =>
-          setTimeout(() => reject(new ProvisionError("agent_timeout", "The in-VM agent did not report ready within the allowed time.")), this.o.timeouts.setupMs).unref(),
-        ),
+        deadline(this.o.timeouts.setupMs, () => new ProvisionError("agent_timeout", "The in-VM agent did not report ready within the allowed time.", { cause: new Error(`no ready within ${this.o.timeouts.setupMs} ms of the setup ack`) })),
       ]);
       ctx.event("setup", `agent ready after ${Math.round(performance.now() - setupStarted)} ms of setup (OpenClaw ${ready.openclaw_version}, node ${ready.node_version})`);
 
@@ -327,8 +371,30 @@ export class QemuDriver implements Driver {
     }
   }
 
+  /** How this driver reaches a guest's agent: the profile row's endpoint, which the constructor checked its argv creates. */
+  agentConnector(guestId: string, cid: number): AgentConnector {
+    const endpoint = this.recordedChannels.get(guestId) ?? this.profile.endpoint({ cid }, runPaths(this.o.dataDir, guestId));
+    return connectorFor(endpoint, { socat: this.o.socat });
+  }
+
+  /**
+   * An adopted guest is reached where its own QEMU command line put the agent channel: after a
+   * restart with another CVM_PROFILE, dialing the new profile's channel would reach nothing.
+   */
+  private rememberRecordedChannel(guestId: string, record: LaunchRecord, log: Logger): void {
+    let found: AgentEndpoint[] = [];
+    try {
+      found = agentChannelsInArgv(record.argv);
+    } catch (err) {
+      log.warn({ err }, "cannot read the agent channel from the guest's launch record; using the profile's");
+    }
+    if (found.length !== 1 || isDeepStrictEqual(found[0], this.profile.endpoint({ cid: record.cid }, runPaths(this.o.dataDir, guestId)))) return;
+    log.warn({ launched_as: record.profile, profile: this.o.profile, channel: found[0] }, "adopted guest was launched under another profile; dialing the channel its command line created");
+    this.recordedChannels.set(guestId, found[0]);
+  }
+
   /** The guest's channel; `ownerId` is whom its model calls and egress samples are billed to. */
-  private openLink(guestId: string, ownerId: string, log: Logger): AgentLink {
+  private openLink(guestId: string, cid: number, ownerId: string, log: Logger): AgentLink {
     this.owners.set(guestId, ownerId);
     const existing = this.links.get(guestId);
     if (existing) {
@@ -336,7 +402,7 @@ export class QemuDriver implements Driver {
       return existing;
     }
     const link = new AgentLink({
-      connector: new UnixSocketConnector(runPaths(this.o.dataDir, guestId).agent),
+      connector: this.agentConnector(guestId, cid),
       logger: log,
       instanceId: guestId,
       hostVersion: "cvmd",
@@ -435,6 +501,7 @@ export class QemuDriver implements Driver {
     this.links.delete(guestId);
     this.facts.delete(guestId);
     this.owners.delete(guestId);
+    this.recordedChannels.delete(guestId);
     this.unclaimed.delete(guestId);
     await link?.close();
     const inspect = await this.o.hypervisor.inspect(guestId).catch(() => null);
@@ -454,7 +521,7 @@ export class QemuDriver implements Driver {
     this.unclaimed.add(g.id);
     const { runtime, watch, started } = await this.launch(g.id, this.o.poolEgressLimitBytes ?? DEFAULT_POOL_EGRESS_LIMIT, ctx, log);
     try {
-      await this.prepareGuest(g.id, ctx, log, started, watch);
+      await this.prepareGuest(g.id, runtime.cid, ctx, log, started, watch);
       return { imageId: runtime.imageId };
     } catch (err) {
       // Aborted: a drain tears the guest down itself, and at shutdown the next cvmd adopts it.
@@ -477,12 +544,13 @@ export class QemuDriver implements Driver {
     this.unclaimed.add(g.id);
     this.watchExit(g.id);
     const log = this.o.logger.child({ pool_guest: g.id });
-    return { alive: true, prepared: this.prepareGuest(g.id, ctx, log, performance.now()) };
+    this.rememberRecordedChannel(g.id, res.record, log);
+    return { alive: true, prepared: this.prepareGuest(g.id, rt.cid, ctx, log, performance.now()) };
   }
 
   /** hello → prepare → prepared: everything that does not depend on a tenant. */
-  private async prepareGuest(guestId: string, ctx: PoolGuestContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<void> {
-    const link = this.openLink(guestId, guestId, log);
+  private async prepareGuest(guestId: string, cid: number, ctx: PoolGuestContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<void> {
+    const link = this.openLink(guestId, cid, guestId, log);
     const abort = abortion(ctx.signal);
     const hello = await this.helloOrBootTimeout(link, abort, ctx.signal, watch);
     ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (phase ${hello.state.phase})`);
@@ -502,20 +570,21 @@ export class QemuDriver implements Driver {
     outcome.catch(() => undefined);
     link.on("progress", onProgress);
     const t0 = performance.now();
-    let timer: NodeJS.Timeout | undefined;
     try {
-      if (hello.state.phase === "awaiting_setup") await Promise.race([link.prepare(), abort]);
+      if (hello.state.phase === "awaiting_setup") {
+        await Promise.race([
+          link.prepare(),
+          abort,
+          deadline(this.o.timeouts.setupAckMs, () => new ProvisionError("agent_timeout", "The pool guest's agent did not acknowledge prepare in time.")),
+        ]);
+      }
       await Promise.race([
         outcome,
         abort,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new ProvisionError("agent_timeout", "The pool guest's agent did not report prepared in time.")), this.o.timeouts.setupMs);
-          timer.unref();
-        }),
+        deadline(this.o.timeouts.setupMs, () => new ProvisionError("agent_timeout", "The pool guest's agent did not report prepared in time.")),
       ]);
       ctx.event("prepare", `prepared after ${Math.round(performance.now() - t0)} ms; warm ${Math.round(performance.now() - started)} ms after launch`);
     } finally {
-      clearTimeout(timer);
       link.off("progress", onProgress);
       link.off("prepared", onPrepared);
       link.off("failed", onFailed);

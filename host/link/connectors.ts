@@ -1,6 +1,9 @@
 import { spawn } from "node:child_process";
 import { createConnection } from "node:net";
 import { Duplex } from "node:stream";
+import { AGENT_VSOCK_PORT, type AgentEndpoint } from "../../shared/protocol/agent-channel.js";
+
+export { AGENT_VSOCK_PORT };
 
 /** Opens a fresh byte stream to one guest's agent. */
 export interface AgentConnector {
@@ -104,7 +107,6 @@ export class StdioBridgeConnector implements AgentConnector {
 
 /** The CIDs a guest can never have: 0 hypervisor, 1 local loopback, 2 the host itself. */
 const RESERVED_CIDS = new Set([0, 1, 2]);
-export const AGENT_VSOCK_PORT = 1024;
 
 /** socat argv for the host side of the vsock bridge. */
 export function socatVsockConnectArgs(cid: number, port: number): string[] {
@@ -133,4 +135,9 @@ export class VsockSocatConnector extends StdioBridgeConnector {
       description: `vsock:${cid}:${port}`,
     });
   }
+}
+
+/** The connector that dials `endpoint`; vsock goes through socat (`socat` names its binary). */
+export function connectorFor(endpoint: AgentEndpoint, opts: { socat?: string } = {}): AgentConnector {
+  return endpoint.kind === "unix" ? new UnixSocketConnector(endpoint.path) : new VsockSocatConnector(endpoint.cid, endpoint.port, opts.socat);
 }

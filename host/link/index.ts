@@ -4,6 +4,7 @@ export {
   StdioBridgeConnector,
   UnixSocketConnector,
   VsockSocatConnector,
+  connectorFor,
   socatVsockConnectArgs,
   type AgentConnector,
   type StdioBridgeOptions,

@@ -1,6 +1,8 @@
 /** The capability the lifecycle engine needs from a virtual machine monitor; `QemuHypervisor` is the real one. */
 
-export type GuestProfile = "tdx" | "plain";
+import type { ProfileName } from "../../shared/protocol/agent-channel.js";
+
+export type GuestProfile = ProfileName;
 export type Accel = "kvm" | "tcg";
 
 /** Where the TDX quote-generation service (QGS) listens; QEMU forwards the guest's GetQuote requests there. */

@@ -1,21 +1,18 @@
-import { DEFAULT_QGS, VmmError, type LaunchSpec, type QgsAddress } from "./hypervisor.js";
+import { VmmError, type LaunchSpec } from "./hypervisor.js";
+import { PROFILES, type ProfileTable } from "./profiles.js";
+import { qemuOptValue } from "./qemu-opt.js";
 import type { RunPaths } from "./run-dir.js";
+
+export { qemuOptValue };
 
 export const DEFAULT_MEMORY_MIB = 2048;
 export const DEFAULT_VCPUS = 2;
-/** virtio-serial port name the plain profile gives the agent channel (vsock stands in under tdx). */
-export const AGENT_PORT_NAME = "org.cvm.agent.0";
-
-/** QEMU's option parser splits on commas; a literal comma inside a value is written twice. */
-export function qemuOptValue(v: string): string {
-  return v.replaceAll(",", ",,");
-}
 
 const TAP_NAME = /^[A-Za-z0-9_.-]{1,15}$/; // IFNAMSIZ - 1
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const DISK_ID = /^[A-Za-z0-9_-]{1,20}$/; // virtio-blk serials are at most 20 bytes
 
-function validate(spec: LaunchSpec): void {
+function validate(spec: LaunchSpec, profiles: ProfileTable): void {
   const bad = (m: string): never => {
     throw new VmmError("invalid_spec", m);
   };
@@ -34,12 +31,8 @@ function validate(spec: LaunchSpec): void {
     if (ids.has(d.id)) bad(`duplicate disk id ${d.id}`);
     ids.add(d.id);
   }
-  if (spec.profile === "tdx" && !spec.tdx?.firmware) bad("the tdx profile needs tdx.firmware (a TDVF build of OVMF)");
-}
-
-/** QAPI SocketAddress as the JSON form of -object expects it; vsock cid/port are strings in QAPI's VsockSocketAddress. */
-function qgsJson(a: QgsAddress): Record<string, string> {
-  return a.type === "vsock" ? { type: "vsock", cid: String(a.cid), port: String(a.port) } : { type: "unix", path: a.path };
+  if (!Object.hasOwn(profiles, spec.profile)) bad(`unknown profile ${JSON.stringify(spec.profile)}`);
+  profiles[spec.profile].validate(spec);
 }
 
 /**
@@ -51,30 +44,17 @@ function qgsJson(a: QgsAddress): Record<string, string> {
  * the devices are up, so errors in the command line surface as a failed launch with QEMU's own message, and the daemon
  * runs in its own session with stdio on /dev/null, so cvmd may die or restart without taking QEMU along.
  * `-daemonize` refuses `-nographic`, hence `-display none` plus explicit serial/monitor devices under `-nodefaults`.
+ * What differs by profile (machine, firmware, agent channel) comes from its row in `profiles`.
  */
-export function buildQemuArgs(spec: LaunchSpec, paths: RunPaths): string[] {
-  validate(spec);
+export function buildQemuArgs(spec: LaunchSpec, paths: RunPaths, profiles: ProfileTable = PROFILES): string[] {
+  validate(spec, profiles);
+  const profile = profiles[spec.profile];
   const mem = spec.memoryMiB ?? DEFAULT_MEMORY_MIB;
   const cpus = spec.vcpus ?? DEFAULT_VCPUS;
   const a: string[] = [];
   a.push("-name", `cvm-${spec.instanceId}`);
 
-  if (spec.profile === "tdx") {
-    // Syntax from upstream QEMU docs/system/i386/tdx.rst ("Launching a TD"): -accel kvm, -cpu host,
-    // -object tdx-guest,id=tdx0, -machine ...,confidential-guest-support=tdx0, TDVF loaded with -bios because TDX has
-    // no read-only memslots (so no pflash); "kernel-irqchip must be split". The quote-generation-socket property is a
-    // QAPI SocketAddress (qapi/qom.json TdxGuestProperties, since 10.1); a nested struct needs the JSON form of -object.
-    const tdxObject = { "qom-type": "tdx-guest", id: "tdx0", "quote-generation-socket": qgsJson(spec.tdx!.qgs ?? DEFAULT_QGS) };
-    a.push("-accel", "kvm", "-cpu", "host");
-    a.push("-object", JSON.stringify(tdxObject));
-    // Guest RAM from a memfd backend named on -machine: QEMU pairs it with KVM guest_memfd for the private half.
-    a.push("-object", `memory-backend-memfd,id=mem0,size=${mem}M`);
-    a.push("-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0,memory-backend=mem0");
-    a.push("-bios", spec.tdx!.firmware);
-  } else {
-    a.push("-accel", spec.accel, "-cpu", spec.accel === "kvm" ? "host" : "max");
-    a.push("-machine", "q35");
-  }
+  a.push(...profile.machineArgs(spec, mem));
   a.push("-m", String(mem), "-smp", String(cpus));
   a.push("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot");
 
@@ -96,14 +76,7 @@ export function buildQemuArgs(spec: LaunchSpec, paths: RunPaths): string[] {
   a.push("-chardev", `socket,id=qmp0,path=${qemuOptValue(paths.qmp)},server=on,wait=off`);
   a.push("-mon", "chardev=qmp0,mode=control");
 
-  if (spec.profile === "tdx") {
-    a.push("-device", `vhost-vsock-pci,guest-cid=${spec.cid}`);
-  } else {
-    // No vhost-vsock on development hosts: the agent channel rides a virtio-serial port, QEMU being the socket server.
-    a.push("-device", "virtio-serial-pci,id=vser0");
-    a.push("-chardev", `socket,id=agent0,path=${qemuOptValue(paths.agent)},server=on,wait=off`);
-    a.push("-device", `virtserialport,bus=vser0.0,chardev=agent0,name=${AGENT_PORT_NAME}`);
-  }
+  a.push(...profile.channelArgs(spec, paths));
 
   a.push("-pidfile", paths.pidfile, "-daemonize");
   return a;

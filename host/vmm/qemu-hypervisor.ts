@@ -14,6 +14,7 @@ import {
   type VmInspection,
 } from "./hypervisor.js";
 import { findQemuByPidfile, isAlive, isQemuFor, readCmdline, signal, waitForExit } from "./proc.js";
+import { PROFILES, type ProfileTable } from "./profiles.js";
 import { buildQemuArgs } from "./qemu-args.js";
 import { QmpClient } from "./qmp-client.js";
 import { ensureRunDir, readLaunchRecord, readPidfile, runPaths, writeLaunchRecord, type RunPaths } from "./run-dir.js";
@@ -23,6 +24,8 @@ export interface QemuHypervisorOptions {
   dataDir: string;
   qemuBinary?: string;
   ipBinary?: string;
+  /** The profile rows the argv is built from; the driver must dial from the same table. */
+  profiles?: ProfileTable;
   /** How long QEMU may take to daemonize (set up devices) before the launch counts as failed. */
   launchTimeoutMs?: number;
   qmpTimeoutMs?: number;
@@ -44,6 +47,7 @@ export class QemuHypervisor implements Hypervisor {
       qmpTimeoutMs: 5_000,
       escalateAfterMs: 3_000,
       procRoot: "/proc",
+      profiles: PROFILES,
       ...opts,
     });
   }
@@ -54,7 +58,7 @@ export class QemuHypervisor implements Hypervisor {
 
   async launch(spec: LaunchSpec): Promise<LaunchedVm> {
     const p = this.paths(spec.instanceId);
-    const args = buildQemuArgs(spec, p);
+    const args = buildQemuArgs(spec, p, this.o.profiles);
     await ensureRunDir(p);
     const live = await this.livePid(p);
     if (live !== null) throw new VmmError("already_running", `instance ${spec.instanceId} already runs as pid ${live}`);
