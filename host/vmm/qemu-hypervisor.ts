@@ -1,6 +1,8 @@
 import { readdir, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 
+import pino, { type Logger } from "pino";
+
 import { run, RunError } from "../../shared/util/run.js";
 import {
   VmmError,
@@ -16,7 +18,7 @@ import {
 import { findQemuByPidfile, isAlive, isQemuFor, readCmdline, signal, waitForExit } from "./proc.js";
 import { buildQemuArgs } from "./qemu-args.js";
 import { QmpClient } from "./qmp-client.js";
-import { DEFAULT_SERIAL_BYTES_PER_SEC, DEFAULT_SERIAL_LOG_BYTES, SerialCapture, type SerialFlood } from "./serial-capture.js";
+import { DEFAULT_SERIAL_BYTES_PER_SEC, DEFAULT_SERIAL_LOG_BYTES, SerialCapture } from "./serial-capture.js";
 import { ensureRunDir, readLaunchRecord, readPidfile, runPaths, writeLaunchRecord, type RunPaths } from "./run-dir.js";
 
 export interface QemuHypervisorOptions {
@@ -34,9 +36,9 @@ export interface QemuHypervisorOptions {
   serialLogMaxBytes?: number;
   /** Serial bytes per second a guest may send before cvmd stops reading for the rest of the second. */
   serialBytesPerSec?: number;
-  /** A guest went over its serial byte budget (once per episode). */
-  onSerialFlood?: (instanceId: string, f: SerialFlood) => void;
-  onSerialError?: (instanceId: string, err: Error) => void;
+  /** Where a guest going over its serial byte budget is recorded, once per episode. */
+  securityLog?: Logger;
+  logger?: Logger;
 }
 
 /** Runs each guest as a daemonized QEMU, optionally inside a network namespace, and finds it again after a restart. */
@@ -49,8 +51,8 @@ export class QemuHypervisor implements Hypervisor {
     this.o = Object.freeze({
       serialLogMaxBytes: DEFAULT_SERIAL_LOG_BYTES,
       serialBytesPerSec: DEFAULT_SERIAL_BYTES_PER_SEC,
-      onSerialFlood: () => undefined,
-      onSerialError: () => undefined,
+      securityLog: pino({ level: "silent" }),
+      logger: pino({ level: "silent" }),
       qemuBinary: "qemu-system-x86_64",
       ipBinary: "ip",
       launchTimeoutMs: 30_000,
@@ -149,7 +151,9 @@ export class QemuHypervisor implements Hypervisor {
       const q = await this.client(instanceId, p);
       const st = await q.execute<{ status: string }>("query-status", undefined, { timeoutMs: this.o.qmpTimeoutMs });
       // A guest launched before cvmd captured serial output itself has no serial.sock: adopt it all the same.
-      await this.captureSerial(instanceId, p).catch((err: Error) => this.o.onSerialError(instanceId, err));
+      await this.captureSerial(instanceId, p).catch((err: Error) =>
+        this.o.logger.warn({ instance_id: instanceId, err: err.message }, "no serial capture for this guest; its serial output is not logged"),
+      );
       return { adopted: true, instanceId, pid, status: st.status, record };
     } catch (e) {
       return { adopted: false, instanceId, reason: "qmp-unreachable", detail: `pid ${pid}: ${(e as Error).message}` };
@@ -243,8 +247,12 @@ export class QemuHypervisor implements Hypervisor {
       logPath: p.serialLog,
       maxBytes: this.o.serialLogMaxBytes,
       bytesPerSec: this.o.serialBytesPerSec,
-      onFlood: (f) => this.o.onSerialFlood(instanceId, f),
-      onError: (err) => this.o.onSerialError(instanceId, err),
+      onFlood: (f) =>
+        this.o.securityLog.warn(
+          { event: "serial_flood", instance_id: instanceId, bytes_in_window: f.bytesInWindow, bytes_per_sec: f.bytesPerSec },
+          "guest sends more serial output than its budget; cvmd reads it at the budget's pace",
+        ),
+      onError: (err) => this.o.logger.warn({ instance_id: instanceId, err: err.message }, "serial capture failed"),
     });
     this.serial.set(instanceId, cap);
     void cap.ended.then(() => {

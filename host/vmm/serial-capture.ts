@@ -8,6 +8,8 @@ export const DEFAULT_SERIAL_LOG_BYTES = 4 * 1024 * 1024;
 export const DEFAULT_SERIAL_BYTES_PER_SEC = 1024 * 1024;
 /** Guest output queued for a slow console client before it is skipped (it stays in the log). */
 const CONSOLE_BACKLOG_BYTES = 256 * 1024;
+/** How long serial bytes gather in the kernel's socket buffer before cvmd reads and writes them in one go. */
+const BATCH_MS = 25;
 
 export interface SerialFlood {
   /** Bytes the guest sent in the window that went over the budget. */
@@ -32,10 +34,10 @@ export interface SerialCaptureOptions {
 /**
  * cvmd's end of a guest's serial port. QEMU's own `logfile=` has no size limit, so cvmd reads the chardev itself and
  * writes the log: `serial.log` is rotated to `serial.log.1` when it reaches half the cap, so the two together never
- * exceed it, by construction and with no overshoot (each write is cut at the boundary). The socket is paused while a
- * write is in flight and while the guest is over its byte budget; the pause pushes back into QEMU (its 16550 waits
- * for the socket to drain), so a flooding guest slows its own console, not cvmd, and the work per byte is one copy
- * into the page cache. While cvmd is down QEMU discards serial output (an unconnected socket chardev drops it), so the
+ * exceed it, by construction and with no overshoot (each write is cut at the boundary). The socket is read in
+ * batches, paused while a write is in flight and while the guest is over its byte budget; the pause pushes back into
+ * QEMU (its 16550 waits for the socket to drain), so a flooding guest slows its own console, not cvmd: at most one
+ * read and one file write per batch interval, and one copy per byte. While cvmd is down QEMU discards serial output (an unconnected socket chardev drops it), so the
  * log has a gap then, never unbounded growth. QEMU 7.2 serves one client per socket chardev, so cvmd also serves the
  * console socket and relays one interactive client, which keeps working beside the capture.
  */
@@ -52,6 +54,8 @@ export class SerialCapture {
   private flooding = false;
   private resumeTimer: NodeJS.Timeout | null = null;
   private writing = false;
+  private pending: Buffer[] = [];
+  private batchTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private chain: Promise<void> = Promise.resolve();
   private endedResolve: () => void = () => undefined;
@@ -110,14 +114,24 @@ export class SerialCapture {
   }
 
   private onGuestData(chunk: Buffer): void {
-    const s = this.serial!;
-    s.pause();
-    this.writing = true;
+    this.pending.push(chunk);
     this.account(chunk.length);
+    if (this.batchTimer || this.writing) return;
+    // QEMU's 16550 hands the socket a byte at a time, so reads come in crumbs. Pausing for a batch interval lets the
+    // kernel's socket buffer gather them: one read and one write per interval, whatever the guest's write pattern.
+    this.serial?.pause();
+    this.batchTimer = setTimeout(() => this.flush(), BATCH_MS);
+  }
+
+  private flush(): void {
+    this.batchTimer = null;
+    const data = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending);
+    this.pending = [];
     const c = this.client;
-    if (c && c.writableLength < CONSOLE_BACKLOG_BYTES) c.write(chunk);
+    if (c && c.writableLength < CONSOLE_BACKLOG_BYTES) c.write(data);
+    this.writing = true;
     this.chain = this.chain
-      .then(() => this.append(chunk))
+      .then(() => this.append(data))
       .catch((err: Error) => this.o.onError?.(err))
       .finally(() => {
         this.writing = false;
@@ -143,7 +157,7 @@ export class SerialCapture {
   }
 
   private maybeResume(): void {
-    if (this.closed || !this.serial || this.writing || this.resumeTimer) return;
+    if (this.closed || !this.serial || this.writing || this.resumeTimer || this.batchTimer) return;
     const left = 1000 - (Date.now() - this.windowStart);
     if (this.windowBytes > this.bytesPerSec && left > 0) {
       this.resumeTimer = setTimeout(() => {
@@ -214,6 +228,10 @@ export class SerialCapture {
     if (this.closed) return;
     this.closed = true;
     if (this.resumeTimer) clearTimeout(this.resumeTimer);
+    if (this.batchTimer) {
+      clearTimeout(this.batchTimer);
+      this.flush();
+    }
     this.client?.destroy();
     this.serial?.destroy();
     const server = this.consoleServer;
