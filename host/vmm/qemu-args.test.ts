@@ -86,6 +86,8 @@ describe("plain profile", () => {
       _: "socket", id: "con0", path: "/var/lib/cvm/vms/inst-1/serial.sock", server: "on", wait: "off",
     });
     expect(argv.join(" ")).not.toMatch(/logfile=/);
+    // Paused until the launcher has connected to the serial socket and sent `cont`.
+    expect(argv).toContain("-S");
     expect(opt(argv, "-serial")).toEqual(["chardev:con0"]);
     expect(chardevs.find((c) => c.id === "qmp0")).toEqual({ _: "socket", id: "qmp0", path: "/var/lib/cvm/vms/inst-1/qmp.sock", server: "on", wait: "off" });
     expect(opt(argv, "-mon")).toEqual(["chardev=qmp0,mode=control"]);

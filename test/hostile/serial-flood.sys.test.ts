@@ -32,6 +32,8 @@ const CAP = 64 * 1024;
 /** Low enough that the tiny guest's serial port, even under TCG, outruns it and the flood counts as one. */
 const BUDGET = 32 * 1024;
 const id = "flood-1";
+/** The probe asks 20 times a second for minutes: the API's own rate limits are not what is measured here. */
+const NO_RATE_LIMITS = { CVM_RATE_LIMIT: "0", CVM_RATE_LIMIT_PER_ADDRESS: "0" };
 
 async function until(what: string, ok: () => Promise<boolean>, ms: number): Promise<void> {
   const end = Date.now() + ms;
@@ -75,7 +77,7 @@ describe.skipIf(why !== null)("hostile guest: serial console flood", () => {
     // QEMU creates the tap inside a namespace of our own, left down: the guest's DHCP attempts reach nothing.
     netns = `cvsf-${tag}`;
     await run("ip", ["netns", "add", netns]);
-    daemon = await startOpsDaemon({ dataDir: path.join(dataDir, "daemon"), driver: new FakeDriver() });
+    daemon = await startOpsDaemon({ dataDir: path.join(dataDir, "daemon"), driver: new FakeDriver(), env: NO_RATE_LIMITS });
     key = await daemon.tenant("bystander");
     hv = hypervisor(daemon);
     spec = tinyGuestSpec({ instanceId: id, kernel, dir: dataDir, nic: { tap: `tsf${tag}`.slice(0, 15), mac: "52:54:00:5f:00:01" }, netns });
@@ -110,6 +112,7 @@ describe.skipIf(why !== null)("hostile guest: serial console flood", () => {
     const idleRun = await cpu(() => measureAttack({ attack: () => new Promise((r) => setTimeout(r, 5_000)), probe }));
     const idle = idleRun.out;
     const con = await console_(path.join(vm.runDir, "console.sock"));
+    const floodStart = performance.now();
     const floodRun = await cpu(() => measureAttack({
       attack: async () => {
         // The marker is computed by the guest's shell, so the echoed command line does not match it.
@@ -119,10 +122,11 @@ describe.skipIf(why !== null)("hostile guest: serial console flood", () => {
       probe,
     }));
     const cost = floodRun.out;
+    const floodSeconds = (performance.now() - floodStart) / 1000;
     con.close();
     const show = (c: typeof cost) => JSON.stringify({ loopDelayMaxMs: c.loopDelayMaxMs, rssGrowthMiB: c.rssGrowthMiB, probes: c.probeMs.length, probeMaxMs: Math.max(...c.probeMs), probeP99Ms: [...c.probeMs].sort((a, b) => a - b)[Math.floor(c.probeMs.length * 0.99)] });
     console.log(
-      `serial flood of ${10 * CAP} bytes, cap ${CAP}, budget ${BUDGET} B/s: ${show(cost)}, cpuMsPerSec ${floodRun.cpuMsPerSec.toFixed(1)}; ` +
+      `serial flood of ${10 * CAP} bytes in ${floodSeconds.toFixed(1)} s, cap ${CAP}, budget ${BUDGET} B/s: ${show(cost)}, cpuMsPerSec ${floodRun.cpuMsPerSec.toFixed(1)}; ` +
         `idle 5 s before it: ${show(idle)}, cpuMsPerSec ${idleRun.cpuMsPerSec.toFixed(1)}`,
     );
     expect(cost.loopDelayMaxMs).toBeLessThan(ATTACK_LIMITS.loopDelayMaxMs);
@@ -139,7 +143,7 @@ describe.skipIf(why !== null)("hostile guest: serial console flood", () => {
     // cvmd restarts: the daemon and its hypervisor go, the guest stays; the next ones adopt it and capture again.
     hv!.close();
     await daemon!.close();
-    daemon = await startOpsDaemon({ dataDir: path.join(dataDir, "daemon"), driver: new FakeDriver() });
+    daemon = await startOpsDaemon({ dataDir: path.join(dataDir, "daemon"), driver: new FakeDriver(), env: NO_RATE_LIMITS });
     key = await daemon.key("bystander");
     hv = hypervisor(daemon);
     const adopted = await hv.adopt(id);
