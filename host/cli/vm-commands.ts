@@ -1,4 +1,4 @@
-import { cp, readdir, readFile, readlink, rename, rm, symlink } from "node:fs/promises";
+import { cp, readdir, readFile, readlink, rename, rm, stat, symlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Config } from "../config.js";
 import { ImageError, verifyImageDir, type ImageManifest } from "../images/image-catalog.js";
@@ -145,6 +145,10 @@ export async function runVmCommand(
         const text = await readSerialTail(join(runDir, "serial.log"));
         io.out(values.raw ? text : terminalSafe(text, "log"));
         return 0;
+      }
+      const sock = join(runDir, "console.sock");
+      if (!(await stat(sock).then((st) => st.isSocket(), () => false))) {
+        throw new VmCliError(`${sub} has no console socket: cvmd serves it while it runs and the VM is up (--log reads the log without either)`);
       }
       io.err(`attached to ${sub}'s serial console; Ctrl-] detaches`);
       return await attachConsole(runDir, undefined, values.raw ? {} : { filter: (d) => terminalSafe(d, "interactive") });

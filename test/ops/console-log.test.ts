@@ -39,4 +39,9 @@ test("cvmctl console --log shows a guest's escape sequences as text, and passes 
 
   const raw = await cvmctl(["console", name, "--log", "--raw"], env);
   expect(raw.stdout).toBe("boot ok\r\n\x1b]0;pwned\x07\x1b[2Jevil\rgood\n\n");
+
+  // No cvmd, so nobody serves the console: one clear line instead of socat's error.
+  const attach = await cvmctl(["console", name], env);
+  expect(attach.code).toBe(1);
+  expect(attach.stderr).toMatch(/has no console socket: cvmd serves it while it runs/);
 });
