@@ -1,4 +1,5 @@
-import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -121,6 +122,24 @@ test("the console socket relays one client both ways while the log keeps recordi
   expect(refused).toMatch(/another client holds this console/);
   c1.destroy();
   expect((await stat(consoleSocket)).isSocket()).toBe(true);
+});
+
+test("a writer sending one byte per write (as QEMU's 16550 does) is not slowed by the capture", async () => {
+  // socat -b1 stands in for QEMU here: a separate process, a Unix socket server, one write(2) per byte. Each such
+  // write is its own buffer in the kernel, so a reader that paused between batches would cap it at a few KiB/s.
+  const total = 200 * 1024;
+  const src = path.join(dir, "bytes.txt");
+  await writeFile(src, Buffer.alloc(total, 0x78));
+  const sock = path.join(dir, `socat-${++n}.sock`);
+  const socat = spawn("socat", ["-b1", "-u", `OPEN:${src}`, `UNIX-LISTEN:${sock}`], { stdio: "ignore" });
+  cleanups.push(async () => void socat.kill("SIGKILL"));
+  await until(async () => (await stat(sock).then((st) => st.isSocket(), () => false)), 5_000);
+  const logPath = path.join(dir, `socat-${n}.log`);
+  const t0 = Date.now();
+  const cap = await SerialCapture.start({ serialSocket: sock, consoleSocket: path.join(dir, `console-${n}.sock`), logPath });
+  cleanups.push(() => cap.close());
+  await until(async () => (await sizeOf(logPath)) === total, 20_000);
+  expect(Date.now() - t0).toBeLessThan(8_000);
 });
 
 test("a cap below the minimum is refused", async () => {

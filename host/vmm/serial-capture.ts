@@ -8,8 +8,10 @@ export const DEFAULT_SERIAL_LOG_BYTES = 4 * 1024 * 1024;
 export const DEFAULT_SERIAL_BYTES_PER_SEC = 1024 * 1024;
 /** Guest output queued for a slow console client before it is skipped (it stays in the log). */
 const CONSOLE_BACKLOG_BYTES = 256 * 1024;
-/** How long serial bytes gather in the kernel's socket buffer before cvmd reads and writes them in one go. */
+/** How long serial bytes gather in memory before cvmd writes them to the log in one go. */
 const BATCH_MS = 25;
+/** Gathered bytes beyond this pause reading until the file write catches up. */
+const MAX_PENDING_BYTES = 256 * 1024;
 
 export interface SerialFlood {
   /** Bytes the guest sent in the window that went over the budget. */
@@ -34,10 +36,10 @@ export interface SerialCaptureOptions {
 /**
  * cvmd's end of a guest's serial port. QEMU's own `logfile=` has no size limit, so cvmd reads the chardev itself and
  * writes the log: `serial.log` is rotated to `serial.log.1` when it reaches half the cap, so the two together never
- * exceed it, by construction and with no overshoot (each write is cut at the boundary). The socket is read in
- * batches, paused while a write is in flight and while the guest is over its byte budget; the pause pushes back into
- * QEMU (its 16550 waits for the socket to drain), so a flooding guest slows its own console, not cvmd: at most one
- * read and one file write per batch interval, and one copy per byte. While cvmd is down QEMU discards serial output (an unconnected socket chardev drops it), so the
+ * exceed it, by construction and with no overshoot (each write is cut at the boundary). Writes are gathered to one per
+ * batch interval; reading pauses while the guest is over its byte budget (or the gathered bytes outrun the disk), and
+ * the pause pushes back into QEMU (its 16550 waits for the socket to drain), so a flooding guest slows its own
+ * console, not cvmd. Memory per guest is bounded by MAX_PENDING_BYTES plus one socket read. While cvmd is down QEMU discards serial output (an unconnected socket chardev drops it), so the
  * log has a gap then, never unbounded growth. QEMU 7.2 serves one client per socket chardev, so cvmd also serves the
  * console socket and relays one interactive client, which keeps working beside the capture.
  */
@@ -55,6 +57,7 @@ export class SerialCapture {
   private resumeTimer: NodeJS.Timeout | null = null;
   private writing = false;
   private pending: Buffer[] = [];
+  private pendingBytes = 0;
   private batchTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private chain: Promise<void> = Promise.resolve();
@@ -115,18 +118,21 @@ export class SerialCapture {
 
   private onGuestData(chunk: Buffer): void {
     this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
     this.account(chunk.length);
-    if (this.batchTimer || this.writing) return;
-    // QEMU's 16550 hands the socket a byte at a time, so reads come in crumbs. Pausing for a batch interval lets the
-    // kernel's socket buffer gather them: one read and one write per interval, whatever the guest's write pattern.
-    this.serial?.pause();
-    this.batchTimer = setTimeout(() => this.flush(), BATCH_MS);
+    // Reading never waits for the batch: QEMU's 16550 sends a byte per write, each its own socket buffer, so a
+    // reader that paused would cap the guest's console at a few KiB/s. Reads come as often as the loop turns (a busy
+    // cvmd gets bigger reads), and writes to the file are gathered to one per batch interval.
+    if (this.pendingBytes >= MAX_PENDING_BYTES || this.windowBytes > this.bytesPerSec) this.serial?.pause();
+    if (!this.batchTimer && !this.writing) this.batchTimer = setTimeout(() => this.flush(), BATCH_MS);
   }
 
   private flush(): void {
     this.batchTimer = null;
+    if (this.pending.length === 0) return this.maybeResume();
     const data = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending);
     this.pending = [];
+    this.pendingBytes = 0;
     const c = this.client;
     if (c && c.writableLength < CONSOLE_BACKLOG_BYTES) c.write(data);
     this.writing = true;
@@ -135,6 +141,7 @@ export class SerialCapture {
       .catch((err: Error) => this.o.onError?.(err))
       .finally(() => {
         this.writing = false;
+        if (this.pending.length > 0 && !this.batchTimer) this.batchTimer = setTimeout(() => this.flush(), BATCH_MS);
         this.maybeResume();
       });
   }
@@ -157,7 +164,7 @@ export class SerialCapture {
   }
 
   private maybeResume(): void {
-    if (this.closed || !this.serial || this.writing || this.resumeTimer || this.batchTimer) return;
+    if (this.closed || !this.serial || this.resumeTimer || this.pendingBytes >= MAX_PENDING_BYTES) return;
     const left = 1000 - (Date.now() - this.windowStart);
     if (this.windowBytes > this.bytesPerSec && left > 0) {
       this.resumeTimer = setTimeout(() => {
