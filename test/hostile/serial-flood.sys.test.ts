@@ -129,9 +129,10 @@ describe.skipIf(why !== null)("hostile guest: serial console flood", () => {
       `serial flood of ${10 * CAP} bytes in ${floodSeconds.toFixed(1)} s, cap ${CAP}, budget ${BUDGET} B/s: ${show(cost)}, cpuMsPerSec ${floodRun.cpuMsPerSec.toFixed(1)}; ` +
         `idle 5 s before it: ${show(idle)}, cpuMsPerSec ${idleRun.cpuMsPerSec.toFixed(1)}`,
     );
-    expect(cost.loopDelayMaxMs).toBeLessThan(ATTACK_LIMITS.loopDelayMaxMs);
-    expect(cost.rssGrowthMiB).toBeLessThan(ATTACK_LIMITS.rssGrowthMiB);
-    expect(Math.max(...cost.probeMs)).toBeLessThan(ATTACK_LIMITS.probeMs);
+    // Soft: a loaded machine breaks these even with no attack (the idle line above says so); the checks below still run.
+    expect.soft(cost.loopDelayMaxMs).toBeLessThan(ATTACK_LIMITS.loopDelayMaxMs);
+    expect.soft(cost.rssGrowthMiB).toBeLessThan(ATTACK_LIMITS.rssGrowthMiB);
+    expect.soft(Math.max(...cost.probeMs)).toBeLessThan(ATTACK_LIMITS.probeMs);
 
     const { cur, old } = await logBytes();
     expect(old).toBe(CAP / 2);
