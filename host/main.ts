@@ -6,6 +6,7 @@ import { UnavailableDriver } from "./instances/unavailable-driver.js";
 import { buildQemuDriver, type BuiltDriver } from "./instances/qemu-driver-factory.js";
 import { loadVmConfig } from "./vm-config.js";
 import { createLogger } from "./logger.js";
+import { installLastResortHandlers } from "./ops/last-resort.js";
 import { Metrics } from "./ops/metrics.js";
 
 /** cvmd's composition root: the only place that reads the environment and installs signal handlers. */
@@ -21,6 +22,7 @@ async function main(): Promise<void> {
     throw err;
   }
   const logger = createLogger(config.logLevel, "cvmd");
+  installLastResortHandlers(logger);
   const securityLog = logger.child({ stream: "security" });
 
   let built: BuiltDriver;

@@ -24,6 +24,8 @@ export interface VmConfig {
   tdxFirmware: string;
   timeouts: { bootMs: number; setupAckMs: number; setupMs: number; sshMs: number };
   guestGatewayUrl: string;
+  /** Cap on each guest's serial.log and its rotated serial.log.1 together. */
+  serialLogMaxKiB: number;
 }
 
 const int = (v: string, name: string, min: number, max: number): number => {
@@ -71,5 +73,6 @@ export function loadVmConfig(env: NodeJS.ProcessEnv, cwd = process.cwd()): VmCon
       sshMs: int(get("CVM_SSH_TIMEOUT_S", "120"), "CVM_SSH_TIMEOUT_S", 1, 3_600) * 1000,
     },
     guestGatewayUrl: get("CVM_GUEST_GATEWAY_URL", "http://127.0.0.1:18790/v1"),
+    serialLogMaxKiB: int(get("CVM_SERIAL_LOG_MAX_KIB", "4096"), "CVM_SERIAL_LOG_MAX_KIB", 64, 1 << 20),
   });
 }

@@ -1,4 +1,4 @@
-import { cp, readdir, readFile, readlink, rename, rm, symlink } from "node:fs/promises";
+import { cp, readdir, readFile, readlink, rename, rm, stat, symlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Config } from "../config.js";
 import { ImageError, verifyImageDir, type ImageManifest } from "../images/image-catalog.js";
@@ -9,15 +9,17 @@ import { TenantStore } from "../store/tenants.js";
 import { loadVmConfig } from "../vm-config.js";
 import { runPaths } from "../vmm/run-dir.js";
 import { attachConsole, readSerialTail } from "../vmm/serial-console.js";
+import { terminalSafe } from "./terminal-safe.js";
 
 export const VM_USAGE = `  image list [--json]             guest images beside CVM_IMAGE_DIR; * marks the one new instances use
   image add DIR [--use]           verify an image directory against its manifest and copy it in
   image use ID                    boot new instances from image ID
   image rm ID                     remove an image no live instance and no default uses
-  console NAME [--tenant SLUG] [--log]
-                                  attach to an instance's serial console (Ctrl-] detaches); --log prints its log`;
+  console NAME [--tenant SLUG] [--log] [--raw]
+                                  attach to an instance's serial console (Ctrl-] detaches); --log prints its log;
+                                  guest control bytes are shown escaped unless --raw`;
 
-export const VM_OPTIONS = { use: { type: "boolean" as const, default: false }, log: { type: "boolean" as const, default: false } };
+export const VM_OPTIONS = { use: { type: "boolean" as const, default: false }, log: { type: "boolean" as const, default: false }, raw: { type: "boolean" as const, default: false } };
 
 interface Io {
   out(line: string): void;
@@ -62,7 +64,7 @@ async function liveImageIds(config: Config): Promise<Set<string>> {
 /** `image …` and `console …`; returns undefined when the command is not one of these. */
 export async function runVmCommand(
   positionals: string[],
-  values: { json?: boolean; use?: boolean; log?: boolean; tenant?: string },
+  values: { json?: boolean; use?: boolean; log?: boolean; raw?: boolean; tenant?: string },
   config: Config,
   env: NodeJS.ProcessEnv,
   io: Io,
@@ -140,11 +142,16 @@ export async function runVmCommand(
         await db.close();
       }
       if (values.log) {
-        io.out(await readSerialTail(join(runDir, "serial.log")));
+        const text = await readSerialTail(join(runDir, "serial.log"));
+        io.out(values.raw ? text : terminalSafe(text, "log"));
         return 0;
       }
+      const sock = join(runDir, "console.sock");
+      if (!(await stat(sock).then((st) => st.isSocket(), () => false))) {
+        throw new VmCliError(`${sub} has no console socket: cvmd serves it while it runs and the VM is up (--log reads the log without either)`);
+      }
       io.err(`attached to ${sub}'s serial console; Ctrl-] detaches`);
-      return await attachConsole(runDir);
+      return await attachConsole(runDir, undefined, values.raw ? {} : { filter: (d) => terminalSafe(d, "interactive") });
     }
   } catch (err) {
     if (err instanceof VmCliError || err instanceof ImageError) {

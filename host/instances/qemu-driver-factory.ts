@@ -64,7 +64,12 @@ export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger
   const firewall = new NftEgressFirewall({ nft: new NftCommandRunner({ netns: vm.netns }), table: vm.egressTable });
   const qemu = new QemuDriver({
     dataDir,
-    hypervisor: new QemuHypervisor({ dataDir }),
+    hypervisor: new QemuHypervisor({
+      dataDir,
+      serialLogMaxBytes: vm.serialLogMaxKiB * 1024,
+      securityLog: log.child({ stream: "security" }),
+      logger: log.child({ component: "vmm" }),
+    }),
     network,
     firewall,
     images: new ImageCatalog({ dir: vm.imageDir, logger: log.child({ component: "images" }) }),

@@ -1,6 +1,6 @@
 import { copyFileSync, existsSync, fsyncSync, openSync, closeSync, renameSync, rmSync, statSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
-import { Database } from "../store/db.js";
+import { Database, makeDatabasePrivate } from "../store/db.js";
 import { MIGRATIONS } from "../store/migrations.js";
 import { controlSocketPath, socketAnswers } from "./control-socket.js";
 import { acquireDataDirLock, DataDirBusyError, lockHolder } from "./daemon-lock.js";
@@ -71,6 +71,8 @@ export async function backupDatabase(source: Database, destination: string): Pro
   if (existsSync(dest) && statSync(dest).isDirectory()) throw new BackupError(`${dest} is a directory; name a file`);
   const tmp = join(dirname(dest), `.${basename(dest)}.partial-${process.pid}`);
   try {
+    // A backup holds everything the live database does: private from its first byte, like the database.
+    makeDatabasePrivate(tmp);
     await source.backupTo(tmp);
     await detachFromWal(tmp);
     fsyncPath(tmp);
@@ -108,6 +110,8 @@ export async function restoreDatabase(dataDir: string, dbFile: string, backupFil
     if (!existsSync(src)) throw new BackupError(`${src}: no such file`);
     // Checked on our own copy, so nothing is written beside the operator's file.
     copyFileSync(src, incoming);
+    // copyFile keeps the source's mode; the live database is private whatever the backup file was.
+    makeDatabasePrivate(incoming);
     await detachFromWal(incoming).catch((err: Error) => Promise.reject(new BackupError(`${src}: cannot open as SQLite: ${err.message}`)));
     const summary = await inspectDatabase(incoming).catch((err: Error) => Promise.reject(new BackupError(err.message.replace(incoming, src))));
     fsyncPath(incoming);

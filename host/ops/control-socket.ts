@@ -1,4 +1,4 @@
-import { existsSync, unlinkSync, chmodSync } from "node:fs";
+import { existsSync, unlinkSync } from "node:fs";
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { connect } from "node:net";
 import { join } from "node:path";
@@ -122,9 +122,16 @@ export async function startControlSocket(
   };
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(path, () => resolve());
+    // bind() creates the socket file with 0777 less the umask, and anyone who can connect can act as the operator,
+    // so the umask is narrowed around it: a chmod afterwards would leave a window. Node binds a Unix socket
+    // synchronously inside listen(), so nothing else runs while the umask is narrowed.
+    const umask = process.umask(0o177);
+    try {
+      server.listen(path, () => resolve());
+    } finally {
+      process.umask(umask);
+    }
   });
-  chmodSync(path, 0o600);
   return {
     path,
     close: () =>

@@ -63,7 +63,7 @@ export function acquireDataDirLock(dataDir: string, role: string): { release(): 
   for (let attempt = 0; attempt < 5; attempt++) {
     let fd: number;
     try {
-      fd = openSync(path, "wx", 0o644);
+      fd = openSync(path, "wx", 0o600);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
       const holder = lockHolder(dataDir);

@@ -1,8 +1,22 @@
+import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import sqlite3 from "sqlite3";
 import { ChangeTracker } from "./change-tracker.js";
 import { MIGRATIONS } from "./migrations.js";
 
 export type SqlValue = string | number | bigint | null | Buffer;
+
+/** Files SQLite keeps beside a database; they hold the same rows (API key hashes, tenants, quotes). */
+export const DATABASE_SIDE_FILES = ["-wal", "-shm", "-journal"] as const;
+
+/**
+ * Makes a database file private (0600) before SQLite touches it. SQLite creates a new database 0644 (less the umask)
+ * and gives its -wal/-shm/-journal the database file's own mode, so creating the file ourselves with 0600 covers
+ * them all from their first byte; files left 0644 by an older cvmd or copied in by a restore are narrowed here too.
+ */
+export function makeDatabasePrivate(path: string): void {
+  if (!existsSync(path)) closeSync(openSync(path, "a", 0o600));
+  for (const f of [path, ...DATABASE_SIDE_FILES.map((s) => path + s)]) if (existsSync(f)) chmodSync(f, 0o600);
+}
 
 /**
  * The one SQLite connection of a process, promisified. Writes go through `tx()`, which serialises
@@ -23,6 +37,7 @@ export class Database {
 
   static async open(path: string, opts: { busyTimeoutMs?: number; readonly?: boolean } = {}): Promise<Database> {
     const mode = opts.readonly ? sqlite3.OPEN_READONLY : sqlite3.OPEN_READWRITE | sqlite3.OPEN_CREATE;
+    if (!opts.readonly && path !== ":memory:" && path !== "") makeDatabasePrivate(path);
     const raw = await new Promise<sqlite3.Database>((resolve, reject) => {
       const d = new sqlite3.Database(path, mode, (err) => (err ? reject(err) : resolve(d)));
     });

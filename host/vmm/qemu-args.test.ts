@@ -80,12 +80,14 @@ describe("plain profile", () => {
     expect(opt(argv, "-netdev").every((n) => n.startsWith("tap,"))).toBe(true);
   });
 
-  test("serial console socket with a log file, QMP socket, pidfile, name", () => {
+  test("serial on a socket cvmd reads (no QEMU logfile, which would grow without limit), QMP socket, pidfile, name", () => {
     const chardevs = opt(argv, "-chardev").map(kv);
     expect(chardevs.find((c) => c.id === "con0")).toEqual({
-      _: "socket", id: "con0", path: "/var/lib/cvm/vms/inst-1/console.sock", server: "on", wait: "off",
-      logfile: "/var/lib/cvm/vms/inst-1/serial.log", logappend: "on",
+      _: "socket", id: "con0", path: "/var/lib/cvm/vms/inst-1/serial.sock", server: "on", wait: "off",
     });
+    expect(argv.join(" ")).not.toMatch(/logfile=/);
+    // Paused until the launcher has connected to the serial socket and sent `cont`.
+    expect(argv).toContain("-S");
     expect(opt(argv, "-serial")).toEqual(["chardev:con0"]);
     expect(chardevs.find((c) => c.id === "qmp0")).toEqual({ _: "socket", id: "qmp0", path: "/var/lib/cvm/vms/inst-1/qmp.sock", server: "on", wait: "off" });
     expect(opt(argv, "-mon")).toEqual(["chardev=qmp0,mode=control"]);

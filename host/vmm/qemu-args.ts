@@ -39,7 +39,7 @@ function validate(spec: LaunchSpec, profiles: ProfileTable): void {
  * The QEMU argument vector (without the binary) for one guest. Pure: paths come from `paths`, nothing is read.
  *
  * Both profiles: direct kernel boot, read-only virtio disks, a tap NIC (never user-mode networking), the serial port on
- * a socket chardev whose `logfile` keeps everything the guest prints even when nobody is attached, QMP on a Unix
+ * a socket chardev that cvmd reads into a capped log and relays to the console, QMP on a Unix
  * socket, `-pidfile` and `-daemonize`. We daemonize rather than spawn detached because QEMU's parent only exits once
  * the devices are up, so errors in the command line surface as a failed launch with QEMU's own message, and the daemon
  * runs in its own session with stdio on /dev/null, so cvmd may die or restart without taking QEMU along.
@@ -68,11 +68,11 @@ export function buildQemuArgs(spec: LaunchSpec, paths: RunPaths, profiles: Profi
   a.push("-netdev", `tap,id=n0,ifname=${spec.nic.tap},script=no,downscript=no`);
   a.push("-device", `virtio-net-pci,netdev=n0,mac=${spec.nic.mac}`);
 
-  a.push(
-    "-chardev",
-    `socket,id=con0,path=${qemuOptValue(paths.console)},server=on,wait=off,logfile=${qemuOptValue(paths.serialLog)},logappend=on`,
-  );
+  // No `logfile=`: QEMU would grow it without limit. cvmd reads this socket and writes a capped log (SerialCapture).
+  a.push("-chardev", `socket,id=con0,path=${qemuOptValue(paths.serial)},server=on,wait=off`);
   a.push("-serial", "chardev:con0");
+  // Start paused: the launcher connects the serial capture first and then sends `cont`, so no early output is lost.
+  a.push("-S");
   a.push("-chardev", `socket,id=qmp0,path=${qemuOptValue(paths.qmp)},server=on,wait=off`);
   a.push("-mon", "chardev=qmp0,mode=control");
 

@@ -1,4 +1,3 @@
-import { execFileSync } from "node:child_process";
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -14,25 +13,12 @@ import type { LaunchedVm, LaunchSpec } from "./hypervisor.js";
 import { findQemuByPidfile, isAlive, readCmdline } from "./proc.js";
 import { QemuHypervisor } from "./qemu-hypervisor.js";
 import { openConsole, readSerialTail } from "./serial-console.js";
-import { buildTinyInitramfs, ensureTinyKernel, TINY_AGENT_HELLO, TINY_BANNER, type TinyKernel } from "./test/tiny-guest.js";
+import { buildTinyInitramfs, ensureTinyKernel, TINY_AGENT_HELLO, TINY_BANNER, tinyGuestSpec, tinyGuestUnavailable, type TinyKernel } from "./test/tiny-guest.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const cacheDir = path.join(repo, "var/cache/tiny-guest");
 
-function missing(): string | null {
-  if (process.getuid?.() !== 0) return "not root";
-  const tools: Array<[string, string[]]> = [["qemu-system-x86_64", ["--version"]], ["ip", ["-V"]], ["nft", ["--version"]],
-    ["dnsmasq", ["--version"]], ["cpio", ["--version"]], ["busybox", ["--help"]], ["socat", ["-V"]]];
-  for (const [tool, args] of tools) {
-    try {
-      execFileSync(tool, args, { stdio: "ignore" });
-    } catch {
-      return `${tool} not installed`;
-    }
-  }
-  return null;
-}
-const why = missing();
+const why = tinyGuestUnavailable([["nft", ["--version"]], ["dnsmasq", ["--version"]], ["socat", ["-V"]]]);
 if (why) console.warn(`skipping QEMU boot tests: ${why}`);
 
 const tag = `${process.pid.toString(36)}${Date.now().toString(36).slice(-3)}`;
@@ -99,22 +85,7 @@ describe.skipIf(why !== null)("QemuHypervisor boots a tiny guest under TCG in th
     await gn.ensure();
     att = await gn.attach({ instanceId: id });
     hv = new QemuHypervisor({ dataDir });
-    spec = {
-      instanceId: id,
-      profile: "plain",
-      accel: "tcg",
-      memoryMiB: 256,
-      vcpus: 1,
-      cid: 3,
-      image: {
-        kernel: kernel.kernel,
-        initrd: path.join(dataDir, "initrd.img"),
-        cmdline: "console=ttyS0 panic=-1",
-        disks: [{ id: "root", path: path.join(dataDir, "rootfs.img") }],
-      },
-      nic: { tap: att.tap, mac: att.mac },
-      netns: att.netns,
-    };
+    spec = tinyGuestSpec({ instanceId: id, kernel, dir: dataDir, nic: { tap: att.tap, mac: att.mac }, netns: att.netns });
   }, 600_000);
 
   afterAll(async () => {

@@ -1,6 +1,8 @@
 import { readdir, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 
+import pino, { type Logger } from "pino";
+
 import { run, RunError } from "../../shared/util/run.js";
 import {
   VmmError,
@@ -17,6 +19,7 @@ import { findQemuByPidfile, isAlive, isQemuFor, readCmdline, signal, waitForExit
 import { PROFILES, type ProfileTable } from "./profiles.js";
 import { buildQemuArgs } from "./qemu-args.js";
 import { QmpClient } from "./qmp-client.js";
+import { DEFAULT_SERIAL_BYTES_PER_SEC, DEFAULT_SERIAL_LOG_BYTES, SerialCapture } from "./serial-capture.js";
 import { ensureRunDir, readLaunchRecord, readPidfile, runPaths, writeLaunchRecord, type RunPaths } from "./run-dir.js";
 
 export interface QemuHypervisorOptions {
@@ -32,15 +35,27 @@ export interface QemuHypervisorOptions {
   /** Wait after `quit` and after SIGTERM before escalating. */
   escalateAfterMs?: number;
   procRoot?: string;
+  /** Cap on each guest's serial.log plus serial.log.1. */
+  serialLogMaxBytes?: number;
+  /** Serial bytes per second a guest may send before cvmd stops reading for the rest of the second. */
+  serialBytesPerSec?: number;
+  /** Where a guest going over its serial byte budget is recorded, once per episode. */
+  securityLog?: Logger;
+  logger?: Logger;
 }
 
 /** Runs each guest as a daemonized QEMU, optionally inside a network namespace, and finds it again after a restart. */
 export class QemuHypervisor implements Hypervisor {
   private readonly o: Required<QemuHypervisorOptions>;
   private readonly qmp = new Map<string, QmpClient>();
+  private readonly serial = new Map<string, SerialCapture>();
 
   constructor(opts: QemuHypervisorOptions) {
     this.o = Object.freeze({
+      serialLogMaxBytes: DEFAULT_SERIAL_LOG_BYTES,
+      serialBytesPerSec: DEFAULT_SERIAL_BYTES_PER_SEC,
+      securityLog: pino({ level: "silent" }),
+      logger: pino({ level: "silent" }),
       qemuBinary: "qemu-system-x86_64",
       ipBinary: "ip",
       launchTimeoutMs: 30_000,
@@ -81,7 +96,7 @@ export class QemuHypervisor implements Hypervisor {
     };
     // Recorded before QEMU exists: if cvmd dies in between, the next one still knows the CID and tap were taken.
     await writeLaunchRecord(p, record);
-    for (const f of [p.pidfile, p.qmp, p.agent, p.console]) await unlink(f).catch(() => {});
+    for (const f of [p.pidfile, p.qmp, p.agent, p.serial, p.console]) await unlink(f).catch(() => {});
 
     const t0 = performance.now();
     try {
@@ -96,6 +111,15 @@ export class QemuHypervisor implements Hypervisor {
     const startMs = performance.now() - t0;
     const pid = await this.livePid(p);
     if (pid === null) throw new VmmError("launch_failed", `QEMU for ${spec.instanceId} daemonized but is not running`);
+    try {
+      // QEMU waits paused (-S) until the serial capture is connected, so the log starts with the firmware's first line.
+      await this.captureSerial(spec.instanceId, p);
+      await (await this.client(spec.instanceId, p)).execute("cont", undefined, { timeoutMs: this.o.qmpTimeoutMs });
+    } catch (e) {
+      await this.stopCapture(spec.instanceId);
+      signal(pid, "SIGKILL");
+      throw new VmmError("launch_failed", `QEMU for ${spec.instanceId} started but could not be resumed: ${(e as Error).message}`, { cause: e });
+    }
     return { instanceId: spec.instanceId, pid, runDir: p.dir, record, startMs };
   }
 
@@ -130,6 +154,10 @@ export class QemuHypervisor implements Hypervisor {
     try {
       const q = await this.client(instanceId, p);
       const st = await q.execute<{ status: string }>("query-status", undefined, { timeoutMs: this.o.qmpTimeoutMs });
+      // A guest launched before cvmd captured serial output itself has no serial.sock: adopt it all the same.
+      await this.captureSerial(instanceId, p).catch((err: Error) =>
+        this.o.logger.warn({ instance_id: instanceId, err: err.message }, "no serial capture for this guest; its serial output is not logged"),
+      );
       return { adopted: true, instanceId, pid, status: st.status, record };
     } catch (e) {
       return { adopted: false, instanceId, reason: "qmp-unreachable", detail: `pid ${pid}: ${(e as Error).message}` };
@@ -193,6 +221,7 @@ export class QemuHypervisor implements Hypervisor {
     const pid = await this.livePid(p);
     if (pid !== null) throw new VmmError("already_running", `instance ${instanceId} still runs as pid ${pid}; stop it first`);
     this.dropClient(instanceId);
+    await this.stopCapture(instanceId);
     await rm(p.dir, { recursive: true, force: true });
   }
 
@@ -203,9 +232,45 @@ export class QemuHypervisor implements Hypervisor {
     return () => q.off("event", onEvent);
   }
 
-  /** Closes monitor connections without touching the guests (cvmd shutdown). */
+  /** Closes monitor and serial connections without touching the guests (cvmd shutdown). */
   close(): void {
     for (const id of [...this.qmp.keys()]) this.dropClient(id);
+    for (const id of [...this.serial.keys()]) void this.stopCapture(id);
+  }
+
+  /** The serial capture of a running guest, for tests and status. */
+  serialCapture(instanceId: string): SerialCapture | undefined {
+    return this.serial.get(instanceId);
+  }
+
+  private async captureSerial(instanceId: string, p: RunPaths): Promise<void> {
+    await this.stopCapture(instanceId);
+    const cap = await SerialCapture.start({
+      serialSocket: p.serial,
+      consoleSocket: p.console,
+      logPath: p.serialLog,
+      maxBytes: this.o.serialLogMaxBytes,
+      bytesPerSec: this.o.serialBytesPerSec,
+      onFlood: (f) =>
+        this.o.securityLog.warn(
+          { event: "serial_flood", instance_id: instanceId, bytes_in_window: f.bytesInWindow, bytes_per_sec: f.bytesPerSec },
+          "guest sends more serial output than its budget; cvmd reads it at the budget's pace",
+        ),
+      onError: (err) => this.o.logger.warn({ instance_id: instanceId, err: err.message }, "serial capture failed"),
+    });
+    this.serial.set(instanceId, cap);
+    void cap.ended.then(() => {
+      if (this.serial.get(instanceId) === cap) {
+        this.serial.delete(instanceId);
+        void cap.close();
+      }
+    });
+  }
+
+  private async stopCapture(instanceId: string): Promise<void> {
+    const cap = this.serial.get(instanceId);
+    this.serial.delete(instanceId);
+    await cap?.close();
   }
 
   /** The live QEMU for this run dir: the pidfile if it names one, else a /proc scan (pidfile lost or not yet written). */
@@ -236,7 +301,8 @@ export class QemuHypervisor implements Hypervisor {
 
   private async cleanupSockets(instanceId: string, p: RunPaths): Promise<void> {
     this.dropClient(instanceId);
-    for (const f of [p.pidfile, p.qmp, p.agent, p.console]) await unlink(f).catch(() => {});
+    await this.stopCapture(instanceId);
+    for (const f of [p.pidfile, p.qmp, p.agent, p.serial, p.console]) await unlink(f).catch(() => {});
   }
 }
 

@@ -9,6 +9,9 @@ export interface RunPaths {
   pidfile: string;
   qmp: string;
   agent: string;
+  /** QEMU's serial chardev; only cvmd connects to it (see SerialCapture). */
+  serial: string;
+  /** The console cvmd relays for `cvmctl console`. */
   console: string;
   serialLog: string;
   launchJson: string;
@@ -31,11 +34,12 @@ export function runPaths(dataDir: string, instanceId: string): RunPaths {
     pidfile: path.join(dir, "qemu.pid"),
     qmp: path.join(dir, "qmp.sock"),
     agent: path.join(dir, "agent.sock"),
+    serial: path.join(dir, "serial.sock"),
     console: path.join(dir, "console.sock"),
     serialLog: path.join(dir, "serial.log"),
     launchJson: path.join(dir, "launch.json"),
   };
-  for (const sock of [p.qmp, p.agent, p.console]) {
+  for (const sock of [p.qmp, p.agent, p.serial, p.console]) {
     if (Buffer.byteLength(sock) > MAX_UNIX_PATH) {
       throw new VmmError("invalid_spec", `socket path ${sock} exceeds ${MAX_UNIX_PATH} bytes; use a shorter data dir`);
     }

@@ -1,5 +1,5 @@
 import { Writable } from "node:stream";
-import pino from "pino";
+import pino, { type Logger } from "pino";
 import type { Clock } from "../../host/clock.js";
 import type { Driver } from "../../host/instances/driver.js";
 import { startTestDaemon, type TestDaemon } from "../support/daemon.js";
@@ -7,6 +7,8 @@ import { startTestDaemon, type TestDaemon } from "../support/daemon.js";
 export interface OpsDaemon extends Omit<TestDaemon, "tenant"> {
   /** Every security-log record written so far (JSON objects). */
   security: Array<Record<string, unknown>>;
+  /** The logger behind `security`, for components a test builds beside the daemon (as main.ts does). */
+  securityLog: Logger;
   /** Creates a tenant and returns its first API key. */
   tenant(slug: string): Promise<string>;
 }
@@ -20,9 +22,10 @@ export async function startOpsDaemon(opts: { dataDir: string; driver: Driver; cl
       cb();
     },
   });
-  const d = await startTestDaemon({ ...opts, securityLog: pino({ level: "info" }, sink) });
+  const securityLog = pino({ level: "info" }, sink);
+  const d = await startTestDaemon({ ...opts, securityLog });
   const createTenant = d.tenant;
-  return { ...d, security, tenant: async (slug: string) => (await createTenant(slug)).apiKey };
+  return { ...d, security, securityLog, tenant: async (slug: string) => (await createTenant(slug)).apiKey };
 }
 
 export async function until<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 10_000): Promise<T> {

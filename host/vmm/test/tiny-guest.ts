@@ -2,7 +2,10 @@ import { access, chmod, copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 
 import os from "node:os";
 import path from "node:path";
 
+import { execFileSync } from "node:child_process";
+
 import { run } from "../../../shared/util/run.js";
+import type { LaunchSpec } from "../hypervisor.js";
 
 /**
  * A tiny test guest: Debian's kernel plus a busybox initramfs built on the fly. Its init loads the virtio modules,
@@ -126,4 +129,38 @@ export async function buildTinyInitramfs(out: string, k: TinyKernel, busybox = "
   } finally {
     await rm(stage, { recursive: true, force: true });
   }
+}
+
+/** Why the tiny guest cannot boot here (not root, a tool missing), or null; `extra` adds a test's own tools. */
+export function tinyGuestUnavailable(extra: Array<[string, string[]]> = []): string | null {
+  if (process.getuid?.() !== 0) return "not root";
+  const tools: Array<[string, string[]]> = [["qemu-system-x86_64", ["--version"]], ["ip", ["-V"]], ["cpio", ["--version"]], ["busybox", ["--help"]], ...extra];
+  for (const [tool, args] of tools) {
+    try {
+      execFileSync(tool, args, { stdio: "ignore" });
+    } catch {
+      return `${tool} not installed`;
+    }
+  }
+  return null;
+}
+
+/** The tiny guest under TCG with `initrd.img` and a 1 MiB `rootfs.img` from `dir`, on the given tap. */
+export function tinyGuestSpec(o: { instanceId: string; kernel: TinyKernel; dir: string; nic: { tap: string; mac: string }; netns: string }): LaunchSpec {
+  return {
+    instanceId: o.instanceId,
+    profile: "plain",
+    accel: "tcg",
+    memoryMiB: 256,
+    vcpus: 1,
+    cid: 3,
+    image: {
+      kernel: o.kernel.kernel,
+      initrd: path.join(o.dir, "initrd.img"),
+      cmdline: "console=ttyS0 panic=-1",
+      disks: [{ id: "root", path: path.join(o.dir, "rootfs.img") }],
+    },
+    nic: o.nic,
+    netns: o.netns,
+  };
 }
