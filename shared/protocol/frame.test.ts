@@ -1,5 +1,6 @@
 import { describe, expect, test } from "vitest";
-import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, MAX_FRAME_PAYLOAD, type FrameEvent } from "./frame.js";
+import { crcBomb } from "../../test/support/hostile-frames.js";
+import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, MAX_FRAME_PAYLOAD, RESYNC_WORK_PER_BYTE, type FrameEvent } from "./frame.js";
 
 const frames = (evs: FrameEvent[]) => evs.filter((e) => e.kind === "frame").map((e) => (e as { payload: Buffer }).payload.toString());
 const skipped = (evs: FrameEvent[]) => evs.filter((e) => e.kind === "skipped").reduce((n, e) => n + (e as { bytes: number }).bytes, 0);
@@ -86,5 +87,44 @@ describe("FrameDecoder", () => {
     for (let off = 0; off < f.length; off += 64) got += frames(d.push(f.subarray(off, off + 64))).length;
     expect(got).toBe(1);
     expect(Date.now() - t0).toBeLessThan(5000);
+  });
+});
+
+describe("FrameDecoder against a hostile peer", () => {
+  test("the CRC bomb (1 MiB of headers each claiming the rest) costs work linear in its size", () => {
+    const bomb = crcBomb(MAX_FRAME_PAYLOAD);
+    const d = new FrameDecoder();
+    const t0 = performance.now();
+    const out = d.push(bomb);
+    const ms = performance.now() - t0;
+    // The old decoder did ~N²/32 ≈ 32 GiB of CRC here (8 s); the credit allows the cap plus 4 per byte.
+    expect(d.work).toBeLessThanOrEqual(4 * (MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN) + RESYNC_WORK_PER_BYTE * bomb.length);
+    expect(ms).toBeLessThan(1000);
+    expect(frames(out)).toEqual([]);
+    expect(skipped(out) + d.buffered).toBe(bomb.length);
+    // The decoder is usable afterwards: an honest frame still decodes.
+    expect(frames(d.push(encodeFrame(Buffer.from("after the bomb"))))).toEqual(["after the bomb"]);
+  });
+
+  test("repeated bombs in small chunks: work stays within the credit earned by the bytes received", () => {
+    const d = new FrameDecoder();
+    let received = 0;
+    for (let round = 0; round < 8; round++) {
+      const bomb = crcBomb(256 * 1024);
+      for (let off = 0; off < bomb.length; off += 4096) {
+        d.push(bomb.subarray(off, off + 4096));
+        received += Math.min(4096, bomb.length - off);
+      }
+    }
+    expect(d.work).toBeLessThanOrEqual(4 * (MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN) + RESYNC_WORK_PER_BYTE * received);
+    expect(frames(d.push(encodeFrame(Buffer.from("still decodes"))))).toEqual(["still decodes"]);
+  });
+
+  test("honest traffic never runs out of credit: 64 maximum-size frames back to back", () => {
+    const d = new FrameDecoder();
+    const f = encodeFrame(Buffer.alloc(MAX_FRAME_PAYLOAD, 9));
+    let got = 0;
+    for (let i = 0; i < 64; i++) for (let off = 0; off < f.length; off += 65536) got += frames(d.push(f.subarray(off, off + 65536))).length;
+    expect(got).toBe(64);
   });
 });
