@@ -1,6 +1,7 @@
 import { describe, expect, test } from "vitest";
 import { crcBomb } from "../../test/support/hostile-frames.js";
-import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, MAX_FRAME_PAYLOAD, RESYNC_WORK_PER_BYTE, type FrameEvent } from "./frame.js";
+import { crc32 } from "node:zlib";
+import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, headerCrc, MAX_FRAME_PAYLOAD, RESYNC_WORK_PER_BYTE, type FrameEvent } from "./frame.js";
 
 const frames = (evs: FrameEvent[]) => evs.filter((e) => e.kind === "frame").map((e) => (e as { payload: Buffer }).payload.toString());
 const skipped = (evs: FrameEvent[]) => evs.filter((e) => e.kind === "skipped").reduce((n, e) => n + (e as { bytes: number }).bytes, 0);
@@ -118,6 +119,13 @@ describe("FrameDecoder against a hostile peer", () => {
     }
     expect(d.work).toBeLessThanOrEqual(4 * (MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN) + RESYNC_WORK_PER_BYTE * received);
     expect(frames(d.push(encodeFrame(Buffer.from("still decodes"))))).toEqual(["still decodes"]);
+  });
+
+  test("the in-place header checksum is zlib's CRC-32", () => {
+    for (let i = 0; i < 200; i++) {
+      const b = Buffer.from(Array.from({ length: 20 }, (_, j) => (i * 31 + j * 7 + ((i * j) % 13)) & 0xff));
+      expect(headerCrc(b, 3)).toBe(crc32(b.subarray(3, 15)));
+    }
   });
 
   test("honest traffic never runs out of credit: 64 maximum-size frames back to back", () => {

@@ -193,7 +193,7 @@ export class FrameDecoder {
   private headerAt(off: number): HeaderInfo | "bad_crc" | "too_large" {
     this.spend(HEADER_WORK);
     const b = this.buf;
-    if (crc32(b.subarray(off, off + 12)) !== b.readUInt32BE(off + 12)) return "bad_crc";
+    if (headerCrc(b, off) !== b.readUInt32BE(off + 12)) return "bad_crc";
     const length = b.readUInt32BE(off + 4);
     if (length > this.maxPayload) return "too_large";
     return { length, payloadCrc: b.readUInt32BE(off + 8) };
@@ -248,3 +248,25 @@ export class FrameDecoder {
 }
 
 class WorkExhausted extends Error {}
+
+/** CRC-32 (IEEE, reflected, polynomial 0xEDB88320) lookup table, one entry per byte value. */
+const CRC_TABLE = (() => {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+})();
+
+/**
+ * The same CRC-32 as zlib's over the 12 header bytes at `off`, computed in place. The look-ahead
+ * checks a header at every magic it meets (a hostile stream has one every 16 bytes), and a native
+ * call on a fresh subarray per header cost more than the checksum itself.
+ */
+export function headerCrc(b: Buffer, off: number): number {
+  let c = 0xffffffff;
+  for (let i = off; i < off + 12; i++) c = CRC_TABLE[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
