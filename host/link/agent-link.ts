@@ -342,6 +342,8 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
           if (m.type === "hello" && m.re === helloId) {
             if (!SUPPORTED_PROTOCOL_VERSIONS.includes(m.body.version)) return finish(`protocol violation: agent chose unsupported version ${m.body.version}`);
             helloDone = true;
+            // Any framing error from here on ends the session, so resynchronising would be wasted work.
+            stream.strictFraming();
             armIdle(this.o.idleTimeoutMs, "agent went silent");
             this.onHello(stream, m.body);
           } else if (m.type === "error" && m.re === helloId) {

@@ -136,3 +136,30 @@ describe("FrameDecoder against a hostile peer", () => {
     expect(got).toBe(64);
   });
 });
+
+describe("FrameDecoder in strict mode (a stream known to be in sync)", () => {
+  test("stops at the first anomaly and reports it; frames before it are delivered", () => {
+    const d = new FrameDecoder();
+    d.strict = true;
+    const out = d.push(Buffer.concat([encodeFrame(Buffer.from("ok")), Buffer.from("junk"), encodeFrame(Buffer.from("never"))]));
+    expect(frames(out)).toEqual(["ok"]);
+    expect(out.filter((e) => e.kind === "skipped")).toHaveLength(1);
+  });
+
+  test("the CRC bomb costs one payload checksum, not the credit", () => {
+    const d = new FrameDecoder();
+    d.strict = true;
+    const bomb = crcBomb(MAX_FRAME_PAYLOAD);
+    const out = d.push(bomb);
+    expect(out).toEqual([{ kind: "skipped", bytes: 1, reason: "frame payload checksum mismatch" }]);
+    expect(d.work).toBeLessThan(bomb.length + 64);
+  });
+
+  test("a frame cut short and followed by another is reported at once", () => {
+    const d = new FrameDecoder();
+    d.strict = true;
+    const torn = encodeFrame(Buffer.alloc(4096, 1));
+    const out = d.push(Buffer.concat([torn.subarray(0, 2000), encodeFrame(Buffer.from("next"))]));
+    expect(out[0]).toMatchObject({ kind: "skipped", reason: expect.stringContaining("incomplete frame") });
+  });
+});

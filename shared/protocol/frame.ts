@@ -81,6 +81,14 @@ export class FrameDecoder {
   private credit = WORK_CREDIT_CAP;
   private workDone = 0;
 
+  /**
+   * Once the stream is known to be in sync (the host, after the agent's hello), any anomaly ends the
+   * session, so decoding stops at the first one (reported as skipped) instead of spending work on
+   * resynchronising a stream that is about to be closed. The look-ahead still runs: it is what shows
+   * at once that a frame was cut short and another started.
+   */
+  strict = false;
+
   constructor(private readonly maxPayload = MAX_FRAME_PAYLOAD) {}
 
   /** Total bytes checksummed or scanned so far: never more than the cap plus RESYNC_WORK_PER_BYTE × input. */
@@ -128,17 +136,20 @@ export class FrameDecoder {
       if (start > 0) {
         out.push({ kind: "skipped", bytes: start, reason: "bytes before frame magic" });
         this.drop(start);
+        if (this.strict) return;
       }
       if (this.buf.length < FRAME_HEADER_LEN) return;
       const header = this.headerAt(0);
       if (header === "bad_crc") {
         out.push({ kind: "skipped", bytes: 1, reason: "frame header checksum mismatch" });
         this.drop(1);
+        if (this.strict) return;
         continue;
       }
       if (header === "too_large") {
         out.push({ kind: "skipped", bytes: 1, reason: `frame length exceeds ${this.maxPayload} bytes` });
         this.drop(1);
+        if (this.strict) return;
         continue;
       }
       const total = FRAME_HEADER_LEN + header.length;
@@ -154,6 +165,7 @@ export class FrameDecoder {
       if (crc32(payload) !== header.payloadCrc) {
         out.push({ kind: "skipped", bytes: 1, reason: "frame payload checksum mismatch" });
         this.drop(1);
+        if (this.strict) return;
         continue;
       }
       out.push({ kind: "frame", payload: Buffer.from(payload) });

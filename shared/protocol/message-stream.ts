@@ -47,6 +47,11 @@ export class MessageStream<In, Out extends AnyMessage> extends EventEmitter<Mess
     return this.closedReason !== null;
   }
 
+  /** The stream is in sync from here on: framing stops resynchronising (see FrameDecoder.strict). */
+  strictFraming(): void {
+    this.frames.strict = true;
+  }
+
   /** Drops any partially received frame (used when a new host session starts on the same pipe). */
   resetInput(): void {
     this.frames.reset();

@@ -148,7 +148,7 @@ describe.skipIf(!isRoot || !hasNft)("hostile guest on the agent channel", () => 
 
   it("10,000 egress samples dated 9999-12-31: budget drops the flood, the rest costs no write until cvmd's tick", async () => {
     const t0 = Date.now();
-    const { attacker, records } = await attack("egress-flood", 2500);
+    const { attacker, records } = await attack("egress-flood", 1200);
     expect(started(records, "agent_channel_over_budget")).toHaveLength(1);
     const link = driver.links.get(attacker.id)!;
     expect(link.dropped.frames).toBeGreaterThan(5000);

@@ -26,6 +26,23 @@ let helloAnswered = false;
 /** Attack to run on each new connection before answering hello (the repeated, pre-hello bomb). */
 let onConnect: ((s: Socket) => void) | null = null;
 
+/*
+ * Every attack's bytes are built before the host connects: on two shared cores, the attacker's own
+ * CPU during the attack would otherwise be charged to cvmd's event-loop delay.
+ */
+const BOMB = crcBomb(MAX_FRAME_PAYLOAD);
+const EGRESS_FLOOD = Array.from({ length: 10 }, (_, batch) =>
+  Buffer.concat(
+    Array.from({ length: 1000 }, (_, i) => {
+      const n = batch * 1000 + i;
+      return encodeMessage({ type: "egress", body: { bytes: 1_000_000 + n, packets: 1000 + n, sampled_at: "9999-12-31T23:59:59.999Z" } });
+    }),
+  ),
+);
+const OVERSIZED = Buffer.concat([forgedHeader(64 * 1024 * 1024), Buffer.alloc(256 * 1024, 0x55)]);
+const TORN = encodeFrame(Buffer.alloc(64 * 1024, 0x33));
+const TRUNCATED = Buffer.concat([TORN.subarray(0, TORN.length / 2), encodeMessage(AGENT_SAMPLES.heartbeat!)]);
+
 const write = (s: Socket, b: Buffer) => new Promise<void>((resolve) => (s.destroyed ? resolve() : s.write(b, () => resolve())));
 
 await serveHostFrames(
@@ -60,15 +77,14 @@ const attacks: Record<string, () => Promise<void>> = {
   /** Nothing: the baseline the attacks are compared with. */
   idle: async () => void (await connected()),
   /** 1 MiB of forged headers each claiming the rest of the buffer, after hello. */
-  "crc-bomb": async () => write(await connected(), crcBomb(MAX_FRAME_PAYLOAD)),
+  "crc-bomb": async () => write(await connected(), BOMB),
   /**
    * For 3 s, every connection the host makes gets 1 MiB bombs before any hello reply (where stale
    * bytes are tolerated), up to 4 MiB per connection.
    */
   "crc-bomb-repeat": async () => {
-    const bomb = crcBomb(MAX_FRAME_PAYLOAD);
     const blast = async (s: Socket) => {
-      for (let i = 0; i < 4 && !s.destroyed; i++) await write(s, bomb);
+      for (let i = 0; i < 4 && !s.destroyed; i++) await write(s, BOMB);
     };
     onConnect = (s) => void blast(s);
     const s = await connected();
@@ -79,22 +95,12 @@ const attacks: Record<string, () => Promise<void>> = {
   /** 10,000 egress samples dated 9999-12-31, as fast as the socket takes them. */
   "egress-flood": async () => {
     const s = await connected();
-    for (let batch = 0; batch < 10; batch++) {
-      const frames = [];
-      for (let i = 0; i < 1000; i++) {
-        const n = batch * 1000 + i;
-        frames.push(encodeMessage({ type: "egress", body: { bytes: 1_000_000 + n, packets: 1000 + n, sampled_at: "9999-12-31T23:59:59.999Z" } }));
-      }
-      await write(s, Buffer.concat(frames));
-    }
+    for (const batch of EGRESS_FLOOD) await write(s, batch);
   },
   /** A header (valid header CRC) announcing 64 MiB, then 256 KiB of its "payload". */
-  oversized: async () => write(await connected(), Buffer.concat([forgedHeader(64 * 1024 * 1024), Buffer.alloc(256 * 1024, 0x55)])),
+  oversized: async () => write(await connected(), OVERSIZED),
   /** A frame cut off halfway, then an intact heartbeat: the torn frame is a framing error after hello. */
-  truncated: async () => {
-    const whole = encodeFrame(Buffer.alloc(64 * 1024, 0x33));
-    await write(await connected(), Buffer.concat([whole.subarray(0, whole.length / 2), encodeMessage(AGENT_SAMPLES.heartbeat!)]));
-  },
+  truncated: async () => write(await connected(), TRUNCATED),
 };
 
 for await (const line of createInterface({ input: process.stdin })) {
