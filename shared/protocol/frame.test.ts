@@ -1,5 +1,5 @@
 import { describe, expect, test } from "vitest";
-import { crcBomb } from "../../test/support/hostile-frames.js";
+import { crcBomb } from "./testdata/hostile-frames.js";
 import { crc32 } from "node:zlib";
 import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, headerCrc, MAX_FRAME_PAYLOAD, RESYNC_WORK_PER_BYTE, type FrameEvent } from "./frame.js";
 

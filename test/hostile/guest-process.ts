@@ -15,7 +15,7 @@ import { encodeFrame, MAX_FRAME_PAYLOAD } from "../../shared/protocol/frame.js";
 import type { AgentMessage } from "../../shared/protocol/messages.js";
 import { AGENT_SAMPLES } from "../../shared/protocol/testdata/samples.js";
 import { serveHostFrames } from "../support/host-frame-server.js";
-import { crcBomb, forgedHeader } from "../support/hostile-frames.js";
+import { crcBomb, forgedHeader } from "../../shared/protocol/testdata/hostile-frames.js";
 
 const [path, ...rest] = process.argv.slice(2);
 const heartbeatMs = rest[0] === "--heartbeat-ms" ? Number(rest[1]) : 0;

@@ -1,5 +1,5 @@
 import { crc32 } from "node:zlib";
-import { FRAME_HEADER_LEN, FRAME_MAGIC } from "../../shared/protocol/frame.js";
+import { FRAME_HEADER_LEN, FRAME_MAGIC } from "../frame.js";
 
 /**
  * What a root tenant can write on the agent channel to make the host's decoder work (issue 15).
