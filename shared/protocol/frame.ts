@@ -240,10 +240,14 @@ export class FrameDecoder {
         pos = i;
         break;
       }
+      pos = i + 1;
+      // Only a complete frame can end the look-ahead, and an incomplete one is worth its header check
+      // only while there is room to remember it: a hostile stream has a candidate every 16 bytes, and
+      // the unchecked length field is enough to pass over those.
+      if (this.pending.length >= MAX_PENDING_CANDIDATES && i + FRAME_HEADER_LEN + this.buf.readUInt32BE(i + 4) > this.buf.length) continue;
       const r = this.candidateAt(i);
       if (r === "complete") best = i;
       else if (r === "pending" && this.pending.length < MAX_PENDING_CANDIDATES) this.pending.push(i);
-      pos = i + 1;
     }
     this.scannedTo = pos;
     return best;
