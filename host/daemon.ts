@@ -196,7 +196,8 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     : null;
   deps.driver.bindHostServices?.({
     gateway,
-    onGuestEgress: (id, s) => void egress?.recordGuestSample(id, s).catch((err) => log.warn({ err, instance_id: id }, "guest egress sample not stored")),
+    onGuestEgress: (id, s) => egress?.recordGuestSample(id, s),
+    securityLog,
   });
   // Egress rules first: an adopted guest must never run a moment without its cap.
   await egress?.reconcile();

@@ -1,3 +1,4 @@
+import type { Logger } from "pino";
 import type { SshEndpoint } from "../../shared/api/types.js";
 import type { GatewayHandler } from "../link/gateway-streams.js";
 import type { Rtmr3Event } from "../../shared/protocol/messages.js";
@@ -54,6 +55,8 @@ export interface DriverContext {
 export interface HostServices {
   gateway?: { handlerFor(instanceId: string): GatewayHandler };
   onGuestEgress?(instanceId: string, sample: { bytes: number; packets: number; sampledAt: Date }): void;
+  /** The security event stream: agent links record each guest's abuse of its channel there. */
+  securityLog?: Logger;
 }
 
 export type AdoptResult =

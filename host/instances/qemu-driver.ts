@@ -408,6 +408,7 @@ export class QemuDriver implements Driver {
       hostVersion: "cvmd",
       // Under TCG a loaded guest can be slow to answer; the idle timeout only triggers a reconnect.
       idleTimeoutMs: 60_000,
+      securityLog: this.services.securityLog,
     });
     const facts: GuestFacts = { hello: null, heartbeat: null, heartbeatAt: null };
     this.facts.set(guestId, facts);

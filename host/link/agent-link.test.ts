@@ -1,5 +1,6 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import type { Server, Socket } from "node:net";
+import { Writable } from "node:stream";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
@@ -7,7 +8,7 @@ import { afterEach, describe, expect, test } from "vitest";
 import { encodeMessage } from "../../shared/protocol/codec.js";
 import type { AgentHello, AgentMessage, HostMessage } from "../../shared/protocol/messages.js";
 import { AGENT_SAMPLES, HOST_SAMPLES } from "../../shared/protocol/testdata/samples.js";
-import { AgentLink } from "./agent-link.js";
+import { AgentLink, MAX_SKIPPED_BEFORE_HELLO } from "./agent-link.js";
 import { UnixSocketConnector } from "./connectors.js";
 import { serveHostFrames } from "../../test/support/host-frame-server.js";
 
@@ -170,5 +171,79 @@ describe("AgentLink", () => {
     expect(fake.connections).toBeGreaterThanOrEqual(2);
     expect(prepared).toBe(0);
     expect(fake.received.some((m) => m.type === "bye" && /prepared in a protocol 2 session/.test(m.body.reason))).toBe(true);
+  });
+});
+
+describe("AgentLink against a hostile guest", () => {
+  const captured = () => {
+    const records: Array<Record<string, unknown>> = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        for (const line of chunk.toString().split("\n")) if (line.trim()) records.push(JSON.parse(line) as Record<string, unknown>);
+        cb();
+      },
+    });
+    return { records, logger: pino({ level: "info" }, sink) };
+  };
+
+  test("after hello any framing error ends the session at once; repeats are one security record", async () => {
+    const sec = captured();
+    const { fake, link } = await fixture(
+      (m, s) => {
+        if (m.type !== "hello") return;
+        s.write(encodeMessage({ type: "hello", re: m.id, body: HELLO }));
+        s.write(Buffer.from("not a frame"));
+      },
+      { securityLog: sec.logger },
+    );
+    const reasons: string[] = [];
+    link.on("disconnected", (r) => reasons.push(r));
+    link.start();
+    for (let i = 0; i < 200 && fake.connections < 3; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(fake.connections).toBeGreaterThanOrEqual(3);
+    expect(reasons[0]).toMatch(/protocol violation: framing: no frame magic/);
+    expect(sec.records.filter((r) => r.event === "agent_protocol_violation")).toHaveLength(1);
+  });
+
+  test("before hello, stale bytes are skipped up to a bound, then the session ends", async () => {
+    const sec = captured();
+    const { fake, link } = await fixture(
+      (m, s) => {
+        // More garbage than any stale tail, and a hello that comes too late to matter.
+        if (m.type === "hello") s.write(Buffer.concat([Buffer.alloc(MAX_SKIPPED_BEFORE_HELLO + 1024, 0x41), encodeMessage({ type: "hello", re: m.id, body: HELLO })]));
+      },
+      { securityLog: sec.logger },
+    );
+    let hellos = 0;
+    link.on("hello", () => hellos++);
+    link.start();
+    for (let i = 0; i < 200 && !sec.records.length; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(sec.records[0]).toMatchObject({ event: "agent_protocol_violation", instance_id: "t" });
+    expect(String(sec.records[0]!.reason)).toMatch(/bytes without a frame before hello/);
+    expect(hellos).toBe(0);
+    expect(fake.connections).toBeGreaterThanOrEqual(1);
+  });
+
+  test("frames over the channel budget are dropped undecoded and counted; one security record per episode", async () => {
+    const sec = captured();
+    let beats = 0;
+    const { link } = await fixture(
+      (m, s) => {
+        if (m.type !== "hello") return;
+        s.write(encodeMessage({ type: "hello", re: m.id, body: HELLO }));
+        s.write(Buffer.concat(Array.from({ length: 50 }, () => encodeMessage(AGENT_SAMPLES.heartbeat!))));
+      },
+      { securityLog: sec.logger, channelBudget: { framesPerSec: 1, burstFrames: 10 } },
+    );
+    link.on("heartbeat", () => beats++);
+    link.start();
+    for (let i = 0; i < 200 && link.dropped.frames < 40; i++) await new Promise((r) => setTimeout(r, 20));
+    // The hello reply took one frame of the burst; the flood got the rest.
+    expect(beats).toBe(9);
+    expect(link.dropped.frames).toBe(41);
+    expect(link.state).toBe("connected");
+    expect(sec.records.filter((r) => r.event === "agent_channel_over_budget")).toHaveLength(1);
+    await link.close();
+    expect(sec.records.filter((r) => r.event === "agent_channel_over_budget_ended")).toEqual([expect.objectContaining({ dropped_frames: 41 })]);
   });
 });

@@ -24,6 +24,8 @@ import {
   type SetupParams,
 } from "../../shared/protocol/messages.js";
 import { setupDigest } from "../../shared/protocol/setup-digest.js";
+import { MAX_FRAME_PAYLOAD, FRAME_HEADER_LEN } from "../../shared/protocol/frame.js";
+import { ChannelBudget, type ChannelBudgetLimits } from "./channel-budget.js";
 import type { AgentConnector } from "./connectors.js";
 import { DEFAULT_GATEWAY_STREAM_LIMITS, GatewayStreams, type GatewayHandler, type GatewayStreamLimits } from "./gateway-streams.js";
 
@@ -57,7 +59,19 @@ export interface AgentLinkOptions {
   backoff?: { initialMs: number; maxMs: number };
   /** Bounds on the inference gateway streams the agent may open on this link. */
   gatewayLimits?: Partial<GatewayStreamLimits>;
+  /** Frames and bytes per second the guest may send (channel-budget.ts); the excess is dropped undecoded. */
+  channelBudget?: Partial<ChannelBudgetLimits>;
+  /** Where abuse by the guest is recorded (one line per episode); defaults to the link's logger. */
+  securityLog?: Logger;
 }
+
+/**
+ * Before hello, stale bytes are expected (the unfinished tail of the previous host connection's frame
+ * on virtio-serial: at most one frame), so they are skipped. Twice that is not a stale tail.
+ */
+export const MAX_SKIPPED_BEFORE_HELLO = 2 * (MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN);
+/** Protocol violations closer together than this are one episode in the security log. */
+const VIOLATION_QUIET_MS = 60_000;
 
 /** The agent refused a request with a stable code. */
 export class AgentRequestError extends Error {
@@ -93,7 +107,16 @@ interface PendingSetup {
  * restart all end in the same place, a new session whose hello carries the agent's current state.
  */
 export class AgentLink extends EventEmitter<AgentLinkEvents> {
-  private readonly o: Required<Omit<AgentLinkOptions, "backoff" | "gatewayLimits">> & { backoff: { initialMs: number; maxMs: number }; gatewayLimits: GatewayStreamLimits };
+  private readonly o: Required<Omit<AgentLinkOptions, "backoff" | "gatewayLimits" | "channelBudget" | "securityLog">> & {
+    backoff: { initialMs: number; maxMs: number };
+    gatewayLimits: GatewayStreamLimits;
+  };
+  private readonly securityLog: Logger;
+  /** Per guest, not per session: reconnecting must not refill it. */
+  private readonly budget: ChannelBudget;
+  private violations: { count: number; lastAt: number } | null = null;
+  /** Whether the last session ended because the guest broke the protocol (no backoff reset then). */
+  private lastSessionViolated = false;
   private readonly log: Logger;
   private linkState: LinkState = "idle";
   private stream: MessageStream<AgentMessage, HostMessage> | null = null;
@@ -125,6 +148,24 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
       gatewayLimits: { ...DEFAULT_GATEWAY_STREAM_LIMITS, ...opts.gatewayLimits },
     };
     this.log = opts.logger.child({ component: "agent-link", instance: opts.instanceId, channel: opts.connector.description });
+    this.securityLog = opts.securityLog ?? this.log;
+    this.budget = new ChannelBudget(opts.channelBudget, {
+      started: () =>
+        this.securityLog.warn(
+          { event: "agent_channel_over_budget", instance_id: this.o.instanceId, ...this.budget.limits },
+          "guest exceeds its agent channel budget; excess frames dropped",
+        ),
+      ended: (e) =>
+        this.securityLog.info(
+          { event: "agent_channel_over_budget_ended", instance_id: this.o.instanceId, dropped_frames: e.droppedFrames, dropped_bytes: e.droppedBytes },
+          "agent channel flood ended",
+        ),
+    });
+  }
+
+  /** Frames and bytes dropped over the channel budget since the link was created. */
+  get dropped(): { frames: number; bytes: number } {
+    return { frames: this.budget.droppedFrames, bytes: this.budget.droppedBytes };
   }
 
   private get isClosed(): boolean {
@@ -152,6 +193,7 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
     this.stream?.send({ type: "bye", body: { reason: "host closing the link" } });
     this.stream?.end("link closed");
     this.failAll(new AgentRequestError("closed", "link closed"));
+    this.budget.flush();
     if (this.setupReq) this.setupReq.reject(new AgentRequestError("closed", "link closed before the agent acknowledged setup"));
     this.setupReq = null;
     this.wake();
@@ -247,7 +289,8 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
       }
       if (this.isClosed) break;
       this.linkState = "connecting";
-      if (reachedHello) delay = this.o.backoff.initialMs;
+      // A guest that breaks the protocol right after hello must not get a fast reconnect loop.
+      if (reachedHello && !this.lastSessionViolated) delay = this.o.backoff.initialMs;
       const jittered = delay / 2 + Math.random() * (delay / 2);
       await this.sleep(jittered);
       delay = Math.min(this.o.backoff.maxMs, delay * 2);
@@ -263,9 +306,10 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
       duplex.destroy();
       return false;
     }
-    const stream = new MessageStream<AgentMessage, HostMessage>(duplex, decodeAgentMessage);
+    const stream = new MessageStream<AgentMessage, HostMessage>(duplex, decodeAgentMessage, (n) => this.budget.admit(n));
     this.stream = stream;
     let helloDone = false;
+    let skippedBeforeHello = 0;
     const ended = new Promise<string>((resolve) => {
       let idle: NodeJS.Timeout | null = null;
       const armIdle = (ms: number, why: string) => {
@@ -285,9 +329,12 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
       armIdle(this.o.helloTimeoutMs, "no hello from the agent in time");
       stream.on("closed", (reason) => finish(reason));
       // On a fresh connection, stale bytes before the agent's first frame are expected (virtio-serial).
+      // After hello the stream is in sync, so any framing error is the guest's doing and ends the session.
       stream.on("skipped", ({ bytes, reason }) => {
-        if (helloDone) finish(`protocol violation: framing: ${reason} (${bytes} bytes)`);
-        else this.log.debug({ bytes, reason }, "skipped stale bytes before agent hello");
+        if (helloDone) return finish(`protocol violation: framing: ${reason} (${bytes} bytes)`);
+        skippedBeforeHello += bytes;
+        if (skippedBeforeHello > MAX_SKIPPED_BEFORE_HELLO) return finish(`protocol violation: ${skippedBeforeHello} bytes without a frame before hello (last: ${reason})`);
+        this.log.debug({ bytes, reason, total: skippedBeforeHello }, "skipped stale bytes before agent hello");
       });
       stream.on("invalid", (reason) => finish(`protocol violation: ${reason}`));
       stream.on("message", (m) => {
@@ -295,6 +342,8 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
           if (m.type === "hello" && m.re === helloId) {
             if (!SUPPORTED_PROTOCOL_VERSIONS.includes(m.body.version)) return finish(`protocol violation: agent chose unsupported version ${m.body.version}`);
             helloDone = true;
+            // Any framing error from here on ends the session, so resynchronising would be wasted work.
+            stream.strictFraming();
             armIdle(this.o.idleTimeoutMs, "agent went silent");
             this.onHello(stream, m.body);
           } else if (m.type === "error" && m.re === helloId) {
@@ -315,8 +364,11 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
     this.stream = null;
     this.gateway?.closeAll(`agent session ended: ${reason}`);
     this.gateway = null;
-    if (reason.startsWith("protocol violation")) this.log.warn({ reason }, "agent session closed");
-    else this.log.info({ reason }, "agent session closed");
+    this.lastSessionViolated = reason.startsWith("protocol violation");
+    if (this.lastSessionViolated) {
+      this.log.warn({ reason }, "agent session closed");
+      this.recordViolation(reason);
+    } else this.log.info({ reason }, "agent session closed");
     this.failAll(new AgentRequestError("disconnected", `agent connection lost: ${reason}`));
     if (this.setupReq) this.setupReq.sentOn = null;
     if (helloDone) {
@@ -398,6 +450,25 @@ export class AgentLink extends EventEmitter<AgentLinkEvents> {
   }
 
   private setupId = -1;
+
+  /**
+   * One security-log line per episode of violations (each one also costs the guest its session and a
+   * longer reconnect delay); repeats within VIOLATION_QUIET_MS of the last are only counted.
+   */
+  private recordViolation(reason: string): void {
+    const now = performance.now();
+    const v = this.violations;
+    if (v && now - v.lastAt <= VIOLATION_QUIET_MS) {
+      v.count++;
+      v.lastAt = now;
+      return;
+    }
+    this.securityLog.warn(
+      { event: "agent_protocol_violation", instance_id: this.o.instanceId, reason, previous_episode_sessions: v?.count },
+      "guest broke the agent protocol; session closed",
+    );
+    this.violations = { count: 1, lastAt: now };
+  }
 
   private trySendSetup(): void {
     const req = this.setupReq;

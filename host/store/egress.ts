@@ -97,12 +97,16 @@ export class EgressStore {
     return { newlyBlocked };
   }
 
-  /** Inside the caller's transaction: the guest's own counter, stored beside the host's for cross-checks. */
-  async recordGuestSample(instanceId: string, limitBytes: number, bytes: number, packets: number, at: Date): Promise<void> {
+  /**
+   * Inside the caller's transaction: the guest's own counter, stored beside the host's for cross-checks.
+   * The history row is dated `at` (cvmd's clock, so pruning sees it); `guestSampledAt` is the guest's
+   * own claim, already clamped by the caller, kept only on the state row.
+   */
+  async recordGuestSample(instanceId: string, limitBytes: number, bytes: number, packets: number, at: Date, guestSampledAt: Date): Promise<void> {
     await this.db.run(
       `INSERT INTO egress_state (instance_id, limit_bytes, guest_bytes, guest_packets, guest_sampled_at) VALUES (?,?,?,?,?)
        ON CONFLICT (instance_id) DO UPDATE SET guest_bytes = excluded.guest_bytes, guest_packets = excluded.guest_packets, guest_sampled_at = excluded.guest_sampled_at`,
-      [instanceId, limitBytes, bytes, packets, at.getTime()],
+      [instanceId, limitBytes, bytes, packets, guestSampledAt.getTime()],
     );
     this.db.afterCommit(this.signal);
     await this.db.run(`INSERT INTO egress_samples (instance_id, at, source, bytes, packets) VALUES (?,?,?,?,?)`, [instanceId, at.getTime(), "guest", bytes, packets]);
@@ -130,8 +134,13 @@ export class EgressStore {
     return { bytes: r?.bytes ?? 0, blockedInstances: r?.blocked ?? 0 };
   }
 
-  async pruneSamples(before: Date): Promise<number> {
-    const { changes } = await this.db.run(`DELETE FROM egress_samples WHERE at < ?`, [before.getTime()]);
+  /**
+   * Deletes history older than `before`, and any row dated after `notAfter`: cvmd now dates every row
+   * with its own clock, but versions before it stored the guest's own `sampled_at`, and a guest could
+   * say 9999-12-31, a row no age-based pruning would ever reach.
+   */
+  async pruneSamples(before: Date, notAfter: Date): Promise<number> {
+    const { changes } = await this.db.run(`DELETE FROM egress_samples WHERE at < ? OR at > ?`, [before.getTime(), notAfter.getTime()]);
     return changes;
   }
 }

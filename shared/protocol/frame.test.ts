@@ -1,5 +1,7 @@
 import { describe, expect, test } from "vitest";
-import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, MAX_FRAME_PAYLOAD, type FrameEvent } from "./frame.js";
+import { crcBomb } from "./testdata/hostile-frames.js";
+import { crc32 } from "node:zlib";
+import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, headerCrc, MAX_FRAME_PAYLOAD, RESYNC_WORK_PER_BYTE, type FrameEvent } from "./frame.js";
 
 const frames = (evs: FrameEvent[]) => evs.filter((e) => e.kind === "frame").map((e) => (e as { payload: Buffer }).payload.toString());
 const skipped = (evs: FrameEvent[]) => evs.filter((e) => e.kind === "skipped").reduce((n, e) => n + (e as { bytes: number }).bytes, 0);
@@ -86,5 +88,78 @@ describe("FrameDecoder", () => {
     for (let off = 0; off < f.length; off += 64) got += frames(d.push(f.subarray(off, off + 64))).length;
     expect(got).toBe(1);
     expect(Date.now() - t0).toBeLessThan(5000);
+  });
+});
+
+describe("FrameDecoder against a hostile peer", () => {
+  test("the CRC bomb (1 MiB of headers each claiming the rest) costs work linear in its size", () => {
+    const bomb = crcBomb(MAX_FRAME_PAYLOAD);
+    const d = new FrameDecoder();
+    const t0 = performance.now();
+    const out = d.push(bomb);
+    const ms = performance.now() - t0;
+    // The old decoder did ~N²/32 ≈ 32 GiB of CRC here (8 s); the credit allows the cap plus 4 per byte.
+    expect(d.work).toBeLessThanOrEqual(4 * (MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN) + RESYNC_WORK_PER_BYTE * bomb.length);
+    expect(ms).toBeLessThan(1000);
+    expect(frames(out)).toEqual([]);
+    expect(skipped(out) + d.buffered).toBe(bomb.length);
+    // The decoder is usable afterwards: an honest frame still decodes.
+    expect(frames(d.push(encodeFrame(Buffer.from("after the bomb"))))).toEqual(["after the bomb"]);
+  });
+
+  test("repeated bombs in small chunks: work stays within the credit earned by the bytes received", () => {
+    const d = new FrameDecoder();
+    let received = 0;
+    for (let round = 0; round < 8; round++) {
+      const bomb = crcBomb(256 * 1024);
+      for (let off = 0; off < bomb.length; off += 4096) {
+        d.push(bomb.subarray(off, off + 4096));
+        received += Math.min(4096, bomb.length - off);
+      }
+    }
+    expect(d.work).toBeLessThanOrEqual(4 * (MAX_FRAME_PAYLOAD + FRAME_HEADER_LEN) + RESYNC_WORK_PER_BYTE * received);
+    expect(frames(d.push(encodeFrame(Buffer.from("still decodes"))))).toEqual(["still decodes"]);
+  });
+
+  test("the in-place header checksum is zlib's CRC-32", () => {
+    for (let i = 0; i < 200; i++) {
+      const b = Buffer.from(Array.from({ length: 20 }, (_, j) => (i * 31 + j * 7 + ((i * j) % 13)) & 0xff));
+      expect(headerCrc(b, 3)).toBe(crc32(b.subarray(3, 15)));
+    }
+  });
+
+  test("honest traffic never runs out of credit: 64 maximum-size frames back to back", () => {
+    const d = new FrameDecoder();
+    const f = encodeFrame(Buffer.alloc(MAX_FRAME_PAYLOAD, 9));
+    let got = 0;
+    for (let i = 0; i < 64; i++) for (let off = 0; off < f.length; off += 65536) got += frames(d.push(f.subarray(off, off + 65536))).length;
+    expect(got).toBe(64);
+  });
+});
+
+describe("FrameDecoder in strict mode (a stream known to be in sync)", () => {
+  test("stops at the first anomaly and reports it; frames before it are delivered", () => {
+    const d = new FrameDecoder();
+    d.strict = true;
+    const out = d.push(Buffer.concat([encodeFrame(Buffer.from("ok")), Buffer.from("junk"), encodeFrame(Buffer.from("never"))]));
+    expect(frames(out)).toEqual(["ok"]);
+    expect(out.filter((e) => e.kind === "skipped")).toHaveLength(1);
+  });
+
+  test("the CRC bomb costs one payload checksum, not the credit", () => {
+    const d = new FrameDecoder();
+    d.strict = true;
+    const bomb = crcBomb(MAX_FRAME_PAYLOAD);
+    const out = d.push(bomb);
+    expect(out).toEqual([{ kind: "skipped", bytes: 1, reason: "frame payload checksum mismatch" }]);
+    expect(d.work).toBeLessThan(bomb.length + 64);
+  });
+
+  test("a frame cut short and followed by another is reported at once", () => {
+    const d = new FrameDecoder();
+    d.strict = true;
+    const torn = encodeFrame(Buffer.alloc(4096, 1));
+    const out = d.push(Buffer.concat([torn.subarray(0, 2000), encodeFrame(Buffer.from("next"))]));
+    expect(out[0]).toMatchObject({ kind: "skipped", reason: expect.stringContaining("incomplete frame") });
   });
 });

@@ -1,7 +1,7 @@
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
 import { encodeMessage, type DecodeResult } from "./codec.js";
-import { FrameDecoder } from "./frame.js";
+import { FRAME_HEADER_LEN, FrameDecoder } from "./frame.js";
 import type { AnyMessage } from "./messages.js";
 
 /** Above this many queued bytes, events (progress, heartbeats, egress) are dropped instead of queued. */
@@ -30,6 +30,11 @@ export class MessageStream<In, Out extends AnyMessage> extends EventEmitter<Mess
   constructor(
     readonly stream: Duplex,
     private readonly decode: (payload: Uint8Array) => DecodeResult<In>,
+    /**
+     * Asked for every complete frame (its size on the wire) before it is decoded; false drops it
+     * undecoded. The host uses it to hold each guest to a budget of frames and bytes per second.
+     */
+    private readonly admit?: (frameBytes: number) => boolean,
   ) {
     super();
     stream.on("data", (chunk: Buffer) => this.onData(chunk));
@@ -40,6 +45,11 @@ export class MessageStream<In, Out extends AnyMessage> extends EventEmitter<Mess
 
   get closed(): boolean {
     return this.closedReason !== null;
+  }
+
+  /** The stream is in sync from here on: framing stops resynchronising (see FrameDecoder.strict). */
+  strictFraming(): void {
+    this.frames.strict = true;
   }
 
   /** Drops any partially received frame (used when a new host session starts on the same pipe). */
@@ -115,6 +125,7 @@ export class MessageStream<In, Out extends AnyMessage> extends EventEmitter<Mess
         continue;
       }
       if (this.paused) continue;
+      if (this.admit && !this.admit(FRAME_HEADER_LEN + ev.payload.length)) continue;
       const res = this.decode(ev.payload);
       if (res.ok) this.emit("message", res.message);
       else this.emit("invalid", res.reason);

@@ -152,6 +152,10 @@ describe("protocol fuzz against live sessions", () => {
       logger: pino({ level: "info" }, sink),
       instanceId: "fuzz-host",
       backoff: { initialMs: 1, maxMs: 2 },
+      // 1,000 sessions in a few seconds is far over a guest's channel budget, which would drop some
+      // hello replies (those sessions then end on the hello timeout, not on the bad frame). The
+      // budget has its own tests; here every frame must reach the decoder.
+      channelBudget: { framesPerSec: 1e6, burstFrames: 1e6, bytesPerSec: 1e9, burstBytes: 1e9 },
     });
     let disconnects = 0;
     link.on("disconnected", () => disconnects++);

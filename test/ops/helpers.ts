@@ -2,6 +2,7 @@ import { Writable } from "node:stream";
 import pino, { type Logger } from "pino";
 import type { Clock } from "../../host/clock.js";
 import type { Driver } from "../../host/instances/driver.js";
+import type { EgressFirewall } from "../../host/net/egress-firewall.js";
 import { startTestDaemon, type TestDaemon } from "../support/daemon.js";
 
 export interface OpsDaemon extends Omit<TestDaemon, "tenant"> {
@@ -14,7 +15,7 @@ export interface OpsDaemon extends Omit<TestDaemon, "tenant"> {
 }
 
 /** startTestDaemon with the security log captured, so tests can assert what it recorded. */
-export async function startOpsDaemon(opts: { dataDir: string; driver: Driver; clock?: Clock; env?: Record<string, string> }): Promise<OpsDaemon> {
+export async function startOpsDaemon(opts: { dataDir: string; driver: Driver; clock?: Clock; env?: Record<string, string>; egressFirewall?: EgressFirewall }): Promise<OpsDaemon> {
   const security: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk: Buffer, _enc, cb) {
