@@ -302,23 +302,39 @@ describe("default inference gateway over the agent channel", () => {
     }
 
     await gateway.flush();
-    // globex has spent 0.000035 + 2 × 0.000015 USD so far; a budget of 0.00007 is crossed by the next request, then refused.
-    const budgeted = new InferenceGateway({
-      db: d.db,
-      catalogue: d.config.catalogue,
-      clock: systemClock,
-      logger: pino({ level: "silent" }),
-      env: { CVM_TEST_UPSTREAM_KEY: KEY },
-      limits: { budgetUsdPerPeriod: "0.00007" },
-    });
-    b.link.onGatewayRequest(budgeted.handlerFor(inst.b!.id));
+    // globex has spent 0.000035 + 2 × 0.000015 USD so far. A call reserves what it may cost at most
+    // (here 37 input bytes × $2.50/M + max_tokens 1 × $10/M = $0.0001025): with $0.000005 left it is refused
+    // before it runs; with $0.000105 left it runs, is settled at $0.000015, and the one after it no longer fits.
+    const budgeted = (usd: string) =>
+      new InferenceGateway({
+        db: d.db,
+        catalogue: d.config.catalogue,
+        clock: systemClock,
+        logger: pino({ level: "silent" }),
+        env: { CVM_TEST_UPSTREAM_KEY: KEY },
+        limits: { budgetUsdPerPeriod: usd },
+      });
+    const tight = budgeted("0.00007");
+    b.link.onGatewayRequest(tight.handlerFor(inst.b!.id));
+    const one = { max_tokens: 1, messages: [{ role: "user", content: "count 1" }] };
     try {
-      expect((await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 1" }] })).status).toBe(200);
-      const r = await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 1" }] });
+      const r = await post(`${b.gatewayUrl}/chat/completions`, one);
+      expect(r.status).toBe(429);
+      const e = ((await r.json()) as any).error;
+      expect(e).toMatchObject({ type: "insufficient_quota", code: "insufficient_quota" });
+      expect(e.message).toContain("may cost up to 0.000103 USD"); // rounded up
+    } finally {
+      await tight.close();
+    }
+    const roomy = budgeted("0.00017");
+    b.link.onGatewayRequest(roomy.handlerFor(inst.b!.id));
+    try {
+      expect((await post(`${b.gatewayUrl}/chat/completions`, one)).status).toBe(200);
+      const r = await post(`${b.gatewayUrl}/chat/completions`, one);
       expect(r.status).toBe(429);
       expect(((await r.json()) as any).error).toMatchObject({ type: "insufficient_quota", code: "insufficient_quota" });
     } finally {
-      await budgeted.close();
+      await roomy.close();
       b.link.onGatewayRequest(gateway.handlerFor(inst.b!.id));
     }
   });
