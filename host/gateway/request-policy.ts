@@ -74,7 +74,7 @@ export function refusedField(endpoint: InferenceEndpoint, body: Record<string, u
     if (!Array.isArray(body.tools)) return { param: "tools", message: "tools must be an array" };
     for (let i = 0; i < body.tools.length; i++) {
       const t = body.tools[i] as { type?: unknown } | null;
-      if (typeof t?.type !== "string" || !TOOL_TYPES.has(t.type)) return { param: `tools[${i}].type`, message: `tools[${i}]: only function tools are accepted (tools that run upstream are paid outside token usage)` };
+      if (typeof t?.type !== "string" || !TOOL_TYPES.has(t.type)) return { param: `tools[${i}].type`, message: `tools[${i}].type: only function tools are accepted (tools that run upstream are paid outside token usage)` };
     }
   }
   if (body.n !== undefined && (!Number.isSafeInteger(body.n) || (body.n as number) < 1 || (body.n as number) > MAX_CHOICES)) return { param: "n", message: `n must be an integer from 1 to ${MAX_CHOICES}` };
@@ -88,7 +88,7 @@ export function refusedField(endpoint: InferenceEndpoint, body: Record<string, u
       if (!Array.isArray(content)) continue;
       for (let j = 0; j < content.length; j++) {
         const type = (content[j] as { type?: unknown } | null)?.type;
-        if (typeof type !== "string" || !CONTENT_PARTS.has(type)) return { param: `messages[${i}].content[${j}].type`, message: `messages[${i}].content[${j}]: only text and image_url parts are accepted` };
+        if (typeof type !== "string" || !CONTENT_PARTS.has(type)) return { param: `messages[${i}].content[${j}].type`, message: `messages[${i}].content[${j}].type: only text and image_url parts are accepted` };
       }
     }
   }

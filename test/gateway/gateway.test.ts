@@ -339,6 +339,111 @@ describe("default inference gateway over the agent channel", () => {
     }
   });
 
+  test("only fields billed as tokens are forwarded: anything else is refused with a 400 naming it, and never reaches the upstream", async () => {
+    const msg = [{ role: "user", content: "count 2" }];
+    const refusedWith = async (path: string, body: Record<string, unknown>, param: string) => {
+      const r = await post(`${b.gatewayUrl}/${path}`, body);
+      expect(r.status, JSON.stringify(body)).toBe(400);
+      const e = ((await r.json()) as any).error;
+      expect(e).toMatchObject({ type: "invalid_request_error", code: "unsupported_parameter", param });
+      expect(e.message).toContain(param);
+    };
+    for (const [field, value] of Object.entries({
+      service_tier: "priority",
+      audio: { voice: "alloy", format: "wav" },
+      modalities: ["text", "audio"],
+      web_search_options: {},
+      store: true,
+      metadata: { a: "b" },
+      prediction: { type: "content", content: "x" },
+      functions: [],
+      instance_id: inst.a!.id,
+    })) {
+      await refusedWith("chat/completions", { messages: msg, [field]: value }, field);
+    }
+    await refusedWith("chat/completions", { messages: msg, tools: [{ type: "function", function: { name: "f", parameters: {} } }, { type: "web_search" }] }, "tools[1].type");
+    await refusedWith("chat/completions", { messages: [{ role: "user", content: [{ type: "input_audio", input_audio: { data: "AAAA", format: "wav" } }] }] }, "messages[0].content[0].type");
+    await refusedWith("chat/completions", { messages: msg, stream: true, stream_options: { include_usage: true, include_obfuscation: true } }, "stream_options.include_obfuscation");
+    await refusedWith("chat/completions", { messages: msg, n: 1000 }, "n");
+    await refusedWith("embeddings", { input: "a b", user: "u", service_tier: "flex" }, "service_tier");
+    expect(upstream.requests).toHaveLength(0);
+
+    // What is on the list goes through as sent (bar the completion limit, which the gateway caps).
+    const ok = { messages: [{ role: "user", content: [{ type: "text", text: "count 2" }] }], temperature: 0.2, top_p: 0.9, seed: 7, stop: ["\n\n"], user: "u1", tools: [{ type: "function", function: { name: "f", parameters: {} } }], tool_choice: "auto", response_format: { type: "text" } };
+    expect((await post(`${b.gatewayUrl}/chat/completions`, ok)).status).toBe(200);
+    expect((await post(`${b.gatewayUrl}/embeddings`, { input: ["a b"], encoding_format: "float", dimensions: 3 })).status).toBe(200);
+    expect(upstream.requests).toHaveLength(2);
+    expect(upstream.requests[0]!.body).toEqual({ ...ok, model: "chat-large", max_tokens: 4096 });
+    expect(upstream.requests[1]!.body).toEqual({ input: ["a b"], encoding_format: "float", dimensions: 3, model: "chat-large" });
+  });
+
+  test("the completion limit is capped (or set) by the gateway, so the upstream enforces what was reserved", async () => {
+    const capped = new InferenceGateway({ db: d.db, catalogue: d.config.catalogue, clock: systemClock, logger: pino({ level: "silent" }), env: { CVM_TEST_UPSTREAM_KEY: KEY }, limits: { maxOutputTokens: 5 } });
+    b.link.onGatewayRequest(capped.handlerFor(inst.b!.id));
+    try {
+      for (const extra of [{}, { max_tokens: 1000 }, { max_completion_tokens: 1000 }, { max_tokens: 3 }]) {
+        const r = await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 50" }], ...extra });
+        expect(r.status).toBe(200);
+        expect(((await r.json()) as any).usage.completion_tokens).toBe("max_tokens" in extra && extra.max_tokens === 3 ? 3 : 5);
+      }
+      expect(upstream.requests.map((q) => q.body.max_tokens ?? q.body.max_completion_tokens)).toEqual([5, 5, 5, 3]);
+    } finally {
+      await capped.close();
+      b.link.onGatewayRequest(gateway.handlerFor(inst.b!.id));
+    }
+  });
+
+  test("N concurrent calls cannot overshoot the tenant's budget: each reserves its most before it runs and settles after", async () => {
+    // A tenant of its own, so its spend starts at zero.
+    tenants.initech = (await d.tenant("initech")).apiKey;
+    inst.c = await createInstance("initech", "chat-large");
+    const c = await startGuest("c", null);
+    guests.push(c);
+    const tenantId = (await d.db.get<{ tenant_id: number }>("SELECT tenant_id FROM instances WHERE id = ?", [inst.c!.id]))!.tenant_id;
+    const messages = [{ role: "user", content: "count 20" }];
+    const p = { in: priceToMicroUsd(PRICES["chat-large"].input), out: priceToMicroUsd(PRICES["chat-large"].output) };
+    // The most one call may cost: a token per input byte, and its max_tokens of output.
+    const reserve = BigInt(Buffer.byteLength(JSON.stringify(messages))) * p.in + 20n * p.out;
+    const budgetPico = ((reserve * 7n) / 2n / 1_000_000n) * 1_000_000n; // room for 3.5 reservations
+    const budgetUsd = `0.${(budgetPico / 1_000_000n).toString().padStart(6, "0")}`;
+    const budgeted = new InferenceGateway({ db: d.db, catalogue: d.config.catalogue, clock: systemClock, logger: pino({ level: "silent" }), env: { CVM_TEST_UPSTREAM_KEY: KEY }, limits: { budgetUsdPerPeriod: budgetUsd } });
+    c.link.onGatewayRequest(budgeted.handlerFor(inst.c!.id));
+    try {
+      // Slow streams (20 × 20 ms), so all N are in flight together: a check against settled spend alone lets all N through.
+      upstream.chunkDelayMs = 20;
+      const N = 10;
+      const results = await Promise.all(
+        Array.from({ length: N }, async () => {
+          const r = await post(`${c.gatewayUrl}/chat/completions`, { stream: true, max_tokens: 20, messages });
+          if (r.status !== 200) return { status: r.status, code: ((await r.json()) as any).error.code as string };
+          return { status: 200, code: (await readSse(r)).at(-1)!.data };
+        }),
+      );
+      expect(results.filter((x) => x.status === 200)).toEqual([{ status: 200, code: "[DONE]" }, { status: 200, code: "[DONE]" }, { status: 200, code: "[DONE]" }]);
+      expect(results.filter((x) => x.status === 429).every((x) => x.code === "insufficient_quota")).toBe(true);
+      await budgeted.flush();
+      const spent = await budgeted.store.costPicoUsd(tenantId, new Date(0), new Date(8.64e15));
+      const oneCall = 2n * p.in + 20n * p.out; // what the double bills for "count 20" with max_tokens 20
+      expect(spent).toBe(3n * oneCall);
+      expect(spent).toBeLessThanOrEqual(budgetPico);
+      // Settled: the reservations are gone; a failed call gives its reservation back too...
+      expect(budgeted.reservedPico(tenantId)).toBe(0n);
+      upstream.failStatus = 500;
+      expect((await post(`${c.gatewayUrl}/chat/completions`, { max_tokens: 20, messages })).status).toBe(502);
+      upstream.failStatus = null;
+      expect(budgeted.reservedPico(tenantId)).toBe(0n);
+      // ...so the budget the calls did not use is free again...
+      expect((await post(`${c.gatewayUrl}/chat/completions`, { max_tokens: 20, messages })).status).toBe(200);
+      // ...and with 4 calls settled, a fifth does not fit.
+      const last = await post(`${c.gatewayUrl}/chat/completions`, { max_tokens: 20, messages });
+      expect(last.status).toBe(429);
+      await budgeted.flush();
+      expect(await budgeted.store.costPicoUsd(tenantId, new Date(0), new Date(8.64e15))).toBe(4n * oneCall);
+    } finally {
+      await budgeted.close();
+    }
+  });
+
   test("a terminated instance's (and a suspended tenant's) calls are refused, checked against the store on each request", async () => {
     expect((await post(`${a.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 1" }] })).status).toBe(200);
     const del = await d.fetch(`/v1/instances/${inst.a!.name}`, { key: tenants.acme, method: "DELETE" });
