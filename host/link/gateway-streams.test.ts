@@ -248,6 +248,17 @@ describe("gateway streams on the agent link", () => {
     expect(account.held).toBe(0);
   });
 
+  test("a guest that opens stream after stream without reading its channel has its session ended, not its refusals queued without end", async () => {
+    const { agent, disconnects } = await fixture();
+    agent.socket!.pause();
+    // No handler: each request is refused at once with a small 503 that the guest never reads.
+    const frames: Buffer[] = [];
+    for (let stream = 1; stream <= 30_000; stream++) frames.push(encodeMessage({ type: "gw_request", body: { stream, method: "GET", path: "/v1/models", headers: {}, body: Buffer.alloc(0), end: true } }));
+    agent.socket!.write(Buffer.concat(frames));
+    await agent.until(() => disconnects.length > 0, 15_000);
+    expect(disconnects[0]).toMatch(/protocol violation: gateway refusals backed up .*does not read its channel/);
+  });
+
   test("an identity smuggled into a gateway request is a protocol violation: the session ends", async () => {
     const { agent, link, disconnects } = await fixture();
     let called = 0;

@@ -140,7 +140,15 @@ interface QueuedFrame {
   s: OpenStream | null;
   msg: HostMessage;
   release: number;
+  /** Body bytes of a refusal (a frame of no stream), counted in `refusalBytes`. */
+  refusal: number;
 }
+
+/**
+ * Refusals are small and uncharged, but a guest that opens stream after stream without reading its
+ * channel would pile them up; past this many queued bytes of them the session is ended instead.
+ */
+const MAX_QUEUED_REFUSAL_BYTES = 256 * 1024;
 
 function jsonError(status: number, type: string, code: string, message: string): { status: number; headers: GatewayHeaders; body: Buffer } {
   return {
@@ -171,6 +179,7 @@ export class GatewayStreams {
   /** Frames in send order; written only while the channel's backlog is under HIGH_WATER. */
   private readonly sendQueue: QueuedFrame[] = [];
   private waitingForDrain = false;
+  private refusalBytes = 0;
   private sessionAccount: GuestBufferAccount | null = null;
 
   constructor(
@@ -191,6 +200,7 @@ export class GatewayStreams {
       case "gw_request": {
         const b = m.body;
         if (this.open.has(b.stream)) return `gateway stream ${b.stream} opened twice`;
+        if (this.refusalBytes > MAX_QUEUED_REFUSAL_BYTES) return `gateway refusals backed up (${this.refusalBytes} bytes): the agent does not read its channel`;
         if (this.open.size >= this.limits.maxOpenStreams) {
           const e = jsonError(429, "rate_limit_exceeded", "too_many_streams", `at most ${this.limits.maxOpenStreams} gateway requests may be open at once`);
           this.sendWhole(null, b.stream, e.status, e.headers, e.body, 0);
@@ -345,12 +355,13 @@ export class GatewayStreams {
       frames.push({ type: "gw_response_body", body: { stream, data: body.subarray(off, off + MAX_GATEWAY_CHUNK), end: off + MAX_GATEWAY_CHUNK >= body.length } });
     }
     // The body is one buffer: its bytes are freed when its last frame goes, so that frame releases them.
-    frames.forEach((msg, i) => this.enqueue(s, msg, i === frames.length - 1 ? charged : 0));
+    frames.forEach((msg, i) => this.enqueue(s, msg, i === frames.length - 1 ? charged : 0, s ? 0 : body.length));
   }
 
-  private enqueue(s: OpenStream | null, msg: HostMessage, release: number): void {
+  private enqueue(s: OpenStream | null, msg: HostMessage, release: number, refusal = 0): void {
     if (s) s.queued++;
-    this.sendQueue.push({ s, msg, release });
+    this.refusalBytes += refusal;
+    this.sendQueue.push({ s, msg, release, refusal });
     this.pumpQueue();
   }
 
@@ -376,6 +387,7 @@ export class GatewayStreams {
   }
 
   private sent(f: QueuedFrame): void {
+    this.refusalBytes -= f.refusal;
     const s = f.s;
     if (!s) return;
     s.account.release(f.release);
