@@ -34,6 +34,8 @@ export const FORWARDED_FIELDS: Readonly<Record<InferenceEndpoint, readonly strin
     "parallel_tool_calls",
     "reasoning_effort",
     "user",
+    // Only as false (checked below): OpenAI-style clients such as OpenClaw's send it by default.
+    "store",
   ]),
   embeddings: Object.freeze(["model", "input", "encoding_format", "dimensions", "user"]),
 });
@@ -66,6 +68,7 @@ export function refusedField(endpoint: InferenceEndpoint, body: Record<string, u
     if (!allowed.includes(k)) return { param: name(k), message: `field ${name(k)} is not accepted by this gateway (only fields billed as tokens are forwarded; see the gateway's field list)` };
   }
   if (endpoint !== "chat.completions") return null;
+  if (body.store !== undefined && body.store !== false) return { param: "store", message: "store: only false is accepted (a stored completion is kept, and served, by the provider outside token usage)" };
   if (body.stream_options !== undefined) {
     if (typeof body.stream_options !== "object" || body.stream_options === null || Array.isArray(body.stream_options)) return { param: "stream_options", message: "stream_options must be an object" };
     for (const k of Object.keys(body.stream_options)) if (!STREAM_OPTIONS.has(k)) return { param: `stream_options.${name(k)}`, message: `stream_options.${name(k)} is not accepted by this gateway` };

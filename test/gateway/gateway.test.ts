@@ -369,11 +369,11 @@ describe("default inference gateway over the agent channel", () => {
     expect(upstream.requests).toHaveLength(0);
 
     // What is on the list goes through as sent (bar the completion limit, which the gateway caps).
-    const ok = { messages: [{ role: "user", content: [{ type: "text", text: "count 2" }] }], temperature: 0.2, top_p: 0.9, seed: 7, stop: ["\n\n"], user: "u1", tools: [{ type: "function", function: { name: "f", parameters: {} } }], tool_choice: "auto", response_format: { type: "text" } };
+    const ok = { messages: [{ role: "user", content: [{ type: "text", text: "count 2" }] }], store: false, stream_options: { include_usage: true }, max_completion_tokens: 50, temperature: 0.2, top_p: 0.9, seed: 7, stop: ["\n\n"], user: "u1", tools: [{ type: "function", function: { name: "f", parameters: {} } }], tool_choice: "auto", response_format: { type: "text" } };
     expect((await post(`${b.gatewayUrl}/chat/completions`, ok)).status).toBe(200);
     expect((await post(`${b.gatewayUrl}/embeddings`, { input: ["a b"], encoding_format: "float", dimensions: 3 })).status).toBe(200);
     expect(upstream.requests).toHaveLength(2);
-    expect(upstream.requests[0]!.body).toEqual({ ...ok, model: "chat-large", max_tokens: 4096 });
+    expect(upstream.requests[0]!.body).toEqual({ ...ok, model: "chat-large" });
     expect(upstream.requests[1]!.body).toEqual({ input: ["a b"], encoding_format: "float", dimensions: 3, model: "chat-large" });
   });
 
