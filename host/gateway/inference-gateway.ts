@@ -323,6 +323,11 @@ export class InferenceGateway {
     fail: Fail,
   ): Promise<void> {
     const payload = Buffer.from(JSON.stringify(body));
+    // The upstream copy of the body lives as long as the call: it is the guest's memory too.
+    if (!req.buffers.take(payload.length)) {
+      const e = bufferFull(req.buffers);
+      return res.send(e.status, { ...e.headers, "x-request-id": requestId }, e.body);
+    }
     const estimatedInput = estimateInputTokens(body);
 
     const headers: Record<string, string> = { "content-type": "application/json", accept: wantsStream ? "text/event-stream" : "application/json" };
@@ -334,7 +339,7 @@ export class InferenceGateway {
     req.signal.addEventListener("abort", onCancel, { once: true });
     const total = setTimeout(() => ctl.abort("timeout"), this.limits.upstreamTotalTimeoutMs);
     const base = { endpoint, access, requestId, model, stream: wantsStream, prices: up.prices, startedAt, t0 };
-    let held = 0;
+    let held = payload.length;
     try {
       let upRes;
       try {
@@ -407,7 +412,7 @@ export class InferenceGateway {
       );
       const text = Buffer.concat(chunks);
       chunks.length = 0;
-      // From here the response is handed to res.send, which accounts for it while it is queued.
+      // From here the response is handed to res.send, which accounts for it while it is queued (the payload is done with too).
       req.buffers.release(held);
       held = 0;
       if (r !== "end") {

@@ -393,6 +393,44 @@ describe("default inference gateway over the agent channel", () => {
     }
   });
 
+  test("what the gateway holds of a guest's traffic counts against its buffer: a response over it is a 429, recorded once in the security log", async () => {
+    const security: string[] = [];
+    const small = new InferenceGateway({
+      db: d.db,
+      catalogue: d.config.catalogue,
+      clock: systemClock,
+      logger: pino({ level: "silent" }),
+      securityLog: pino({ level: "info" }, { write: (l: string) => void security.push(l) }),
+      env: { CVM_TEST_UPSTREAM_KEY: KEY },
+      limits: { maxBufferedBytesPerGuest: 4096 },
+    });
+    const handler = small.handlerFor(inst.b!.id);
+    b.link.onGatewayRequest(handler);
+    try {
+      // ~3 KB of request and payload fit; the ~9 KB answer to "count 1500" does not.
+      for (let i = 0; i < 2; i++) {
+        const r = await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 1500" }] });
+        expect(r.status).toBe(429);
+        expect(((await r.json()) as any).error).toMatchObject({ type: "rate_limit_exceeded", code: "buffer_limit_exceeded" });
+        expect(handler.buffers!.held).toBe(0);
+      }
+      expect(upstream.requests).toHaveLength(2);
+      await small.flush();
+      expect((await small.store.forInstance(inst.b!.id, 2)).map((r) => [r.status, r.outcome, r.estimated])).toEqual([
+        [429, "failed", 1],
+        [429, "failed", 1],
+      ]);
+      // Each call is its own episode here: the guest holds nothing between them.
+      expect(security.map((l) => JSON.parse(l)).filter((e) => e.event === "gateway_buffer_limit")).toHaveLength(2);
+      expect(JSON.parse(security[0]!)).toMatchObject({ instance_id: inst.b!.id, capacity_bytes: 4096 });
+      // A small answer still fits.
+      expect((await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 3" }] })).status).toBe(200);
+    } finally {
+      await small.close();
+      b.link.onGatewayRequest(gateway.handlerFor(inst.b!.id));
+    }
+  });
+
   test("N concurrent calls cannot overshoot the tenant's budget: each reserves its most before it runs and settles after", async () => {
     // A tenant of its own, so its spend starts at zero.
     tenants.initech = (await d.tenant("initech")).apiKey;
