@@ -250,13 +250,16 @@ describe("gateway streams on the agent link", () => {
 
   test("a guest that opens stream after stream without reading its channel has its session ended, not its refusals queued without end", async () => {
     const { agent, disconnects } = await fixture();
-    agent.socket!.pause();
+    const unread = agent.socket!;
+    unread.pause();
     // No handler: each request is refused at once with a small 503 that the guest never reads.
     const frames: Buffer[] = [];
     for (let stream = 1; stream <= 30_000; stream++) frames.push(encodeMessage({ type: "gw_request", body: { stream, method: "GET", path: "/v1/models", headers: {}, body: Buffer.alloc(0), end: true } }));
-    agent.socket!.write(Buffer.concat(frames));
+    unread.write(Buffer.concat(frames));
     await agent.until(() => disconnects.length > 0, 15_000);
     expect(disconnects[0]).toMatch(/protocol violation: gateway refusals backed up .*does not read its channel/);
+    // A paused socket never sees the host's close; let the fixture's server shut down.
+    unread.destroy();
   });
 
   test("an identity smuggled into a gateway request is a protocol violation: the session ends", async () => {

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { PerformanceObserver } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
@@ -28,11 +29,14 @@ class HostServicesFakeDriver extends FakeDriver {
 
 const STREAMS = 64;
 const BYTES_PER_STREAM = 1024 * 1024;
+/** The second wave reopens every stream the host refused, with one full frame each. */
+const RETRY_BYTES = 256 * 1024;
 
 /*
  * Hostile guest, gateway streams: a tenant who is root in its VM opens 64 gateway streams on its
- * agent channel and feeds each a 1 MiB body it never ends, twice over (128 MiB sent). Each stream is
- * within the per-request limit (4 MiB); together they are eight times the guest's buffer (16 MiB).
+ * agent channel and feeds each a 1 MiB body it never ends, then reopens every stream that was refused
+ * (up to 80 MiB sent). Each stream is within the per-request limit (4 MiB); together they are four times the
+ * guest's buffer (16 MiB).
  * cvmd (the real daemon, real AgentLink, real gateway) must hold no more than that cap, stay
  * responsive, record the episode once, and keep serving another tenant's guest.
  */
@@ -85,7 +89,7 @@ describe("hostile guest: 64 unterminated gateway streams with large bodies", () 
     const malloryHandler = gateway.handlerFor(ids.mallory!);
     const account = malloryHandler.buffers!;
     const sock = join(dir.path, "mallory-agent.sock");
-    attacker = spawn(process.execPath, [...tsEntry("test/hostile/gateway-attacker.ts"), "--socket", sock, "--streams", String(STREAMS), "--bytes-per-stream", String(BYTES_PER_STREAM), "--waves", "2"], {
+    attacker = spawn(process.execPath, [...tsEntry("test/hostile/gateway-attacker.ts"), "--socket", sock, "--streams", String(STREAMS), "--bytes-per-stream", String(BYTES_PER_STREAM), "--waves", "2", "--retry-bytes", String(RETRY_BYTES)], {
       stdio: ["ignore", "pipe", "inherit"],
     });
     const lines = createInterface({ input: attacker.stdout! })[Symbol.asyncIterator]();
@@ -98,6 +102,12 @@ describe("hostile guest: 64 unterminated gateway streams with large bodies", () 
     const bystanderCalls: number[] = [];
     let maxHeld = 0;
     const cpu0 = process.cpuUsage();
+    // GC pauses are reported apart: cvmd shares this process (and its heap) with the test runner.
+    let gcMaxMs = 0;
+    const gcs = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) gcMaxMs = Math.max(gcMaxMs, e.duration);
+    });
+    gcs.observe({ entryTypes: ["gc"] });
     const cost = await measureAttack({
       attack: async () => {
         attackerLink = new AgentLink({ connector: new UnixSocketConnector(sock), logger: pino({ level: "silent" }), instanceId: ids.mallory!, backoff: { initialMs: 20, maxMs: 200 } });
@@ -106,10 +116,12 @@ describe("hostile guest: 64 unterminated gateway streams with large bodies", () 
         const watch = setInterval(() => (maxHeld = Math.max(maxHeld, account.held)), 5);
         try {
           const waves = [await next(), await next()];
-          for (const w of waves) expect(w.sent).toBe(STREAMS * BYTES_PER_STREAM);
-          // Every stream past the cap was refused with a gateway error and closed, in both waves.
-          expect(waves[0]!.statuses["429"]).toBeGreaterThanOrEqual(STREAMS - 16);
-          expect(waves[1]!.answered).toBeGreaterThanOrEqual(STREAMS - 16);
+          // Every stream past the cap was refused with a gateway error and closed; reopened, refused again.
+          expect(waves[0]).toMatchObject({ wave: 1, streams: STREAMS, sent: STREAMS * BYTES_PER_STREAM });
+          expect(waves[0]!.answered).toBeGreaterThanOrEqual(STREAMS - 16);
+          expect(waves[0]!.statuses).toEqual({ "429": waves[0]!.answered });
+          expect(waves[1]).toMatchObject({ wave: 2, streams: waves[0]!.answered, sent: waves[0]!.answered * RETRY_BYTES, answered: waves[0]!.answered });
+          expect(waves[1]!.statuses).toEqual({ "429": 2 * waves[0]!.answered });
           // Meanwhile another tenant's guest is served through the same gateway.
           const t0 = performance.now();
           const r = await fetch(`${bystander!.gatewayUrl}/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ messages: [{ role: "user", content: "count 3" }] }) });
@@ -122,9 +134,10 @@ describe("hostile guest: 64 unterminated gateway streams with large bodies", () 
       probe: () => d.fetch("/v1/instances", { key: keys.alice }),
     });
     const cpu = process.cpuUsage(cpu0);
+    gcs.disconnect();
     const summary = (c: typeof cost) => ({ loopDelayMaxMs: c.loopDelayMaxMs, rssGrowthMiB: c.rssGrowthMiB, probes: c.probeMs.length, probeMaxMs: Math.max(...c.probeMs) });
     console.log(
-      `gateway-streams attack: ${JSON.stringify({ attack: summary(cost), idle: summary(idle), cvmdCpuMs: Math.round((cpu.user + cpu.system) / 1000), maxHeldBytes: maxHeld, bystanderStatus: bystanderCalls[0], bystanderMs: bystanderCalls[1] })}`,
+      `gateway-streams attack: ${JSON.stringify({ attack: summary(cost), idle: summary(idle), cvmdCpuMs: Math.round((cpu.user + cpu.system) / 1000), gcMaxMs, maxHeldBytes: maxHeld, bystanderStatus: bystanderCalls[0], bystanderMs: bystanderCalls[1] })}`,
     );
 
     expect(maxHeld).toBeLessThanOrEqual(16 * 1024 * 1024);
