@@ -109,13 +109,13 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   const instances = new InstanceStore(db);
   const idempotency = new IdempotencyStore(db);
   const egressStore = new EgressStore(db);
-  const gateway = new InferenceGateway({ db, catalogue: config.catalogue, clock, logger: log.child({ component: "gateway" }), limits: config.gatewayLimits });
+  const securityLog = deps.securityLog ?? log.child({ stream: "security" });
+  const gateway = new InferenceGateway({ db, catalogue: config.catalogue, clock, logger: log.child({ component: "gateway" }), securityLog, limits: config.gatewayLimits });
   const cvmdVersion = packageVersion();
   const metrics = deps.metrics ?? new Metrics({ processMetrics: config.metricsListen !== null, version: cvmdVersion });
   instances.observe((e) => metrics.onInstanceEvent(e));
   metrics.countInstancesWith(() => instances.countByStatus());
   metrics.egressWith(() => egressStore.hostTotals());
-  const securityLog = deps.securityLog ?? log.child({ stream: "security" });
   const dns = await startDns(config.dns, { baseDomain: config.baseDomain, tenants, instances, logger: log.child({ component: "dns" }), now: () => clock.now() });
   if (dns.server) log.info({ listen: `${config.dns.listen?.host}:${dns.server.port}` }, "dns server up");
   // A driver that cannot provision holds nothing: its creates fail with driver_unavailable, not for capacity.

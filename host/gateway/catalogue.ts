@@ -58,6 +58,8 @@ export function validateCatalogue(raw: unknown, source: string): ModelCatalogue 
       fail(`${at}.upstream.base_url must be an absolute http(s) URL`);
     }
     if (url!.protocol !== "http:" && url!.protocol !== "https:") fail(`${at}.upstream.base_url must be http or https`);
+    // Credentials in the URL would be written wherever the upstream is logged; the URL itself is never echoed here.
+    if (url!.username !== "" || url!.password !== "") fail(`model ${mm.id}: upstream.base_url carries credentials (user:pass@); remove them and name the key's environment variable in api_key_env`);
     const keyEnv = up.api_key_env ?? null;
     if (keyEnv !== null && (typeof keyEnv !== "string" || !/^[A-Z_][A-Z0-9_]*$/.test(keyEnv))) fail(`${at}.upstream.api_key_env must name an environment variable`);
     const price = mm.price_per_mtok_usd;

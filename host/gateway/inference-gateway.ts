@@ -2,13 +2,14 @@ import { randomBytes } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
-import type { GatewayHandler, GatewayHttpRequest, GatewayHttpResponse } from "../link/gateway-streams.js";
+import { GuestBufferAccount, bufferFull, type GatewayHandler, type GatewayHttpRequest, type GatewayHttpResponse } from "../link/gateway-streams.js";
 import type { Database } from "../store/db.js";
 import { billingWindow } from "../usage/billing.js";
 import type { CatalogueModel, ModelCatalogue } from "./catalogue.js";
 import { DEFAULT_GATEWAY_LIMITS, RequestRateLimiter, type GatewayLimits } from "./limits.js";
 import { InferenceUsageStore, type InferenceEndpoint, type InferenceOutcome, type InferenceRecord, type InstanceAccess } from "./metering-store.js";
-import { priceToMicroUsd, requestCostPicoUsd, usdToPico, type Prices } from "./money.js";
+import { formatUsdMicroCeil, priceToMicroUsd, requestCostPicoUsd, usdToPico, type Prices } from "./money.js";
+import { refusedField, reserveTokens } from "./request-policy.js";
 import { HttpUpstreamClient, UpstreamError, type UpstreamClient } from "./upstream-client.js";
 import { SseUsageMeter, estimateInputTokens, usageOfJsonResponse, type TokenUsage } from "./usage-meter.js";
 
@@ -19,6 +20,8 @@ export interface InferenceGatewayDeps {
   catalogue: ModelCatalogue;
   clock: Clock;
   logger: Logger;
+  /** Where a guest hitting its buffer cap is recorded, once per episode (default: `logger`). */
+  securityLog?: Logger;
   limits?: Partial<GatewayLimits>;
   /** Where each model's `api_key_env` is looked up (process.env in production). */
   env?: NodeJS.ProcessEnv;
@@ -46,9 +49,11 @@ function isObject(v: unknown): v is Json {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-function errorBody(type: string, code: string, message: string): Buffer {
-  return Buffer.from(JSON.stringify({ error: { message, type, param: null, code } }));
+function errorBody(type: string, code: string, message: string, param: string | null = null): Buffer {
+  return Buffer.from(JSON.stringify({ error: { message, type, param, code } }));
 }
+
+type Fail = (status: number, type: string, code: string, message: string, extra?: Record<string, string>, param?: string) => void;
 
 type PumpResult = "end" | "timeout" | "aborted" | "error" | "too_large";
 
@@ -113,6 +118,15 @@ export class InferenceGateway {
   private readonly budgetPico: bigint | null;
   /** Spend in the current billing window per tenant, so the budget check is not a SUM per request. */
   private readonly spend = new Map<number, { start: number; end: number; pico: bigint }>();
+  /**
+   * Budget held by requests in flight, per tenant: each call reserves the most it can cost before it
+   * runs and gives the reservation back when it is settled. In memory only: a restarted cvmd has no
+   * calls in flight, and what finished is in SQLite.
+   */
+  private readonly reserved = new Map<number, bigint>();
+  /** Each instance's buffer account, shared by all its sessions (see GuestBufferAccount). */
+  private readonly buffers = new Map<string, GuestBufferAccount>();
+  private readonly security: Logger;
   private readonly log: Logger;
   /** Records of finished requests not yet in SQLite (see flush()). */
   private queue: InferenceRecord[] = [];
@@ -124,6 +138,7 @@ export class InferenceGateway {
     this.limits = { ...DEFAULT_GATEWAY_LIMITS, ...d.limits };
     this.client = d.upstream ?? new HttpUpstreamClient();
     this.log = d.logger;
+    this.security = d.securityLog ?? d.logger;
     const monotonic = d.monotonicMs ?? (() => performance.now());
     this.rate = new RequestRateLimiter(this.limits.requestsPerMinute, monotonic);
     this.budgetPico = this.limits.budgetUsdPerPeriod === null ? null : usdToPico(this.limits.budgetUsdPerPeriod);
@@ -144,7 +159,22 @@ export class InferenceGateway {
 
   /** The handler for one instance's channel (AgentLink.onGatewayRequest). */
   handlerFor(instanceId: string): GatewayHandler {
-    return (req, res) => this.serve(instanceId, req, res);
+    let buffers = this.buffers.get(instanceId);
+    if (!buffers) {
+      buffers = new GuestBufferAccount(this.limits.maxBufferedBytesPerGuest, (e) =>
+        this.security.warn(
+          { event: "gateway_buffer_limit", instance_id: instanceId, capacity_bytes: e.capacity, held_bytes: e.held, wanted_bytes: e.wanted },
+          "guest hit its gateway buffer limit; its further requests are refused until it holds less",
+        ),
+      );
+      this.buffers.set(instanceId, buffers);
+    }
+    return Object.assign((req: GatewayHttpRequest, res: GatewayHttpResponse) => this.serve(instanceId, req, res), { buffers });
+  }
+
+  /** Budget reserved by a tenant's calls in flight, picodollars (tests, operators). */
+  reservedPico(tenantId: number): bigint {
+    return this.reserved.get(tenantId) ?? 0n;
   }
 
   /** Inference spend of a tenant for requests completed in [from, to), USD with cents (GET /v1/usage); includes records not yet flushed. */
@@ -188,8 +218,8 @@ export class InferenceGateway {
 
   private async serve(instanceId: string, req: GatewayHttpRequest, res: GatewayHttpResponse): Promise<void> {
     const requestId = `gw_${randomBytes(12).toString("hex")}`;
-    const fail = (status: number, type: string, code: string, message: string, extra: Record<string, string> = {}) => {
-      res.send(status, { "content-type": "application/json", "x-request-id": requestId, ...extra }, errorBody(type, code, message));
+    const fail: Fail = (status, type, code, message, extra = {}, param) => {
+      res.send(status, { "content-type": "application/json", "x-request-id": requestId, ...extra }, errorBody(type, code, message, param));
     };
     const accessRead = this.store.access(instanceId);
     // Parsed while SQLite answers (the read is a hop to its worker thread).
@@ -221,10 +251,6 @@ export class InferenceGateway {
       this.log.info({ request_id: requestId, instance_id: instanceId, tenant_id: access.tenantId }, "gateway rate limit hit");
       return fail(429, "rate_limit_error", "rate_limit_exceeded", `rate limit of ${this.limits.requestsPerMinute} requests per minute reached`, { "retry-after": String(retryAfter) });
     }
-    if (this.budgetPico !== null && (await this.spentPico(access)) >= this.budgetPico) {
-      this.log.info({ request_id: requestId, instance_id: instanceId, tenant_id: access.tenantId }, "gateway budget exhausted");
-      return fail(429, "insufficient_quota", "insufficient_quota", `the inference budget of ${this.limits.budgetUsdPerPeriod} USD for this billing period is used up`);
-    }
     const running = this.inflight.get(instanceId) ?? 0;
     if (running >= this.limits.maxConcurrentPerInstance) {
       return fail(429, "rate_limit_error", "concurrency_limit_exceeded", `at most ${this.limits.maxConcurrentPerInstance} requests may run at once`, { "retry-after": "1" });
@@ -247,8 +273,10 @@ export class InferenceGateway {
     body: Json,
     req: GatewayHttpRequest,
     res: GatewayHttpResponse,
-    fail: (status: number, type: string, code: string, message: string, extra?: Record<string, string>) => void,
+    fail: Fail,
   ): Promise<void> {
+    const refused = refusedField(endpoint, body);
+    if (refused) return fail(400, "invalid_request_error", "unsupported_parameter", refused.message, {}, refused.param);
     const model = body.model ?? access.inferenceModel;
     if (typeof model !== "string") return fail(400, "invalid_request_error", "invalid_model", "model must be a string");
     // One model per instance: the one the tenant chose (and is billed for). Others are refused, not rerouted.
@@ -262,7 +290,44 @@ export class InferenceGateway {
     const wantsStream = endpoint === "chat.completions" && body.stream === true;
     // Usage in the stream is what makes streamed calls billable without guessing.
     if (wantsStream) body.stream_options = { ...(isObject(body.stream_options) ? body.stream_options : {}), include_usage: true };
+    // Before the payload is built: the reservation caps the completion limit the upstream is sent.
+    const most = reserveTokens(endpoint, body, this.limits.maxOutputTokens);
+    let reservePico: bigint;
+    try {
+      reservePico = requestCostPicoUsd(most.input, most.output, up.prices);
+    } catch {
+      return fail(400, "invalid_request_error", "request_too_large", "this request's possible cost is beyond what the gateway meters");
+    }
+    const refusal = await this.reserve(access, reservePico);
+    if (refusal) {
+      this.log.info({ request_id: requestId, instance_id: access.instanceId, tenant_id: access.tenantId, reserve_pico_usd: reservePico.toString() }, "gateway budget exhausted");
+      return fail(429, "insufficient_quota", "insufficient_quota", refusal);
+    }
+    try {
+      await this.call(endpoint, access, requestId, body, model, up, wantsStream, req, res, fail);
+    } finally {
+      this.unreserve(access.tenantId, reservePico);
+    }
+  }
+
+  private async call(
+    endpoint: InferenceEndpoint,
+    access: InstanceAccess,
+    requestId: string,
+    body: Json,
+    model: string,
+    up: Upstream,
+    wantsStream: boolean,
+    req: GatewayHttpRequest,
+    res: GatewayHttpResponse,
+    fail: Fail,
+  ): Promise<void> {
     const payload = Buffer.from(JSON.stringify(body));
+    // The upstream copy of the body lives as long as the call: it is the guest's memory too.
+    if (!req.buffers.take(payload.length)) {
+      const e = bufferFull(req.buffers);
+      return res.send(e.status, { ...e.headers, "x-request-id": requestId }, e.body);
+    }
     const estimatedInput = estimateInputTokens(body);
 
     const headers: Record<string, string> = { "content-type": "application/json", accept: wantsStream ? "text/event-stream" : "application/json" };
@@ -274,6 +339,7 @@ export class InferenceGateway {
     req.signal.addEventListener("abort", onCancel, { once: true });
     const total = setTimeout(() => ctl.abort("timeout"), this.limits.upstreamTotalTimeoutMs);
     const base = { endpoint, access, requestId, model, stream: wantsStream, prices: up.prices, startedAt, t0 };
+    let held = payload.length;
     try {
       let upRes;
       try {
@@ -334,11 +400,30 @@ export class InferenceGateway {
 
       const chunks: Buffer[] = [];
       const maxBytes = status >= 200 && status < 300 ? this.limits.maxResponseBytes : 64 * 1024;
-      const r = await pump(upRes.body, (c) => void chunks.push(c), { ...pumpOpts, maxBytes });
+      // A collected response is the guest's memory in the host: it counts against the guest's buffer.
+      const r = await pump(
+        upRes.body,
+        (c) => {
+          if (!req.buffers.take(c.length)) return void ctl.abort("buffer_full");
+          held += c.length;
+          chunks.push(c);
+        },
+        { ...pumpOpts, maxBytes },
+      );
       const text = Buffer.concat(chunks);
+      chunks.length = 0;
+      // From here the response is handed to res.send, which accounts for it while it is queued (the payload is done with too).
+      req.buffers.release(held);
+      held = 0;
       if (r !== "end") {
         const why = outcomeOf(r);
         const usage = { inputTokens: estimatedInput, outputTokens: 0, estimated: true };
+        if (ctl.signal.reason === "buffer_full") {
+          this.finish(base, 429, "failed", usage);
+          this.log.info({ request_id: requestId, model, held: req.buffers.held }, "response refused: the guest's gateway buffer is full");
+          const e = bufferFull(req.buffers);
+          return res.send(e.status, { ...e.headers, "x-request-id": requestId }, e.body);
+        }
         if (why === "cancelled") return this.finish(base, 499, "cancelled", usage);
         this.finish(base, why === "timeout" ? 504 : 502, "failed", usage);
         if (why === "timeout") return fail(504, "server_error", "upstream_timeout", "the model server stopped responding");
@@ -376,6 +461,7 @@ export class InferenceGateway {
       res.send(status, out, passBody);
       this.finish(base, status, "upstream_error", none);
     } finally {
+      req.buffers.release(held);
       clearTimeout(total);
       req.signal.removeEventListener("abort", onCancel);
     }
@@ -450,13 +536,44 @@ export class InferenceGateway {
     return { ok: true, body };
   }
 
-  private async spentPico(a: InstanceAccess): Promise<bigint> {
+  /**
+   * Reserves `pico` of the tenant's budget; returns why not when it does not fit. The check and the
+   * reservation run with no await between them, so concurrent calls each see the others' holds: a
+   * tenant's settled spend stays within its budget as long as each call costs at most what it
+   * reserved (which the capped completion limit makes the upstream enforce).
+   */
+  private async reserve(a: InstanceAccess, pico: bigint): Promise<string | null> {
+    if (this.budgetPico === null) return null;
+    const spent = (await this.spendOf(a)).pico;
+    const held = this.reserved.get(a.tenantId) ?? 0n;
+    if (spent >= this.budgetPico) return `the inference budget of ${this.limits.budgetUsdPerPeriod} USD for this billing period is used up`;
+    if (spent + held + pico > this.budgetPico) {
+      const left = this.budgetPico - spent - held;
+      return `this request may cost up to ${formatUsdMicroCeil(pico)} USD (its input and completion limit), more than the ${formatUsdMicroCeil(left > 0n ? left : 0n)} USD left of the ${this.limits.budgetUsdPerPeriod} USD budget for this billing period after requests in flight; ask for fewer tokens or wait for them to finish`;
+    }
+    this.reserved.set(a.tenantId, held + pico);
+    return null;
+  }
+
+  private unreserve(tenantId: number, pico: bigint): void {
+    if (this.budgetPico === null) return;
+    const left = (this.reserved.get(tenantId) ?? 0n) - pico;
+    if (left > 0n) this.reserved.set(tenantId, left);
+    else this.reserved.delete(tenantId);
+  }
+
+  /** The tenant's spend in the current billing window, read from SQLite once per window and kept up by finish(). */
+  private async spendOf(a: InstanceAccess): Promise<{ start: number; end: number; pico: bigint }> {
     const w = billingWindow(a.tenantCreatedAt, this.d.clock.now());
     const cached = this.spend.get(a.tenantId);
-    if (cached && cached.start === w.start.getTime()) return cached.pico;
+    if (cached && cached.start === w.start.getTime()) return cached;
     await this.flush();
     const pico = await this.store.costPicoUsd(a.tenantId, w.start, w.end);
-    this.spend.set(a.tenantId, { start: w.start.getTime(), end: w.end.getTime(), pico });
-    return pico;
+    // Concurrent first requests all read; the first to get here wins, so no later one drops what finish() added since.
+    const again = this.spend.get(a.tenantId);
+    if (again && again.start === w.start.getTime()) return again;
+    const entry = { start: w.start.getTime(), end: w.end.getTime(), pico };
+    this.spend.set(a.tenantId, entry);
+    return entry;
   }
 }

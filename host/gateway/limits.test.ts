@@ -16,6 +16,9 @@ describe("gateway limits", () => {
     expect(() => gatewayLimitsFromEnv((n) => (n === "CVM_GATEWAY_BUDGET_USD" ? "-5" : undefined))).toThrow(/CVM_GATEWAY_BUDGET_USD=-5/);
     expect(() => gatewayLimitsFromEnv((n) => (n === "CVM_GATEWAY_RPM" ? "fast" : undefined))).toThrow(GatewayLimitsError);
     expect(() => gatewayLimitsFromEnv((n) => (n === "CVM_GATEWAY_CONCURRENCY" ? "0" : undefined))).toThrow(/between 1 and 1024/);
+    const more: Record<string, string> = { CVM_GATEWAY_BUFFER_MIB: "8", CVM_GATEWAY_MAX_OUTPUT_TOKENS: "1024" };
+    expect(gatewayLimitsFromEnv((n) => more[n])).toMatchObject({ maxBufferedBytesPerGuest: 8 * 2 ** 20, maxOutputTokens: 1024 });
+    expect(() => gatewayLimitsFromEnv((n) => (n === "CVM_GATEWAY_BUFFER_MIB" ? "0" : undefined))).toThrow(/CVM_GATEWAY_BUFFER_MIB=0/);
   });
 
   test("requests per minute: a burst of the allowance, then the steady rate, with a retry hint", () => {

@@ -12,6 +12,10 @@ export interface GatewayLimits {
   maxRequestBytes: number;
   /** Largest upstream response forwarded (bytes); a larger one is cut. */
   maxResponseBytes: number;
+  /** Bytes of one guest's gateway traffic (request bodies, collected and queued responses) held at once, all its streams together. */
+  maxBufferedBytesPerGuest: number;
+  /** Completion tokens a chat call may ask for (its max_tokens is capped to this, or set to it); bounds the budget reservation. */
+  maxOutputTokens: number;
   /** Until the upstream's response head arrives. */
   upstreamHeadersTimeoutMs: number;
   /** Longest silence between two body chunks of a response. */
@@ -30,6 +34,8 @@ export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = Object.freeze({
   maxConcurrentPerInstance: 16,
   maxRequestBytes: 4 * 1024 * 1024,
   maxResponseBytes: 16 * 1024 * 1024,
+  maxBufferedBytesPerGuest: 16 * 1024 * 1024,
+  maxOutputTokens: 4096,
   upstreamHeadersTimeoutMs: 120_000,
   upstreamIdleTimeoutMs: 120_000,
   upstreamTotalTimeoutMs: 600_000,
@@ -44,7 +50,8 @@ export class GatewayLimitsError extends Error {
 /**
  * Limits from the environment, for host/config.ts to fold into Config:
  * CVM_GATEWAY_BUDGET_USD (e.g. "50.00"; unset or "none" = no cap), CVM_GATEWAY_RPM,
- * CVM_GATEWAY_CONCURRENCY, CVM_GATEWAY_TIMEOUT_MS (headers and idle), CVM_GATEWAY_TOTAL_TIMEOUT_MS.
+ * CVM_GATEWAY_CONCURRENCY, CVM_GATEWAY_TIMEOUT_MS (headers and idle), CVM_GATEWAY_TOTAL_TIMEOUT_MS,
+ * CVM_GATEWAY_BUFFER_MIB, CVM_GATEWAY_MAX_OUTPUT_TOKENS.
  */
 export function gatewayLimitsFromEnv(get: (name: string) => string | undefined): GatewayLimits {
   const int = (name: string, dflt: number, min: number, max: number): number => {
@@ -72,6 +79,8 @@ export function gatewayLimitsFromEnv(get: (name: string) => string | undefined):
     upstreamHeadersTimeoutMs: timeout,
     upstreamIdleTimeoutMs: timeout,
     upstreamTotalTimeoutMs: int("CVM_GATEWAY_TOTAL_TIMEOUT_MS", DEFAULT_GATEWAY_LIMITS.upstreamTotalTimeoutMs, 100, 24 * 3_600_000),
+    maxBufferedBytesPerGuest: int("CVM_GATEWAY_BUFFER_MIB", DEFAULT_GATEWAY_LIMITS.maxBufferedBytesPerGuest / 2 ** 20, 1, 1024) * 2 ** 20,
+    maxOutputTokens: int("CVM_GATEWAY_MAX_OUTPUT_TOKENS", DEFAULT_GATEWAY_LIMITS.maxOutputTokens, 1, 1_000_000),
   };
 }
 

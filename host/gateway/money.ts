@@ -45,3 +45,9 @@ export function formatUsdCents(pico: bigint): string {
 export function usdToPico(usd: string): bigint {
   return priceToMicroUsd(usd) * 1_000_000n;
 }
+
+/** Picodollars as USD with 6 decimals, rounded up: an upper bound, for messages about reservations. */
+export function formatUsdMicroCeil(pico: bigint): string {
+  const micro = (pico + 999_999n) / 1_000_000n;
+  return `${micro / 1_000_000n}.${(micro % 1_000_000n).toString().padStart(6, "0")}`;
+}

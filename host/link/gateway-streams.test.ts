@@ -11,7 +11,7 @@ import type { AgentMessage, HostMessage } from "../../shared/protocol/messages.j
 import { AGENT_SAMPLES } from "../../shared/protocol/testdata/samples.js";
 import { AgentLink } from "./agent-link.js";
 import { UnixSocketConnector } from "./connectors.js";
-import type { GatewayHttpRequest } from "./gateway-streams.js";
+import { GuestBufferAccount, type GatewayHandler, type GatewayHttpRequest } from "./gateway-streams.js";
 import { serveHostFrames } from "../../test/support/host-frame-server.js";
 
 const HELLO = (AGENT_SAMPLES.hello_v2 as Extract<AgentMessage, { type: "hello" }>).body;
@@ -145,6 +145,121 @@ describe("gateway streams on the agent link", () => {
     for (const stream of [1, 2, 3]) agent.send({ type: "gw_request", body: { stream, method: "POST", path: "/v1/x", headers: {}, body: Buffer.alloc(0), end: true } });
     await agent.until(() => agent.received.length === 1);
     expect(agent.received[0]).toMatchObject({ type: "gw_response", body: { stream: 3, status: 429 } });
+  });
+
+  test("one buffer account per guest across all its streams: unterminated bodies beyond it are refused with 429 and the stream closed", async () => {
+    const { agent, link } = await fixture();
+    const episodes: unknown[] = [];
+    const account = new GuestBufferAccount(100 * 1024, (e) => episodes.push(e));
+    let called = 0;
+    const handler: GatewayHandler = Object.assign(async (_q: GatewayHttpRequest, r: { send(s: number, h: object, b: Buffer): void }) => {
+      called++;
+      r.send(200, {}, Buffer.alloc(0));
+    }, { buffers: account });
+    link.onGatewayRequest(handler);
+    // Each stream is well within the 4 MiB per-request limit; together they are not.
+    for (let stream = 1; stream <= 6; stream++) agent.send({ type: "gw_request", body: { stream, method: "POST", path: "/v1/chat/completions", headers: {}, body: Buffer.alloc(40 * 1024, 1), end: false } });
+    await agent.until(() => agent.received.length === 4);
+    expect(agent.received.map((m) => (m.type === "gw_response" ? [m.body.stream, m.body.status, m.body.end] : m.type))).toEqual([
+      [3, 429, true],
+      [4, 429, true],
+      [5, 429, true],
+      [6, 429, true],
+    ]);
+    const first = agent.received[0] as Extract<HostMessage, { type: "gw_response" }>;
+    expect(JSON.parse(first.body.body.toString()).error).toMatchObject({ code: "buffer_limit_exceeded" });
+    expect(account.held).toBe(80 * 1024);
+    expect(episodes).toHaveLength(1); // four refusals, one episode
+    // Body frames for a refused stream are ignored; a finished stream gives its bytes back.
+    agent.send({ type: "gw_request_body", body: { stream: 3, data: Buffer.alloc(1024), end: true } });
+    agent.send({ type: "gw_request_body", body: { stream: 1, data: Buffer.alloc(0), end: true } });
+    await agent.until(() => agent.received.length === 5);
+    expect(agent.received[4]).toMatchObject({ type: "gw_response", body: { stream: 1, status: 200 } });
+    expect(called).toBe(1);
+    expect(account.held).toBe(40 * 1024);
+    agent.send({ type: "gw_cancel", body: { stream: 2 } });
+    await agent.until(() => account.held === 0);
+    // The episode is over once the guest holds little again; the next overflow is a new one.
+    for (let stream = 7; stream <= 9; stream++) agent.send({ type: "gw_request", body: { stream, method: "POST", path: "/v1/x", headers: {}, body: Buffer.alloc(40 * 1024), end: false } });
+    await agent.until(() => agent.received.length === 6);
+    expect(agent.received[5]).toMatchObject({ type: "gw_response", body: { stream: 9, status: 429 } });
+    expect(episodes).toHaveLength(2);
+  });
+
+  test("the account spans sessions: a guest that reconnects does not get a fresh allowance while its old bytes are held", async () => {
+    const { agent, link } = await fixture();
+    const account = new GuestBufferAccount(64 * 1024);
+    const handler: GatewayHandler = Object.assign(() => new Promise<void>(() => undefined), { buffers: account });
+    link.onGatewayRequest(handler);
+    // Held by something else of the same guest (a response the gateway is collecting, say).
+    expect(account.take(60 * 1024)).toBe(true);
+    agent.send({ type: "gw_request", body: { stream: 1, method: "POST", path: "/v1/x", headers: {}, body: Buffer.alloc(8 * 1024), end: false } });
+    await agent.until(() => agent.received.length === 1);
+    expect(agent.received[0]).toMatchObject({ type: "gw_response", body: { stream: 1, status: 429 } });
+    agent.socket!.destroy();
+    await new Promise<void>((r) => link.once("connected", () => r()));
+    agent.send({ type: "gw_request", body: { stream: 1, method: "POST", path: "/v1/x", headers: {}, body: Buffer.alloc(8 * 1024), end: false } });
+    await agent.until(() => agent.received.length === 2);
+    expect(agent.received[1]).toMatchObject({ type: "gw_response", body: { stream: 1, status: 429 } });
+  });
+
+  test("responses wait for the channel: with a guest that stops reading, the handler is held back instead of queuing in memory", async () => {
+    const { agent, link } = await fixture();
+    const account = new GuestBufferAccount(4 * 1024 * 1024);
+    let written = 0;
+    let finished = false;
+    const total = 24 * 1024 * 1024;
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    link.onGatewayRequest(
+      Object.assign(
+        async (_q: GatewayHttpRequest, res: Parameters<GatewayHandler>[1]) => {
+          res.head(200, { "content-type": "text/event-stream" });
+          while (written < total) {
+            written += chunk.length;
+            if (!res.write(chunk)) await res.drained();
+          }
+          res.end();
+          finished = true;
+        },
+        { buffers: account },
+      ),
+    );
+    agent.socket!.pause();
+    agent.send({ type: "gw_request", body: { stream: 5, method: "POST", path: "/v1/chat/completions", headers: {}, body: Buffer.from("{}"), end: true } });
+    await new Promise((r) => setTimeout(r, 400));
+    // Stalled: the channel's high-water mark (1 MiB), one chunk, and what the socket buffers took.
+    expect(finished).toBe(false);
+    expect(written).toBeLessThan(6 * 1024 * 1024);
+    expect(account.held).toBeLessThanOrEqual(chunk.length + 2); // one chunk queued, and the request body ("{}") until the stream ends
+    agent.socket!.resume();
+    await agent.until(() => finished && agent.received.some((m) => m.type === "gw_response_body" && m.body.end), 20_000);
+    const bytes = agent.received.reduce((n, m) => n + body(m).length, 0);
+    expect(bytes).toBe(total);
+    expect(account.held).toBe(0);
+  });
+
+  test("a whole response larger than the guest's free buffer is refused with 429, not queued", async () => {
+    const { agent, link } = await fixture();
+    const account = new GuestBufferAccount(1024 * 1024);
+    link.onGatewayRequest(Object.assign(async (_q: GatewayHttpRequest, res: Parameters<GatewayHandler>[1]) => res.send(200, {}, Buffer.alloc(2 * 1024 * 1024)), { buffers: account }));
+    agent.send({ type: "gw_request", body: { stream: 1, method: "POST", path: "/v1/x", headers: {}, body: Buffer.from("{}"), end: true } });
+    await agent.until(() => agent.received.length === 1);
+    expect(agent.received[0]).toMatchObject({ type: "gw_response", body: { stream: 1, status: 429, end: true } });
+    expect(account.held).toBe(0);
+  });
+
+  test("a guest that opens stream after stream without reading its channel has its session ended, not its refusals queued without end", async () => {
+    const { agent, disconnects } = await fixture();
+    const unread = agent.socket!;
+    unread.pause();
+    // No handler: each request is refused at once with a small 503 that the guest never reads.
+    const frames: Buffer[] = [];
+    for (let stream = 1; stream <= 30_000; stream++) frames.push(encodeMessage({ type: "gw_request", body: { stream, method: "GET", path: "/v1/models", headers: {}, body: Buffer.alloc(0), end: true } }));
+    unread.write(Buffer.concat(frames));
+    await agent.until(() => disconnects.length > 0, 15_000);
+    expect(disconnects[0]).toMatch(/protocol violation: gateway refusals backed up .*does not read its channel/);
+    // A paused socket never sees the host's close; let the fixture's server shut down.
+    unread.destroy();
   });
 
   test("an identity smuggled into a gateway request is a protocol violation: the session ends", async () => {

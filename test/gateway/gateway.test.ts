@@ -302,24 +302,183 @@ describe("default inference gateway over the agent channel", () => {
     }
 
     await gateway.flush();
-    // globex has spent 0.000035 + 2 × 0.000015 USD so far; a budget of 0.00007 is crossed by the next request, then refused.
-    const budgeted = new InferenceGateway({
+    // globex has spent 0.000035 + 2 × 0.000015 USD so far. A call reserves what it may cost at most
+    // (here 37 input bytes × $2.50/M + max_tokens 1 × $10/M = $0.0001025): with $0.000005 left it is refused
+    // before it runs; with $0.000105 left it runs, is settled at $0.000015, and the one after it no longer fits.
+    const budgeted = (usd: string) =>
+      new InferenceGateway({
+        db: d.db,
+        catalogue: d.config.catalogue,
+        clock: systemClock,
+        logger: pino({ level: "silent" }),
+        env: { CVM_TEST_UPSTREAM_KEY: KEY },
+        limits: { budgetUsdPerPeriod: usd },
+      });
+    const tight = budgeted("0.00007");
+    b.link.onGatewayRequest(tight.handlerFor(inst.b!.id));
+    const one = { max_tokens: 1, messages: [{ role: "user", content: "count 1" }] };
+    try {
+      const r = await post(`${b.gatewayUrl}/chat/completions`, one);
+      expect(r.status).toBe(429);
+      const e = ((await r.json()) as any).error;
+      expect(e).toMatchObject({ type: "insufficient_quota", code: "insufficient_quota" });
+      expect(e.message).toContain("may cost up to 0.000103 USD"); // rounded up
+    } finally {
+      await tight.close();
+    }
+    const roomy = budgeted("0.00017");
+    b.link.onGatewayRequest(roomy.handlerFor(inst.b!.id));
+    try {
+      expect((await post(`${b.gatewayUrl}/chat/completions`, one)).status).toBe(200);
+      const r = await post(`${b.gatewayUrl}/chat/completions`, one);
+      expect(r.status).toBe(429);
+      expect(((await r.json()) as any).error).toMatchObject({ type: "insufficient_quota", code: "insufficient_quota" });
+    } finally {
+      await roomy.close();
+      b.link.onGatewayRequest(gateway.handlerFor(inst.b!.id));
+    }
+  });
+
+  test("only fields billed as tokens are forwarded: anything else is refused with a 400 naming it, and never reaches the upstream", async () => {
+    const msg = [{ role: "user", content: "count 2" }];
+    const refusedWith = async (path: string, body: Record<string, unknown>, param: string) => {
+      const r = await post(`${b.gatewayUrl}/${path}`, body);
+      expect(r.status, JSON.stringify(body)).toBe(400);
+      const e = ((await r.json()) as any).error;
+      expect(e).toMatchObject({ type: "invalid_request_error", code: "unsupported_parameter", param });
+      expect(e.message).toContain(param);
+    };
+    for (const [field, value] of Object.entries({
+      service_tier: "priority",
+      audio: { voice: "alloy", format: "wav" },
+      modalities: ["text", "audio"],
+      web_search_options: {},
+      store: true,
+      metadata: { a: "b" },
+      prediction: { type: "content", content: "x" },
+      functions: [],
+      instance_id: inst.a!.id,
+    })) {
+      await refusedWith("chat/completions", { messages: msg, [field]: value }, field);
+    }
+    await refusedWith("chat/completions", { messages: msg, tools: [{ type: "function", function: { name: "f", parameters: {} } }, { type: "web_search" }] }, "tools[1].type");
+    await refusedWith("chat/completions", { messages: [{ role: "user", content: [{ type: "input_audio", input_audio: { data: "AAAA", format: "wav" } }] }] }, "messages[0].content[0].type");
+    await refusedWith("chat/completions", { messages: msg, stream: true, stream_options: { include_usage: true, include_obfuscation: true } }, "stream_options.include_obfuscation");
+    await refusedWith("chat/completions", { messages: msg, n: 1000 }, "n");
+    await refusedWith("embeddings", { input: "a b", user: "u", service_tier: "flex" }, "service_tier");
+    expect(upstream.requests).toHaveLength(0);
+
+    // What is on the list goes through as sent (bar the completion limit, which the gateway caps).
+    const ok = { messages: [{ role: "user", content: [{ type: "text", text: "count 2" }] }], store: false, stream_options: { include_usage: true }, max_completion_tokens: 50, temperature: 0.2, top_p: 0.9, seed: 7, stop: ["\n\n"], user: "u1", tools: [{ type: "function", function: { name: "f", parameters: {} } }], tool_choice: "auto", response_format: { type: "text" } };
+    expect((await post(`${b.gatewayUrl}/chat/completions`, ok)).status).toBe(200);
+    expect((await post(`${b.gatewayUrl}/embeddings`, { input: ["a b"], encoding_format: "float", dimensions: 3 })).status).toBe(200);
+    expect(upstream.requests).toHaveLength(2);
+    expect(upstream.requests[0]!.body).toEqual({ ...ok, model: "chat-large" });
+    expect(upstream.requests[1]!.body).toEqual({ input: ["a b"], encoding_format: "float", dimensions: 3, model: "chat-large" });
+  });
+
+  test("the completion limit is capped (or set) by the gateway, so the upstream enforces what was reserved", async () => {
+    const capped = new InferenceGateway({ db: d.db, catalogue: d.config.catalogue, clock: systemClock, logger: pino({ level: "silent" }), env: { CVM_TEST_UPSTREAM_KEY: KEY }, limits: { maxOutputTokens: 5 } });
+    b.link.onGatewayRequest(capped.handlerFor(inst.b!.id));
+    try {
+      for (const extra of [{}, { max_tokens: 1000 }, { max_completion_tokens: 1000 }, { max_tokens: 3 }]) {
+        const r = await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 50" }], ...extra });
+        expect(r.status).toBe(200);
+        expect(((await r.json()) as any).usage.completion_tokens).toBe("max_tokens" in extra && extra.max_tokens === 3 ? 3 : 5);
+      }
+      expect(upstream.requests.map((q) => q.body.max_tokens ?? q.body.max_completion_tokens)).toEqual([5, 5, 5, 3]);
+    } finally {
+      await capped.close();
+      b.link.onGatewayRequest(gateway.handlerFor(inst.b!.id));
+    }
+  });
+
+  test("what the gateway holds of a guest's traffic counts against its buffer: a response over it is a 429, recorded once in the security log", async () => {
+    const security: string[] = [];
+    const small = new InferenceGateway({
       db: d.db,
       catalogue: d.config.catalogue,
       clock: systemClock,
       logger: pino({ level: "silent" }),
+      securityLog: pino({ level: "info" }, { write: (l: string) => void security.push(l) }),
       env: { CVM_TEST_UPSTREAM_KEY: KEY },
-      limits: { budgetUsdPerPeriod: "0.00007" },
+      limits: { maxBufferedBytesPerGuest: 4096 },
     });
-    b.link.onGatewayRequest(budgeted.handlerFor(inst.b!.id));
+    const handler = small.handlerFor(inst.b!.id);
+    b.link.onGatewayRequest(handler);
     try {
-      expect((await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 1" }] })).status).toBe(200);
-      const r = await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 1" }] });
-      expect(r.status).toBe(429);
-      expect(((await r.json()) as any).error).toMatchObject({ type: "insufficient_quota", code: "insufficient_quota" });
+      // ~3 KB of request and payload fit; the ~9 KB answer to "count 1500" does not.
+      for (let i = 0; i < 2; i++) {
+        const r = await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 1500" }] });
+        expect(r.status).toBe(429);
+        expect(((await r.json()) as any).error).toMatchObject({ type: "rate_limit_exceeded", code: "buffer_limit_exceeded" });
+        expect(handler.buffers!.held).toBe(0);
+      }
+      expect(upstream.requests).toHaveLength(2);
+      await small.flush();
+      expect((await small.store.forInstance(inst.b!.id, 2)).map((r) => [r.status, r.outcome, r.estimated])).toEqual([
+        [429, "failed", 1],
+        [429, "failed", 1],
+      ]);
+      // Each call is its own episode here: the guest holds nothing between them.
+      expect(security.map((l) => JSON.parse(l)).filter((e) => e.event === "gateway_buffer_limit")).toHaveLength(2);
+      expect(JSON.parse(security[0]!)).toMatchObject({ instance_id: inst.b!.id, capacity_bytes: 4096 });
+      // A small answer still fits.
+      expect((await post(`${b.gatewayUrl}/chat/completions`, { messages: [{ role: "user", content: "count 3" }] })).status).toBe(200);
+    } finally {
+      await small.close();
+      b.link.onGatewayRequest(gateway.handlerFor(inst.b!.id));
+    }
+  });
+
+  test("N concurrent calls cannot overshoot the tenant's budget: each reserves its most before it runs and settles after", async () => {
+    // A tenant of its own, so its spend starts at zero.
+    tenants.initech = (await d.tenant("initech")).apiKey;
+    inst.c = await createInstance("initech", "chat-large");
+    const c = await startGuest("c", null);
+    guests.push(c);
+    const tenantId = (await d.db.get<{ tenant_id: number }>("SELECT tenant_id FROM instances WHERE id = ?", [inst.c!.id]))!.tenant_id;
+    const messages = [{ role: "user", content: "count 20" }];
+    const p = { in: priceToMicroUsd(PRICES["chat-large"].input), out: priceToMicroUsd(PRICES["chat-large"].output) };
+    // The most one call may cost: a token per input byte, and its max_tokens of output.
+    const reserve = BigInt(Buffer.byteLength(JSON.stringify(messages))) * p.in + 20n * p.out;
+    const budgetPico = ((reserve * 7n) / 2n / 1_000_000n) * 1_000_000n; // room for 3.5 reservations
+    const budgetUsd = `0.${(budgetPico / 1_000_000n).toString().padStart(6, "0")}`;
+    const budgeted = new InferenceGateway({ db: d.db, catalogue: d.config.catalogue, clock: systemClock, logger: pino({ level: "silent" }), env: { CVM_TEST_UPSTREAM_KEY: KEY }, limits: { budgetUsdPerPeriod: budgetUsd } });
+    c.link.onGatewayRequest(budgeted.handlerFor(inst.c!.id));
+    try {
+      // Slow streams (20 × 20 ms), so all N are in flight together: a check against settled spend alone lets all N through.
+      upstream.chunkDelayMs = 20;
+      const N = 10;
+      const results = await Promise.all(
+        Array.from({ length: N }, async () => {
+          const r = await post(`${c.gatewayUrl}/chat/completions`, { stream: true, max_tokens: 20, messages });
+          if (r.status !== 200) return { status: r.status, code: ((await r.json()) as any).error.code as string };
+          return { status: 200, code: (await readSse(r)).at(-1)!.data };
+        }),
+      );
+      expect(results.filter((x) => x.status === 200)).toEqual([{ status: 200, code: "[DONE]" }, { status: 200, code: "[DONE]" }, { status: 200, code: "[DONE]" }]);
+      expect(results.filter((x) => x.status === 429).every((x) => x.code === "insufficient_quota")).toBe(true);
+      await budgeted.flush();
+      const spent = await budgeted.store.costPicoUsd(tenantId, new Date(0), new Date(8.64e15));
+      const oneCall = 2n * p.in + 20n * p.out; // what the double bills for "count 20" with max_tokens 20
+      expect(spent).toBe(3n * oneCall);
+      expect(spent).toBeLessThanOrEqual(budgetPico);
+      // Settled: the reservations are gone; a failed call gives its reservation back too...
+      expect(budgeted.reservedPico(tenantId)).toBe(0n);
+      upstream.failStatus = 500;
+      expect((await post(`${c.gatewayUrl}/chat/completions`, { max_tokens: 20, messages })).status).toBe(502);
+      upstream.failStatus = null;
+      expect(budgeted.reservedPico(tenantId)).toBe(0n);
+      // ...so the budget the calls did not use is free again...
+      expect((await post(`${c.gatewayUrl}/chat/completions`, { max_tokens: 20, messages })).status).toBe(200);
+      // ...and with 4 calls settled, a fifth does not fit.
+      const last = await post(`${c.gatewayUrl}/chat/completions`, { max_tokens: 20, messages });
+      expect(last.status).toBe(429);
+      await budgeted.flush();
+      expect(await budgeted.store.costPicoUsd(tenantId, new Date(0), new Date(8.64e15))).toBe(4n * oneCall);
     } finally {
       await budgeted.close();
-      b.link.onGatewayRequest(gateway.handlerFor(inst.b!.id));
     }
   });
 

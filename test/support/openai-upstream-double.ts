@@ -21,8 +21,8 @@ const words = (s: unknown): number => (typeof s === "string" ? s.split(/\s+/).fi
 /**
  * TEST DOUBLE of an OpenAI-compatible model server (the paid LLM upstream cannot exist here), on
  * 127.0.0.1 only. Deterministic: prompt tokens are the words of all message contents (or of the
- * embedding input); a user message "count N" is answered with N words "w1 … wN", one SSE event per
- * word when streaming, and N completion tokens. Knobs make it misbehave the ways real servers do.
+ * embedding input); a user message "count N" is answered with N words "w1 … wN" (at most
+ * max_tokens / max_completion_tokens), one SSE event per word when streaming, and that many completion tokens. Knobs make it misbehave the ways real servers do.
  */
 export class OpenAiUpstreamTestDouble {
   readonly requests: UpstreamDoubleRequest[] = [];
@@ -142,7 +142,10 @@ export class OpenAiUpstreamTestDouble {
     const messages: any[] = Array.isArray(body?.messages) ? body.messages : [];
     const prompt = messages.reduce((n, m) => n + words(m?.content), 0);
     const last = [...messages].reverse().find((m) => m?.role === "user");
-    const n = Number(/count (\d+)/.exec(String(last?.content ?? ""))?.[1] ?? 3);
+    const asked = Number(/count (\d+)/.exec(String(last?.content ?? ""))?.[1] ?? 3);
+    // Like a real server, it stops at the completion limit the request sets.
+    const limit = [body?.max_completion_tokens, body?.max_tokens].find((v) => typeof v === "number") as number | undefined;
+    const n = limit === undefined ? asked : Math.min(asked, limit);
     const out = Array.from({ length: n }, (_, i) => `w${i + 1}`);
     const usage = { prompt_tokens: prompt, completion_tokens: n, total_tokens: prompt + n };
     const id = `chatcmpl-double-${this.requests.length}`;
