@@ -3,7 +3,7 @@ import { isoSeconds, type UsageRecord } from "../../../shared/api/types.js";
 import type { Clock } from "../../clock.js";
 import type { InstanceStore } from "../../store/instances.js";
 import type { Tenant } from "../../store/tenants.js";
-import { billingWindow, instanceHours } from "../../usage/billing.js";
+import { billingWindow, instanceHoursFromSums } from "../../usage/billing.js";
 import { respond } from "../middleware/envelope.js";
 
 export interface UsageSources {
@@ -19,12 +19,9 @@ export interface UsageSources {
 export async function usageFor(tenant: Tenant, src: UsageSources): Promise<UsageRecord> {
   const now = src.clock.now();
   const window = billingWindow(tenant.createdAt, now);
-  const insts = await src.instances.billableOverlapping(tenant.id, window.start, window.end);
-  const hours = instanceHours(
-    insts.map((i) => ({ from: i.readyAt!, to: i.terminatingAt ?? i.failedAt ?? i.terminatedAt })),
-    window,
-    now,
-  );
+  // Summed by SQLite and kept until an instance changes: a tenant with thousands of instances
+  // must not cost a read of each of them per call.
+  const hours = instanceHoursFromSums(await src.instances.billableCached(tenant.id, window.start, window.end), window, now);
   const egress = await src.egress(tenant.id);
   return {
     pricing: {
