@@ -1,26 +1,8 @@
-import { spawn } from "node:child_process";
 import { copyFileSync, existsSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { tempDir } from "../support/daemon.js";
-import { cvmctl, startCvmd, tsEntry } from "../support/processes.js";
-
-/** Runs cvmd expecting it to refuse: its exit code and what it wrote to stderr. */
-function refusedStart(env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn(process.execPath, tsEntry("host/main.ts"), {
-    env: { PATH: process.env.PATH, CVM_LISTEN: "127.0.0.1:0", ...env },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let stderr = "";
-  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
-  const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-  return new Promise((resolve) =>
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      resolve({ code, stderr });
-    }),
-  );
-}
+import { cvmctl, cvmdUntilExit, startCvmd } from "../support/processes.js";
 
 const tenants = async (env: Record<string, string>) => (JSON.parse((await cvmctl(["tenant", "list", "--json"], env)).stdout) as Array<{ slug: string }>).map((t) => t.slug);
 
@@ -39,7 +21,7 @@ describe("a missing or empty database beside other state", () => {
   });
 
   const expectRefusal = async (what: RegExp) => {
-    const r = await refusedStart(env);
+    const r = await cvmdUntilExit(env);
     expect(r.code).toBe(78);
     const lines = r.stderr.trim().split("\n");
     expect(lines).toHaveLength(1);
