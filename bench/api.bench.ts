@@ -95,9 +95,12 @@ test("big tenant: /v1/usage and one page of the list with 10,000 instances (targ
         for (let i = 0; i < N; i++) {
           const id = `bench-${i}`;
           await store.insert({ id, tenantId, name: `b${String(i).padStart(7, "0")}`, agent: "openclaw", publicKey: pub, inferenceMode: "default_gateway", inferenceModel: "m", egressLimitBytes: 1, createdAt: new Date(t0 + i * 60_000) });
-          // Most ran, a third of those were deleted again: every kind of billable interval.
-          if (i % 10 !== 0) await db.run(`UPDATE instances SET status = 'ready', ready_at = ? WHERE id = ?`, [t0 + i * 60_000 + 30_000, id]);
-          if (i % 3 === 0 && i % 10 !== 0) await db.run(`UPDATE instances SET status = 'terminated', terminating_at = ?, terminated_at = ? WHERE id = ?`, [t0 + i * 60_000 + 3600_000, t0 + i * 60_000 + 3600_000, id]);
+          // Ended ones only: with CVM_DRIVER=none a cvmd starting over `ready` rows would first fail
+          // each of them (no guest to adopt), which is not what is measured here. Most ran for an
+          // hour and were deleted; one in ten failed before it was ever ready.
+          const at = t0 + i * 60_000;
+          if (i % 10 === 0) await db.run(`UPDATE instances SET status = 'failed', failure_code = 'boot_timeout', failed_at = ? WHERE id = ?`, [at + 60_000, id]);
+          else await db.run(`UPDATE instances SET status = 'terminated', ready_at = ?, terminating_at = ?, terminated_at = ? WHERE id = ?`, [at + 30_000, at + 3600_000, at + 3600_000, id]);
         }
       });
     } finally {
