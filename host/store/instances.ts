@@ -112,6 +112,12 @@ export interface InstancePosition {
   name: string;
 }
 
+export interface InstancePage {
+  instances: Instance[];
+  /** Whether a page follows this one. */
+  more: boolean;
+}
+
 /** See InstanceStore.billable. */
 export interface BillableAggregate {
   /** Billable milliseconds of the intervals that have ended, inside the window. */
@@ -159,12 +165,16 @@ export interface InstanceEventNotice {
 
 /** Instance records kept in memory for GET /v1/instances/{name}; beyond it the oldest is dropped. */
 const CACHED_INSTANCES = 10_000;
+/** List pages kept in memory (GET /v1/instances), each of at most CACHED_PAGE_MAX_LIMIT instances. */
+const CACHED_PAGES = 200;
+const CACHED_PAGE_MAX_LIMIT = 100;
 const cacheKey = (tenantId: number, name: string) => `${tenantId}/${name}`;
 
 export class InstanceStore {
   private readonly observers: Array<(e: InstanceEventNotice) => void> = [];
   private cache: ReadCache<string, Instance> | undefined;
   private billableCache: ReadCache<string, BillableAggregate> | undefined;
+  private pageCache: ReadCache<string, InstancePage> | undefined;
   private readonly signal = () => this.db.changes.instancesChanged();
 
   constructor(private readonly db: Database) {}
@@ -240,7 +250,7 @@ export class InstanceStore {
     terminatedSince: Date,
     after: InstancePosition | null,
     limit: number,
-  ): Promise<{ instances: Instance[]; more: boolean }> {
+  ): Promise<InstancePage> {
     const rows = await this.db.all<InstanceRow>(
       `${SELECT_INSTANCE} WHERE i.tenant_id = ? AND (i.created_at, i.name) > (?, ?) AND (i.status != 'terminated' OR i.terminated_at >= ?)
        ORDER BY i.created_at, i.name LIMIT ?`,
@@ -266,6 +276,23 @@ export class InstanceStore {
       params,
     );
     return rows.map(toInstance);
+  }
+
+  /**
+   * `pageForTenant` through an in-memory cache of small pages, dropped at the next write to any
+   * instance row, like `byNameCached`. An entry also expires after a few seconds, which bounds how
+   * late a terminated instance leaves the list once its retention has passed (`terminatedSince`
+   * is not part of the key). The page and its instances are shared and frozen.
+   */
+  async pageForTenantCached(tenantId: number, terminatedSince: Date, after: InstancePosition | null, limit: number): Promise<InstancePage> {
+    const key = `${tenantId}/${limit}/${after ? `${after.createdAtMs}/${after.name}` : ""}`;
+    const generation = this.db.changes.instancesGeneration();
+    const hit = this.pageCache?.get(key, generation);
+    if (hit) return hit;
+    const page = await this.pageForTenant(tenantId, terminatedSince, after, limit);
+    // Large pages are left out: a thousand-instance page is ~0.5 MB rendered, too much to keep many of.
+    if (limit <= CACHED_PAGE_MAX_LIMIT) (this.pageCache ??= new ReadCache(CACHED_PAGES, UNSIGNALLED_CHANGE_MAX_AGE_MS)).set(key, generation, deepFreeze(page));
+    return page;
   }
 
   /**

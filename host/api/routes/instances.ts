@@ -165,9 +165,11 @@ export function instanceRoutes(deps: InstanceRouteDeps): Router {
     const tenant = ctx.state.tenant as Tenant;
     const { limit, after } = parseListQuery(ctx.query);
     const since = new Date(deps.clock.now().getTime() - deps.engine.retentionMs);
-    const page = await deps.instances.pageForTenant(tenant.id, since, after, limit);
+    const page = await deps.instances.pageForTenantCached(tenant.id, since, after, limit);
     const last = page.instances[page.instances.length - 1];
-    respond(ctx, 200, { instances: page.instances.map((i) => record(ctx, i)), next_cursor: page.more && last ? encodeCursor({ createdAtMs: last.createdAt.getTime(), name: last.name }) : null });
+    const next = page.more && last ? encodeCursor({ createdAtMs: last.createdAt.getTime(), name: last.name }) : null;
+    // Each record's JSON is kept beside its cached (frozen) instance, as for GET /v1/instances/{name}.
+    respondSerialized(ctx, 200, `{"instances":[${page.instances.map((i) => renderedJson(ctx, i)).join(",")}],"next_cursor":${JSON.stringify(next)}}`);
   });
 
   // The hot read: served from memory without waiting a turn of the event loop when cached.
