@@ -98,6 +98,17 @@ describe("GET /v1/instances pagination", () => {
     expect(after.names).toEqual([...seeded, ...created]);
   });
 
+  it("a page read again after a write shows the write (the page cache follows every instance change)", async () => {
+    const q = `?limit=10&cursor=${encodeURIComponent((await page("?limit=40")).body.data.next_cursor)}`;
+    const before = (await page(q)).body.data.instances as Array<{ name: string; status: string }>;
+    const victim = before.find((i) => i.status !== "terminated" && i.status !== "terminating")!;
+    expect(victim).toBeDefined();
+    expect((await d.fetch(`/v1/instances/${victim.name}`, { key: acme.apiKey, method: "DELETE" })).status).toBe(202);
+    const after = (await page(q)).body.data.instances as Array<{ name: string; status: string }>;
+    expect(after.map((i) => i.name)).toEqual(before.map((i) => i.name));
+    expect(["terminating", "terminated"]).toContain(after.find((i) => i.name === victim.name)!.status);
+  });
+
   it("never shows another tenant's instances", async () => {
     const mine = (await page("?limit=1000")).body.data.instances.map((i: { name: string }) => i.name);
     const theirs = (await page("?limit=1000", other.apiKey)).body.data.instances.map((i: { name: string }) => i.name);
