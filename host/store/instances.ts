@@ -179,6 +179,14 @@ export class InstanceStore {
 
   constructor(private readonly db: Database) {}
 
+  /**
+   * Moves at every committed write to an instance row or its egress state: what a cache of
+   * anything derived from them (the usage view's egress totals) compares against.
+   */
+  generation(): string | number {
+    return this.db.changes.instancesGeneration();
+  }
+
   /** The cached row of `byNameCached` without a read, or undefined when it is not cached (or no longer valid). */
   cachedByName(tenantId: number, name: string): Instance | undefined {
     return this.cache?.get(cacheKey(tenantId, name), this.db.changes.instancesGeneration());
