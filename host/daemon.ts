@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { Logger } from "pino";
 import { buildApp } from "./api/app.js";
 import { systemClock, type Clock } from "./clock.js";
-import type { Config } from "./config.js";
+import { ConfigError, type Config } from "./config.js";
 import type { Driver } from "./instances/driver.js";
 import { LifecycleEngine } from "./instances/engine.js";
 import { Capacity, type GuestSize } from "./instances/capacity.js";
@@ -83,13 +83,26 @@ export function packageVersion(): string {
 }
 
 export async function startDaemon(config: Config, deps: DaemonDeps): Promise<RunningDaemon> {
-  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   // One cvmd per data dir: two would adopt, and fight over, the same guests.
-  const lock = await acquireDaemonLock(config.dataDir);
+  const lock = await namingSetting("CVM_DATA_DIR", config.dataDir, ["EROFS", "EACCES", "EPERM", "ENOTDIR", "ENOSPC"], async () => {
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    return acquireDaemonLock(config.dataDir);
+  });
   try {
     return await startLocked(config, deps, lock);
   } catch (err) {
     lock.release();
+    throw err;
+  }
+}
+
+/** Runs `fn`; a failure with one of `codes` becomes a ConfigError that names the setting at fault. */
+async function namingSetting<T>(setting: string, value: string, codes: string[], fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code && codes.includes(code)) throw new ConfigError(`${setting}=${value}: ${(err as Error).message}`);
     throw err;
   }
 }
@@ -100,8 +113,17 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   // Before the database opens: a bad collateral bundle stops start-up with nothing to clean up.
   const collateral = await buildCollateralProvider(config.attestation, { now: () => clock.now().getTime(), logger: log.child({ component: "attest" }) });
   log.info({ collateral_file: config.attestation.collateralFile, pccs_host: config.attestation.pccsUrl ? new URL(config.attestation.pccsUrl).host : null, accept_tcb_status: config.attestation.acceptTcbStatuses }, collateral.configured ? "attestation collateral source" : "no attestation collateral source configured");
-  const db = await Database.open(join(config.dataDir, DB_FILE));
-  const version = await db.migrate();
+  const db = await namingSetting("CVM_DATA_DIR", config.dataDir, ["SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "EROFS", "EACCES"], async () => {
+    const opened = await Database.open(join(config.dataDir, DB_FILE));
+    try {
+      await opened.migrate();
+      return opened;
+    } catch (err) {
+      await opened.close().catch(() => undefined);
+      throw err;
+    }
+  });
+  const version = (await db.get<{ user_version: number }>("PRAGMA user_version"))!.user_version;
   log.info({ schema_version: version, data_dir: config.dataDir }, "database ready");
 
   const tenants = new TenantStore(db);
@@ -220,7 +242,8 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   }
   scheduler.add({ name: "idempotency-expiry", schedule: "7 * * * *", run: () => idempotency.expire(new Date(clock.now().getTime() - 24 * 3600_000)) });
 
-  const tenantServer = await createTenantServer(config.tls, app.callback());
+  // Its errors already name CVM_TLS_CERT / CVM_TLS_KEY; a file that cannot be read is the operator's to mend.
+  const tenantServer = await createTenantServer(config.tls, app.callback()).catch((err: Error) => Promise.reject(new ConfigError(err.message)));
   const control = await startControlSocket(config.dataDir, {
     actions: new OperatorActions({ db, tenants, instances, clock, engine }),
     pool,
@@ -245,6 +268,12 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     await engine.close();
     await dns.close();
     await db.close();
+    // An address this host does not have, a name that does not resolve, a port it may not bind:
+    // no restart mends those. (EADDRINUSE may pass, a previous cvmd still closing; left as is.)
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EADDRNOTAVAIL" || code === "ENOTFOUND" || code === "EACCES" || code === "EAFNOSUPPORT") {
+      throw new ConfigError(`CVM_LISTEN=${config.listen.host}:${config.listen.port}: ${(err as Error).message}`);
+    }
     throw err;
   });
   const addr = server.address();

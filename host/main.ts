@@ -72,5 +72,6 @@ async function main(): Promise<void> {
 
 main().catch((err) => {
   process.stderr.write(`cvmd: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
+  // 78 (EX_CONFIG) for what only the operator can mend, which the unit does not restart on.
+  process.exit(err instanceof ConfigError ? 78 : ((err as { exitCode?: number }).exitCode ?? 1));
 });

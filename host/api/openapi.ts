@@ -45,13 +45,17 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
         },
         get: {
           operationId: "listInstances",
+          parameters: [
+            { name: "limit", in: "query", required: false, description: "Instances per page.", schema: { type: "integer", minimum: 1, maximum: 1000, default: 100 } },
+            { name: "cursor", in: "query", required: false, description: "The next_cursor of the previous page; opaque.", schema: { type: "string", maxLength: 64 } },
+          ],
           responses: {
-            ...ok(200, "The tenant's instances, terminated ones for 30 days", {
+            ...ok(200, "A page of the tenant's instances (terminated ones for 30 days), oldest first; next_cursor is null only on the last page", {
               type: "object",
               required: ["instances", "next_cursor"],
-              properties: { instances: { type: "array", items: ref("Instance") }, next_cursor: { type: "null" } },
+              properties: { instances: { type: "array", items: ref("Instance") }, next_cursor: { type: ["string", "null"] } },
             }),
-            ...errors(...common),
+            ...errors("invalid_request", ...common),
           },
         },
       },

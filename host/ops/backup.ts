@@ -115,11 +115,16 @@ export async function restoreDatabase(dataDir: string, dbFile: string, backupFil
     await detachFromWal(incoming).catch((err: Error) => Promise.reject(new BackupError(`${src}: cannot open as SQLite: ${err.message}`)));
     const summary = await inspectDatabase(incoming).catch((err: Error) => Promise.reject(new BackupError(err.message.replace(incoming, src))));
     fsyncPath(incoming);
+    const aside = `${live}.before-restore-${now.toISOString().replace(/[:.]/g, "-")}`;
+    // The WAL belongs to the database it was written for: it moves with it, and it moves even when
+    // the database itself is gone (a restore killed between these renames and run again), because
+    // an old WAL left beside the restored file would be replayed into it. Until the last rename
+    // the data dir has no database, and cvmd refuses to start on that (refuseLostDatabase).
     let previous: string | null = null;
-    if (existsSync(live)) {
-      previous = `${live}.before-restore-${now.toISOString().replace(/[:.]/g, "-")}`;
-      // The WAL belongs to the database it was written for: it moves with it.
-      for (const suffix of ["", "-wal", "-shm"]) if (existsSync(live + suffix)) renameSync(live + suffix, previous + suffix);
+    for (const suffix of ["", "-wal", "-shm"]) {
+      if (!existsSync(live + suffix)) continue;
+      renameSync(live + suffix, aside + suffix);
+      if (suffix === "") previous = aside;
     }
     renameSync(incoming, live);
     fsyncPath(dataDir);

@@ -1,7 +1,63 @@
-import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, openSync, readdirSync, statSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import sqlite3 from "sqlite3";
 import { ChangeTracker } from "./change-tracker.js";
 import { MIGRATIONS } from "./migrations.js";
+
+/**
+ * The database is gone (missing or 0 bytes) while the data dir still holds what only a database
+ * that existed leaves behind. Opening would create an empty one: every tenant gone, no warning.
+ * `exitCode` 78 (EX_CONFIG): the operator has to act, a restart by the unit cannot help.
+ */
+export class DatabaseLostError extends Error {
+  override name = "DatabaseLostError";
+  readonly exitCode = 78;
+}
+
+/** Size of `path` in bytes, or null when there is nothing there. */
+function sizeOf(path: string): number | null {
+  try {
+    return statSync(path).size;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Refuses to let SQLite initialise `path` afresh when its data dir shows the database existed:
+ * its write-ahead log with content, its change file, a run dir of a VM, or the files an
+ * interrupted `cvmctl restore` leaves. Anything else (the lock file, the guest network's state)
+ * is also present on a first start, so it does not count.
+ */
+export function refuseLostDatabase(path: string): void {
+  const size = sizeOf(path);
+  if (size !== null && size > 0) return;
+  const dir = dirname(path);
+  const file = basename(path);
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return; // no dir yet: a first start
+  }
+  const evidence: string[] = [];
+  if ((sizeOf(`${path}-wal`) ?? 0) > 0) evidence.push(`${file}-wal`);
+  if (entries.includes(`${file}-authgen`)) evidence.push(`${file}-authgen`);
+  const restoring = entries.filter((e) => e === `.${file}.restoring` || e.startsWith(`${file}.before-restore-`));
+  evidence.push(...restoring);
+  try {
+    if (readdirSync(join(dir, "vms")).length > 0) evidence.push("vms/");
+  } catch {
+    /* no VMs were ever started here */
+  }
+  if (evidence.length === 0) return;
+  const hint = restoring.length
+    ? "a restore was interrupted: run `cvmctl restore BACKUP` again, or move the previous database back"
+    : "restore it from a backup with `cvmctl restore BACKUP`";
+  throw new DatabaseLostError(
+    `${path} is ${size === null ? "missing" : "empty (0 bytes)"} but ${dir} holds state of an existing one (${evidence.join(", ")}); refusing to initialise a new database: ${hint}`,
+  );
+}
 
 export type SqlValue = string | number | bigint | null | Buffer;
 
@@ -37,7 +93,10 @@ export class Database {
 
   static async open(path: string, opts: { busyTimeoutMs?: number; readonly?: boolean } = {}): Promise<Database> {
     const mode = opts.readonly ? sqlite3.OPEN_READONLY : sqlite3.OPEN_READWRITE | sqlite3.OPEN_CREATE;
-    if (!opts.readonly && path !== ":memory:" && path !== "") makeDatabasePrivate(path);
+    if (!opts.readonly && path !== ":memory:" && path !== "") {
+      refuseLostDatabase(path);
+      makeDatabasePrivate(path);
+    }
     const raw = await new Promise<sqlite3.Database>((resolve, reject) => {
       const d = new sqlite3.Database(path, mode, (err) => (err ? reject(err) : resolve(d)));
     });
@@ -45,7 +104,10 @@ export class Database {
     raw.configure("busyTimeout", opts.busyTimeoutMs ?? 10_000);
     if (!opts.readonly) {
       await db.exec("PRAGMA journal_mode = WAL");
-      await db.exec("PRAGMA synchronous = NORMAL");
+      // FULL, not NORMAL: in WAL mode NORMAL skips the fsync at each commit, so a power cut can
+      // take back a create already answered 202 (and its idempotency record), and the client's
+      // retry would then make a second instance. FULL syncs the WAL before COMMIT returns.
+      await db.exec("PRAGMA synchronous = FULL");
     }
     await db.exec("PRAGMA foreign_keys = ON");
     return db;

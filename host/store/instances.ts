@@ -106,6 +106,28 @@ export interface NewInstance {
   createdAt: Date;
 }
 
+/** Where a page of a tenant's list ends: the sort keys of its last instance. */
+export interface InstancePosition {
+  createdAtMs: number;
+  name: string;
+}
+
+export interface InstancePage {
+  instances: Instance[];
+  /** Whether a page follows this one. */
+  more: boolean;
+}
+
+/** See InstanceStore.billable. */
+export interface BillableAggregate {
+  /** Billable milliseconds of the intervals that have ended, inside the window. */
+  closedMs: number;
+  /** Intervals still open (the instance is billed until now). */
+  openCount: number;
+  /** Sum of the open intervals' starts, each clipped to the window start (epoch ms). */
+  openFromSumMs: number;
+}
+
 export interface EventRow {
   seq: number;
   type: string;
@@ -143,14 +165,27 @@ export interface InstanceEventNotice {
 
 /** Instance records kept in memory for GET /v1/instances/{name}; beyond it the oldest is dropped. */
 const CACHED_INSTANCES = 10_000;
+/** List pages kept in memory (GET /v1/instances), each of at most CACHED_PAGE_MAX_LIMIT instances. */
+const CACHED_PAGES = 200;
+const CACHED_PAGE_MAX_LIMIT = 100;
 const cacheKey = (tenantId: number, name: string) => `${tenantId}/${name}`;
 
 export class InstanceStore {
   private readonly observers: Array<(e: InstanceEventNotice) => void> = [];
   private cache: ReadCache<string, Instance> | undefined;
+  private billableCache: ReadCache<string, BillableAggregate> | undefined;
+  private pageCache: ReadCache<string, InstancePage> | undefined;
   private readonly signal = () => this.db.changes.instancesChanged();
 
   constructor(private readonly db: Database) {}
+
+  /**
+   * Moves at every committed write to an instance row or its egress state: what a cache of
+   * anything derived from them (the usage view's egress totals) compares against.
+   */
+  generation(): string | number {
+    return this.db.changes.instancesGeneration();
+  }
 
   /** The cached row of `byNameCached` without a read, or undefined when it is not cached (or no longer valid). */
   cachedByName(tenantId: number, name: string): Instance | undefined {
@@ -212,13 +247,25 @@ export class InstanceStore {
     return r && toInstance(r);
   }
 
-  /** A tenant's instances, terminated ones only while `terminatedSince` has not passed. */
-  async listForTenant(tenantId: number, terminatedSince: Date): Promise<Instance[]> {
+  /**
+   * One page of a tenant's instances in (created_at, name) order, terminated ones only while
+   * `terminatedSince` has not passed, starting after `after`. Both keys are immutable and names are
+   * never reused, so walking the pages yields every instance once even while others are created
+   * (they sort after the ones already seen) or deleted. `more`: whether a page follows.
+   */
+  async pageForTenant(
+    tenantId: number,
+    terminatedSince: Date,
+    after: InstancePosition | null,
+    limit: number,
+  ): Promise<InstancePage> {
     const rows = await this.db.all<InstanceRow>(
-      `${SELECT_INSTANCE} WHERE i.tenant_id = ? AND (i.status != 'terminated' OR i.terminated_at >= ?) ORDER BY i.created_at, i.name`,
-      [tenantId, terminatedSince.getTime()],
+      `${SELECT_INSTANCE} WHERE i.tenant_id = ? AND (i.created_at, i.name) > (?, ?) AND (i.status != 'terminated' OR i.terminated_at >= ?)
+       ORDER BY i.created_at, i.name LIMIT ?`,
+      [tenantId, after?.createdAtMs ?? -1, after?.name ?? "", terminatedSince.getTime(), limit + 1],
     );
-    return rows.map(toInstance);
+    const more = rows.length > limit;
+    return { instances: (more ? rows.slice(0, limit) : rows).map(toInstance), more };
   }
 
   async list(filter: { tenantId?: number; statuses?: InstanceStatus[] } = {}): Promise<Instance[]> {
@@ -240,16 +287,51 @@ export class InstanceStore {
   }
 
   /**
-   * Instances whose billable interval overlaps [from, to). Billing runs from ready_at until the first
-   * of terminating_at / failed_at (the tenant stops having the instance at the delete request).
+   * `pageForTenant` through an in-memory cache of small pages, dropped at the next write to any
+   * instance row, like `byNameCached`. An entry also expires after a few seconds, which bounds how
+   * late a terminated instance leaves the list once its retention has passed (`terminatedSince`
+   * is not part of the key). The page and its instances are shared and frozen.
    */
-  async billableOverlapping(tenantId: number, from: Date, to: Date): Promise<Instance[]> {
-    const rows = await this.db.all<InstanceRow>(
-      `${SELECT_INSTANCE} WHERE i.tenant_id = ? AND i.ready_at IS NOT NULL AND i.ready_at < ?
-         AND (COALESCE(i.terminating_at, i.failed_at, i.terminated_at) IS NULL OR COALESCE(i.terminating_at, i.failed_at, i.terminated_at) > ?)`,
-      [tenantId, to.getTime(), from.getTime()],
+  async pageForTenantCached(tenantId: number, terminatedSince: Date, after: InstancePosition | null, limit: number): Promise<InstancePage> {
+    const key = `${tenantId}/${limit}/${after ? `${after.createdAtMs}/${after.name}` : ""}`;
+    const generation = this.db.changes.instancesGeneration();
+    const hit = this.pageCache?.get(key, generation);
+    if (hit) return hit;
+    const page = await this.pageForTenant(tenantId, terminatedSince, after, limit);
+    // Large pages are left out: a thousand-instance page is ~0.5 MB rendered, too much to keep many of.
+    if (limit <= CACHED_PAGE_MAX_LIMIT) (this.pageCache ??= new ReadCache(CACHED_PAGES, UNSIGNALLED_CHANGE_MAX_AGE_MS)).set(key, generation, deepFreeze(page));
+    return page;
+  }
+
+  /**
+   * A tenant's billable time in the window [from, to) as of `now`, summed by SQLite over the
+   * (tenant_id, ready_at) index. Billing runs from ready_at until the first of terminating_at /
+   * failed_at (the tenant stops having the instance at the delete request). Closed intervals are
+   * summed as milliseconds; open ones as a count and the sum of their clipped starts, so one
+   * aggregate serves every `now` until an instance row changes (`billableCached`).
+   */
+  async billable(tenantId: number, from: Date, to: Date): Promise<BillableAggregate> {
+    const r = await this.db.get<{ closed_ms: number | null; open_n: number; open_from_sum: number | null }>(
+      `SELECT SUM(CASE WHEN e IS NOT NULL THEN MAX(0, MIN(e, ?3) - MAX(r, ?2)) END) AS closed_ms,
+              COUNT(*) - COUNT(e) AS open_n,
+              SUM(CASE WHEN e IS NULL THEN MAX(r, ?2) END) AS open_from_sum
+         FROM (SELECT ready_at AS r, COALESCE(terminating_at, failed_at, terminated_at) AS e FROM instances
+                WHERE tenant_id = ?1 AND ready_at IS NOT NULL AND ready_at < ?3)
+        WHERE e IS NULL OR e > ?2`,
+      [tenantId, from.getTime(), to.getTime()],
     );
-    return rows.map(toInstance);
+    return { closedMs: r?.closed_ms ?? 0, openCount: r?.open_n ?? 0, openFromSumMs: r?.open_from_sum ?? 0 };
+  }
+
+  /** `billable` kept per tenant and window until the next write to any instance row. */
+  async billableCached(tenantId: number, from: Date, to: Date): Promise<BillableAggregate> {
+    const key = `${tenantId}/${from.getTime()}/${to.getTime()}`;
+    const generation = this.db.changes.instancesGeneration();
+    const hit = this.billableCache?.get(key, generation);
+    if (hit) return hit;
+    const agg = await this.billable(tenantId, from, to);
+    (this.billableCache ??= new ReadCache(CACHED_INSTANCES, UNSIGNALLED_CHANGE_MAX_AGE_MS)).set(key, generation, agg);
+    return agg;
   }
 
   /**

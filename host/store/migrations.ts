@@ -147,4 +147,10 @@ export const MIGRATIONS: readonly string[] = [
     updated_at    INTEGER NOT NULL
   );
   `,
+  /* 5: a tenant's list is read a page at a time in (created_at, name) order, and its usage sums
+        its billable intervals: both by index, not by reading every row of the tenant */ `
+  CREATE INDEX instances_tenant_created ON instances(tenant_id, created_at, name);
+  -- Covering: the usage sum reads the index alone, never the instance rows.
+  CREATE INDEX instances_tenant_ready ON instances(tenant_id, ready_at, terminating_at, failed_at, terminated_at);
+  `,
 ];

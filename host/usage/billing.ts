@@ -38,3 +38,14 @@ export function instanceHours(intervals: BillableInterval[], window: { start: Da
   }
   return Math.round((ms / 3600_000) * 100) / 100;
 }
+
+/**
+ * `instanceHours` from the sums SQLite keeps (InstanceStore.billable) instead of every interval:
+ * each open interval runs to min(window end, now). Equal to `instanceHours` for the same
+ * intervals as long as no recorded time lies after `now` (the clock does not step back).
+ */
+export function instanceHoursFromSums(sums: { closedMs: number; openCount: number; openFromSumMs: number }, window: { start: Date; end: Date }, now: Date): number {
+  const windowEnd = Math.min(window.end.getTime(), now.getTime());
+  const ms = sums.closedMs + Math.max(0, sums.openCount * windowEnd - sums.openFromSumMs);
+  return Math.round((ms / 3600_000) * 100) / 100;
+}

@@ -22,6 +22,23 @@ export async function cvmctl(args: string[], env: Record<string, string>): Promi
   }
 }
 
+/** Runs cvmd expecting it to stop by itself before it listens: its exit code and its stderr. */
+export function cvmdUntilExit(env: Record<string, string>, timeoutMs = 60_000): Promise<{ code: number | null; stderr: string }> {
+  const child = spawn(process.execPath, tsEntry("host/main.ts"), {
+    env: { PATH: process.env.PATH, CVM_LISTEN: "127.0.0.1:0", ...env },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  let stderr = "";
+  child.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  return new Promise((resolve) =>
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stderr });
+    }),
+  );
+}
+
 export interface CvmdProcess {
   child: ChildProcess;
   url: string;

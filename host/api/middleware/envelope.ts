@@ -43,6 +43,29 @@ export function renderFailure(ctx: Context, err: unknown): void {
     if (err.code === "unauthenticated") ctx.set("WWW-Authenticate", 'Bearer realm="cvm"');
     return;
   }
+  const storage = storageTrouble(err);
+  if (storage) {
+    // Not a bug of ours and not the client's: the disk is full or another process holds the
+    // database's write lock past the busy timeout. Clients should come back, so 503 with
+    // Retry-After; one warn line without a stack, since a full disk fails every write at once.
+    ctx.state.log?.warn({ code: storage.code, err: (err as Error).message }, "storage unavailable");
+    ctx.set("Retry-After", String(storage.retryAfterS));
+    renderError(ctx, "unavailable", storage.message);
+    return;
+  }
   ctx.state.log?.error({ err }, "unhandled error");
   renderError(ctx, "internal_error", "internal error; quote request_id when reporting");
+}
+
+/**
+ * SQLite and filesystem failures that pass when the operator (or the other process) is done:
+ * the error itself or a cause up its chain. SQLITE_BUSY comes only after the busy timeout.
+ */
+export function storageTrouble(err: unknown): { code: string; message: string; retryAfterS: number } | null {
+  for (let e = err, depth = 0; e && typeof e === "object" && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (code === "SQLITE_FULL" || code === "ENOSPC" || code === "EDQUOT") return { code, message: "the server's storage is full; retry later", retryAfterS: 30 };
+    if (code === "SQLITE_BUSY" || code === "SQLITE_LOCKED") return { code, message: "the database is busy; retry shortly", retryAfterS: 5 };
+  }
+  return null;
 }

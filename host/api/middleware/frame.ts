@@ -19,6 +19,13 @@ export interface FrameDeps {
   routeOf(ctx: Context): string | RegExp | undefined;
 }
 
+/** The request failed because its client hung up (a body read cut short, the socket gone). */
+function clientWentAway(ctx: Context, err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  const reset = code === "ECONNRESET" || code === "ECONNABORTED" || code === "EPIPE" || (err as Error | null)?.message === "aborted";
+  return reset && (ctx.req.destroyed || ctx.req.socket.destroyed);
+}
+
 /**
  * What every tenant API request gets around its route, in this order:
  * 1. a server-generated request id and the client's correlation id (context.ts);
@@ -38,6 +45,7 @@ export function requestFrame(deps: FrameDeps): Middleware {
     state.clientAddress = clientAddress(ctx.req.socket.remoteAddress ?? "unknown", trusted.empty ? undefined : ctx.get("X-Forwarded-For") || undefined, trusted);
     const started = performance.now();
     let routed = false;
+    let gone = false;
     try {
       deps.rateLimiter?.chargeAddress(ctx);
       if (deps.draining()) {
@@ -49,19 +57,25 @@ export function requestFrame(deps: FrameDeps): Middleware {
       await next();
       renderUnmatched(ctx);
     } catch (err) {
-      renderFailure(ctx, err);
+      if (clientWentAway(ctx, err)) {
+        // Nobody is left to answer: not our failure, so neither an error line nor a 500.
+        gone = true;
+        state.log.debug({ method: ctx.method, path: ctx.path }, "client closed the connection mid-request");
+      } else renderFailure(ctx, err);
     }
     const ms = performance.now() - started;
+    // 499, as nginx counts it: the client closed the request before the answer.
+    const status = gone ? 499 : ctx.status;
     if (deps.metrics) {
       // `dispatch` names the route before its middleware runs, so a 401 is counted under the route
       // it asked for; only a request refused before routing is looked up here.
       const route = routed ? (ctx as RoutedContext)._matchedRoute : deps.routeOf(ctx);
-      deps.metrics.observeApiRequest(ctx.method, route === undefined ? "unmatched" : String(route), ctx.status, ms / 1000);
+      deps.metrics.observeApiRequest(ctx.method, route === undefined ? "unmatched" : String(route), status, ms / 1000);
     }
     // The access line is at debug level: counts, statuses and latencies are in the metrics, and
     // failures that matter are logged where they happen (unhandled errors, the security log).
     if (deps.logger.isLevelEnabled("debug")) {
-      state.log.debug({ method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(ms * 100) / 100, tenant: state.tenant?.slug }, "request");
+      state.log.debug({ method: ctx.method, path: ctx.path, status, ms: Math.round(ms * 100) / 100, tenant: state.tenant?.slug }, "request");
     }
   };
 }

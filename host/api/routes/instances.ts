@@ -8,7 +8,7 @@ import type { CreateInput, LifecycleEngine } from "../../instances/engine.js";
 import { INSTANCE_NAME_PATTERN } from "../../instances/names.js";
 import { toRecord } from "../../instances/record.js";
 import type { Clock } from "../../clock.js";
-import type { Instance, InstanceStore } from "../../store/instances.js";
+import type { Instance, InstancePosition, InstanceStore } from "../../store/instances.js";
 import type { Tenant } from "../../store/tenants.js";
 import { readJsonBody } from "../middleware/body.js";
 import { respond, respondSerialized } from "../middleware/envelope.js";
@@ -51,6 +51,42 @@ export function parseCreateBody(body: Record<string, unknown>, catalogue: ModelC
     inferenceMode: str("inference_mode", "default_gateway", ["default_gateway"], '"default_gateway"'),
     inferenceModel: str("inference_model", catalogue.default, models, `one of: ${models.join(", ")}`),
   };
+}
+
+export const LIST_LIMIT_DEFAULT = 100;
+export const LIST_LIMIT_MAX = 1000;
+
+/**
+ * The list cursor: the sort keys of the last instance of the page. Opaque to clients (base64url
+ * with a version tag), so its content can change without a contract change.
+ */
+export function encodeCursor(p: InstancePosition): string {
+  return "c1" + Buffer.from(`${p.createdAtMs}:${p.name}`).toString("base64url");
+}
+
+export function decodeCursor(cursor: string): InstancePosition | null {
+  if (cursor.length > 64 || !cursor.startsWith("c1")) return null;
+  const m = /^(\d{1,15}):([a-z0-9]{8})$/.exec(Buffer.from(cursor.slice(2), "base64url").toString());
+  return m ? { createdAtMs: Number(m[1]), name: m[2]! } : null;
+}
+
+/** `?limit=N&cursor=C` of GET /v1/instances, or which parameter is wrong. */
+export function parseListQuery(query: Record<string, string | string[] | undefined>): { limit: number; after: InstancePosition | null } {
+  let limit = LIST_LIMIT_DEFAULT;
+  if (query.limit !== undefined) {
+    const v = query.limit;
+    if (typeof v !== "string" || !/^[0-9]{1,4}$/.test(v) || Number(v) < 1 || Number(v) > LIST_LIMIT_MAX) {
+      throw new ApiError("invalid_request", `limit must be an integer from 1 to ${LIST_LIMIT_MAX}`, { param: "limit" });
+    }
+    limit = Number(v);
+  }
+  let after: InstancePosition | null = null;
+  if (query.cursor !== undefined) {
+    const v = query.cursor;
+    after = typeof v === "string" ? decodeCursor(v) : null;
+    if (!after) throw new ApiError("invalid_request", "cursor is not one this API returned as next_cursor", { param: "cursor" });
+  }
+  return { limit, after };
 }
 
 /** Stable JSON (sorted keys) so that key order does not make two equal bodies differ. */
@@ -127,9 +163,13 @@ export function instanceRoutes(deps: InstanceRouteDeps): Router {
 
   router.get("/v1/instances", async (ctx) => {
     const tenant = ctx.state.tenant as Tenant;
+    const { limit, after } = parseListQuery(ctx.query);
     const since = new Date(deps.clock.now().getTime() - deps.engine.retentionMs);
-    const list = await deps.instances.listForTenant(tenant.id, since);
-    respond(ctx, 200, { instances: list.map((i) => record(ctx, i)), next_cursor: null });
+    const page = await deps.instances.pageForTenantCached(tenant.id, since, after, limit);
+    const last = page.instances[page.instances.length - 1];
+    const next = page.more && last ? encodeCursor({ createdAtMs: last.createdAt.getTime(), name: last.name }) : null;
+    // Each record's JSON is kept beside its cached (frozen) instance, as for GET /v1/instances/{name}.
+    respondSerialized(ctx, 200, `{"instances":[${page.instances.map((i) => renderedJson(ctx, i)).join(",")}],"next_cursor":${JSON.stringify(next)}}`);
   });
 
   // The hot read: served from memory without waiting a turn of the event loop when cached.

@@ -2,8 +2,9 @@ import Router from "@koa/router";
 import { isoSeconds, type UsageRecord } from "../../../shared/api/types.js";
 import type { Clock } from "../../clock.js";
 import type { InstanceStore } from "../../store/instances.js";
+import { ReadCache, UNSIGNALLED_CHANGE_MAX_AGE_MS } from "../../store/read-cache.js";
 import type { Tenant } from "../../store/tenants.js";
-import { billingWindow, instanceHours } from "../../usage/billing.js";
+import { billingWindow, instanceHoursFromSums } from "../../usage/billing.js";
 import { respond } from "../middleware/envelope.js";
 
 export interface UsageSources {
@@ -19,12 +20,9 @@ export interface UsageSources {
 export async function usageFor(tenant: Tenant, src: UsageSources): Promise<UsageRecord> {
   const now = src.clock.now();
   const window = billingWindow(tenant.createdAt, now);
-  const insts = await src.instances.billableOverlapping(tenant.id, window.start, window.end);
-  const hours = instanceHours(
-    insts.map((i) => ({ from: i.readyAt!, to: i.terminatingAt ?? i.failedAt ?? i.terminatedAt })),
-    window,
-    now,
-  );
+  // Summed by SQLite and kept until an instance changes: a tenant with thousands of instances
+  // must not cost a read of each of them per call.
+  const hours = instanceHoursFromSums(await src.instances.billableCached(tenant.id, window.start, window.end), window, now);
   const egress = await src.egress(tenant.id);
   return {
     pricing: {
@@ -46,8 +44,22 @@ export async function usageFor(tenant: Tenant, src: UsageSources): Promise<Usage
   };
 }
 
+type EgressView = Awaited<ReturnType<UsageSources["egress"]>>;
+
 export function usageRoutes(src: UsageSources): Router {
   const router = new Router();
-  router.get("/v1/usage", async (ctx) => respond(ctx, 200, await usageFor(ctx.state.tenant as Tenant, src)));
+  // The egress totals join every live instance of the tenant; egress samples and instance changes
+  // both move the instances' generation, so the totals are kept until one of them happens.
+  const egressCache = new ReadCache<number, EgressView>(10_000, UNSIGNALLED_CHANGE_MAX_AGE_MS);
+  const egress = async (tenantId: number): Promise<EgressView> => {
+    const generation = src.instances.generation();
+    const hit = egressCache.get(tenantId, generation);
+    if (hit) return hit;
+    const view = await src.egress(tenantId);
+    egressCache.set(tenantId, generation, view);
+    return view;
+  };
+  const cached: UsageSources = { ...src, egress };
+  router.get("/v1/usage", async (ctx) => respond(ctx, 200, await usageFor(ctx.state.tenant as Tenant, cached)));
   return router;
 }
