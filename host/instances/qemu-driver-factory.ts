@@ -55,7 +55,13 @@ export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger
     sshPorts: vm.sshPorts,
   });
   await network.ensure();
-  const firewall = new NftEgressFirewall({ nft: new NftCommandRunner({ netns: vm.netns }), table: vm.egressTable });
+  // After the cap, SSH replies may only go to the veth's host end (forwarded SSH is masqueraded to it), DHCP and ARP
+  // only to the bridge.
+  const firewall = new NftEgressFirewall({
+    nft: new NftCommandRunner({ netns: vm.netns }),
+    table: vm.egressTable,
+    afterBlock: { sshPeers: [network.cfg.hostLinkIp], gateways: [network.cfg.bridgeIp] },
+  });
   const qemu = new QemuDriver({
     dataDir,
     hypervisor: new QemuHypervisor({ dataDir }),
