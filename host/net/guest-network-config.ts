@@ -53,6 +53,7 @@ export interface GuestNetworkOptions {
   nftBinary?: string;
   dnsmasqBinary?: string;
   sysctlBinary?: string;
+  bridgeBinary?: string;
 }
 
 export type GuestNetworkConfig = Readonly<Required<Omit<GuestNetworkOptions, "sshPorts" | "dns">>> & {
@@ -86,6 +87,7 @@ export function compileGuestNetworkConfig(raw: GuestNetworkOptions): GuestNetwor
     nftBinary: "nft",
     dnsmasqBinary: "dnsmasq",
     sysctlBinary: "sysctl",
+    bridgeBinary: "bridge",
     ...raw,
     sshPorts: raw.sshPorts ?? { from: 22200, to: 22999 },
     dns: raw.dns ?? [],
