@@ -5,6 +5,7 @@ import { ImageCatalog } from "../images/image-catalog.js";
 import { NftEgressFirewall } from "../net/egress-firewall.js";
 import { NetnsGuestNetwork } from "../net/guest-network.js";
 import { NftCommandRunner } from "../net/nft-runner.js";
+import { upstreamAddresses } from "../net/upstream-addresses.js";
 import type { VmConfig } from "../vm-config.js";
 import { probeAccel } from "../vmm/accel-probe.js";
 import { QemuHypervisor } from "../vmm/qemu-hypervisor.js";
@@ -25,7 +26,7 @@ export interface BuiltDriver {
  * this host cannot run it. The `tdx` profile refuses to start without its prerequisites: silently
  * falling back to a non-confidential guest would be worse than not starting.
  */
-export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger): Promise<BuiltDriver> {
+export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger, upstreamUrls: readonly string[] = []): Promise<BuiltDriver> {
   if (process.getuid?.() !== 0) return { driver: new UnavailableDriver("cvmd must run as root to manage network namespaces, taps and nftables") };
   for (const tool of ["qemu-system-x86_64", "nft", "ip", "dnsmasq"]) {
     const found = await run("sh", ["-c", `command -v ${tool}`]).then(
@@ -51,6 +52,8 @@ export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger
     hostVeth: vm.hostVeth,
     nsVeth: vm.nsVeth,
     nat: vm.nat,
+    // With NAT on, guests must not reach an inference upstream except through the metered gateway.
+    blockedDestinations: vm.nat ? await upstreamAddresses(upstreamUrls) : [],
     sshListen: vm.sshListen,
     sshPorts: vm.sshPorts,
   });

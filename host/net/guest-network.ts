@@ -198,7 +198,7 @@ export class NetnsGuestNetwork implements GuestNetwork {
     } else {
       await ns.ip(["route", "del", "default"]).catch(ignoreMissing);
     }
-    await this.nftInNs(renderGuestFilter(c));
+    await this.nftInNs(renderGuestFilter(c, c.nat ? [...c.blockedDestinations, ...(await this.hostAddresses())] : []));
 
     const st = await this.readState();
     for (const e of Object.values(st.attachments)) await this.ensureTap(e.index);
@@ -284,6 +284,13 @@ export class NetnsGuestNetwork implements GuestNetwork {
   private async syncForwards(st: State): Promise<void> {
     const fwd = Object.entries(st.attachments).map(([instanceId, e]) => ({ instanceId, port: e.port, ip: guestIp(this.cfg, e.index) }));
     await applyNft(this.cfg.nftBinary, renderHostNat(this.cfg, fwd));
+  }
+
+  /** The host's own IPv4 addresses (every interface of the host namespace): a guest never reaches them through NAT. */
+  private async hostAddresses(): Promise<string[]> {
+    const { stdout } = await run(this.cfg.ipBinary, ["-j", "-4", "addr", "show"], { timeoutMs: 10_000 });
+    const links = JSON.parse(stdout || "[]") as Array<{ addr_info?: Array<{ local?: string }> }>;
+    return [...new Set(links.flatMap((l) => (l.addr_info ?? []).map((a) => a.local).filter((a): a is string => !!a)))].sort();
   }
 
   private async sysctl(ns: Netns | null, key: string, value: string): Promise<void> {

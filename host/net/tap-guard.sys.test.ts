@@ -1,4 +1,3 @@
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chmod, mkdtemp, rm, stat } from "node:fs/promises";
 import net from "node:net";
@@ -9,7 +8,9 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 
 import { run } from "../../shared/util/run.js";
-import { NetnsGuestNetwork, type GuestAttachment } from "./guest-network.js";
+import { NetnsGuestNetwork } from "./guest-network.js";
+import { attachStandIn, type GuestStandIn } from "../../test/support/guest-stand-in.js";
+import { missingTools } from "../../test/support/tools.js";
 import { linkLocalOf } from "./tap-guard.js";
 
 /**
@@ -18,18 +19,7 @@ import { linkLocalOf } from "./tap-guard.js";
  * attacker claims the victim's IPv4 (ARP replies, address + ping), MAC and IPv6 link-local address.
  */
 
-function missing(): string | null {
-  if (process.getuid?.() !== 0) return "not root";
-  for (const [tool, args] of [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["bridge", ["-V"]], ["busybox", ["--help"]], ["python3", ["-V"]]] as const) {
-    try {
-      execFileSync(tool, [...args], { stdio: "ignore" });
-    } catch {
-      return `${tool} not installed`;
-    }
-  }
-  return null;
-}
-const why = missing();
+const why = missingTools([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["bridge", ["-V"]], ["busybox", ["--help"]], ["python3", ["-V"]]]);
 if (why) console.warn(`skipping tap guard tests: ${why}`);
 
 const RAW = fileURLToPath(new URL("./testdata/raw-frame.py", import.meta.url));
@@ -93,12 +83,6 @@ function echoRequest(srcMac: string, src: string): string {
 
 // ---------------------------------------------------------------------------------------------------
 
-interface Guest {
-  ns: string;
-  att: GuestAttachment;
-  sshd?: ChildProcess;
-}
-
 const inNs = (ns: string, cmd: string, ...args: string[]) => run("ip", ["netns", "exec", ns, cmd, ...args], { timeoutMs: 20_000 });
 /** The namespace answers no pings (its filter), so a ping's outcome is read from the probe counters, not its exit. */
 const ping = (ns: string, ...args: string[]) => inNs(ns, "ping", "-W", "1", ...args).catch(() => undefined);
@@ -131,8 +115,8 @@ describe.skipIf(why !== null)("tap guard against a hostile guest (namespace stan
   };
   const network = new NetnsGuestNetwork(opts);
   const bridgeIp = `10.${octet}.0.1`;
-  const guests: Record<"victim" | "attacker", Guest> = {} as never;
-  const spoofed = async (g: Guest) => (await network.spoofCounters()).get(g.att.instanceId)?.packets ?? 0;
+  const guests: Record<"victim" | "attacker", GuestStandIn> = {} as never;
+  const spoofed = async (g: GuestStandIn) => (await network.spoofCounters()).get(g.att.instanceId)?.packets ?? 0;
   // What reaches the namespace's IP stack (before its filter, which refuses pings to the bridge), by source address.
   const PROBE = `probe_${tag}`;
   const echoes = async (ip: string) => {
@@ -144,19 +128,7 @@ describe.skipIf(why !== null)("tap guard against a hostile guest (namespace stan
   beforeAll(async () => {
     await network.ensure();
     for (const [who, index] of [["victim", 2], ["attacker", 3]] as const) {
-      const ns = `cvmg-${who.slice(0, 3)}-${tag}`;
-      await run("ip", ["netns", "add", ns]);
-      // The veth takes the tap's name, so attach() finds the link and puts its real rules on it.
-      await run("ip", ["-n", opts.netns, "link", "add", `tap${index}`, "type", "veth", "peer", "name", "eth0", "netns", ns]);
-      const att = await network.attach({ instanceId: `${who}-${tag}`, index });
-      await run("ip", ["-n", ns, "link", "set", "eth0", "address", att.mac]);
-      await run("ip", ["-n", ns, "addr", "add", `${att.ip}/24`, "dev", "eth0"]);
-      await run("ip", ["-n", ns, "link", "set", "lo", "up"]);
-      await run("ip", ["-n", ns, "link", "set", "eth0", "up"]);
-      await run("ip", ["-n", ns, "route", "add", "default", "via", bridgeIp]);
-      // Stand-in sshd: says whose it is, so the forward's destination is visible.
-      const sshd = spawn("ip", ["netns", "exec", ns, process.execPath, "-e", `require("net").createServer((s) => s.end("${who}\\n")).listen(22)`], { stdio: "ignore" });
-      guests[who] = { ns, att, sshd };
+      guests[who] = await attachStandIn(network, { name: `cvmg-${who.slice(0, 3)}-${tag}`, instanceId: `${who}-${tag}`, index });
     }
     const probe = [`table inet ${PROBE} {`];
     for (const g of Object.values(guests)) probe.push(`  counter echo_${g.att.ip.replace(/\./g, "_")} {}`);
@@ -164,14 +136,11 @@ describe.skipIf(why !== null)("tap guard against a hostile guest (namespace stan
     for (const g of Object.values(guests)) probe.push(`    icmp type echo-request ip saddr ${g.att.ip} counter name "echo_${g.att.ip.replace(/\./g, "_")}"`);
     probe.push(`  }`, `}`);
     await run("ip", ["netns", "exec", opts.netns, "nft", "-f", "-"], { input: probe.join("\n") + "\n", timeoutMs: 10_000 });
-    for (let i = 0; i < 50 && (await readForward(guests.victim.att.ssh.port)) !== "victim"; i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 50 && (await readForward(guests.victim.att.ssh.port)) !== guests.victim.att.instanceId; i++) await new Promise((r) => setTimeout(r, 100));
   }, 60_000);
 
   afterAll(async () => {
-    for (const g of Object.values(guests)) {
-      g.sshd?.kill();
-      await run("ip", ["netns", "del", g.ns]).catch(() => undefined);
-    }
+    for (const g of Object.values(guests)) await g.remove();
     await network.destroy().catch((e) => console.warn(`cleanup: ${e}`));
     await rm(stateDir, { recursive: true, force: true });
   });
@@ -184,8 +153,8 @@ describe.skipIf(why !== null)("tap guard against a hostile guest (namespace stan
     await ping(attacker.ns, "-c", "2", bridgeIp);
     expect(await echoes(victim.att.ip)).toBe(v0 + 2);
     expect(await echoes(attacker.att.ip)).toBe(a0 + 2);
-    expect(await readForward(victim.att.ssh.port)).toBe("victim");
-    expect(await readForward(attacker.att.ssh.port)).toBe("attacker");
+    expect(await readForward(victim.att.ssh.port)).toBe(victim.att.instanceId);
+    expect(await readForward(attacker.att.ssh.port)).toBe(attacker.att.instanceId);
     expect(await neighbour(victim.att.ip)).toBe(`${victim.att.ip} lladdr ${victim.att.mac} PERMANENT`);
     const port = JSON.parse((await run("ip", ["-n", opts.netns, "-d", "-j", "link", "show", "tap2"])).stdout)[0].linkinfo.info_slave_data;
     expect(port).toMatchObject({ isolated: true, learning: false });
@@ -236,7 +205,7 @@ describe.skipIf(why !== null)("tap guard against a hostile guest (namespace stan
     // dnsmasq rewrites the entry (same MAC) when it answers a DHCP request (previous test), so the state may no longer
     // be PERMANENT; what matters is that it still names the victim's MAC.
     expect(await neighbour(victim.att.ip)).toMatch(new RegExp(`^${victim.att.ip} lladdr ${victim.att.mac} (PERMANENT|REACHABLE|STALE|DELAY)$`));
-    expect(await readForward(victim.att.ssh.port)).toBe("victim");
+    expect(await readForward(victim.att.ssh.port)).toBe(victim.att.instanceId);
     await run("ip", ["-n", attacker.ns, "addr", "del", `${victim.att.ip}/32`, "dev", "eth0"]);
     // A DHCP request for the victim's hardware address would make dnsmasq answer with (and write an ARP entry for)
     // the victim's lease: dropped at the tap.
@@ -253,7 +222,7 @@ describe.skipIf(why !== null)("tap guard against a hostile guest (namespace stan
       await ping(attacker.ns, "-c", "3", bridgeIp);
       expect(await echoes(attacker.att.ip)).toBe(a0);
       expect(await spoofed(attacker)).toBeGreaterThanOrEqual(c2 + 4 + 3);
-      expect(await readForward(victim.att.ssh.port)).toBe("victim");
+      expect(await readForward(victim.att.ssh.port)).toBe(victim.att.instanceId);
       const fdb = (await run("bridge", ["-n", opts.netns, "fdb", "show", "br", opts.bridge])).stdout;
       expect(fdb).toMatch(new RegExp(`${victim.att.mac} dev tap2 master ${opts.bridge} static`));
       expect(fdb).not.toMatch(new RegExp(`${victim.att.mac} dev tap3`));
