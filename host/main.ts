@@ -30,7 +30,8 @@ async function main(): Promise<void> {
   try {
     const vm = config.driver === "none" ? null : loadVmConfig(process.env);
     guestSize = vm ? { memoryMiB: vm.memoryMiB, vcpus: vm.vcpus } : undefined;
-    built = vm ? await buildQemuDriver(vm, config.dataDir, logger) : { driver: new UnavailableDriver("CVM_DRIVER=none") };
+    const upstreams = config.catalogue.models.map((m) => m.upstream.base_url);
+    built = vm ? await buildQemuDriver(vm, config.dataDir, logger, upstreams) : { driver: new UnavailableDriver("CVM_DRIVER=none") };
   } catch (err) {
     process.stderr.write(`cvmd: ${err instanceof ConfigError ? "configuration error: " : ""}${(err as Error).message}\n`);
     process.exit(78);

@@ -5,6 +5,7 @@ import { ImageCatalog } from "../images/image-catalog.js";
 import { NftEgressFirewall } from "../net/egress-firewall.js";
 import { NetnsGuestNetwork } from "../net/guest-network.js";
 import { NftCommandRunner } from "../net/nft-runner.js";
+import { upstreamAddresses } from "../net/upstream-addresses.js";
 import type { VmConfig } from "../vm-config.js";
 import { probeAccel } from "../vmm/accel-probe.js";
 import { assertProfileConsistent } from "../vmm/profile-check.js";
@@ -27,7 +28,7 @@ export interface BuiltDriver {
  * this host cannot run it. The `tdx` profile refuses to start without its prerequisites: silently
  * falling back to a non-confidential guest would be worse than not starting.
  */
-export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger): Promise<BuiltDriver> {
+export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger, upstreamUrls: readonly string[] = []): Promise<BuiltDriver> {
   // Before any side effect (namespace, nft): a profile whose argv and agent channel disagree never runs.
   assertProfileConsistent(vm.profile, PROFILES);
   if (process.getuid?.() !== 0) return { driver: new UnavailableDriver("cvmd must run as root to manage network namespaces, taps and nftables") };
@@ -57,11 +58,19 @@ export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger
     hostVeth: vm.hostVeth,
     nsVeth: vm.nsVeth,
     nat: vm.nat,
+    // With NAT on, guests must not reach an inference upstream except through the metered gateway.
+    blockedDestinations: vm.nat ? await upstreamAddresses(upstreamUrls) : [],
     sshListen: vm.sshListen,
     sshPorts: vm.sshPorts,
   });
   await network.ensure();
-  const firewall = new NftEgressFirewall({ nft: new NftCommandRunner({ netns: vm.netns }), table: vm.egressTable });
+  // After the cap, SSH replies may only go to the veth's host end (forwarded SSH is masqueraded to it), DHCP and ARP
+  // only to the bridge.
+  const firewall = new NftEgressFirewall({
+    nft: new NftCommandRunner({ netns: vm.netns }),
+    table: vm.egressTable,
+    afterBlock: { sshPeers: [network.cfg.hostLinkIp], gateways: [network.cfg.bridgeIp] },
+  });
   const qemu = new QemuDriver({
     dataDir,
     hypervisor: new QemuHypervisor({

@@ -63,7 +63,9 @@ export class DnsmasqDhcpServer {
       `--dhcp-leasefile=${this.leaseFile}`,
       `--pid-file=${this.pidFile}`,
       `--log-facility=${this.logFile}`,
-      "--log-dhcp",
+      // Guests can send DHCP requests at will and each one would be a log line: the log keeps start-up and errors only,
+      // so its size does not depend on what a guest does.
+      "--quiet-dhcp",
       "--dhcp-authoritative",
       // Empty options suppress dnsmasq's default of advertising itself as router and DNS server.
       this.o.router ? `--dhcp-option=option:router,${this.o.router}` : "--dhcp-option=option:router",

@@ -60,7 +60,12 @@ const ip = (...args: string[]) => run("ip", args, { timeoutMs: 10_000 });
 const inNs = (ns: string, cmd: string, ...args: string[]) => run("ip", ["netns", "exec", ns, cmd, ...args], { timeoutMs: 10_000 });
 
 let workDir = "";
-const fwOpts = (): NftEgressFirewallOptions => ({ nft: new NftCommandRunner({ netns: NS_H }), table: TABLE });
+/** The host ends of the guest links play the namespace: SSH peer and gateway (DHCP server, ARP target). */
+const fwOpts = (): NftEgressFirewallOptions => ({
+  nft: new NftCommandRunner({ netns: NS_H }),
+  table: TABLE,
+  afterBlock: { sshPeers: ["10.204.0.1", "fd42:204::1"], gateways: ["10.204.0.1", "10.204.0.5"] },
+});
 let fw: NftEgressFirewall;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -380,6 +385,44 @@ describe.skipIf(!!skipReason)("NftEgressFirewall with real nft in throwaway name
     expect(ssh6.bytes).toBeGreaterThan(0);
     const udp6 = await receiveDuring("fd42:204::1", 9016, () => sendUdp("fd42:204::1", 9016, 50));
     expect(udp6.packets).toBe(0);
+  });
+
+  test("after the block each allowance reaches only its peer: aimed at another destination it moves nothing", async () => {
+    const id = `peer-${sfx}`;
+    // Another destination behind the same link, as the operator's LAN or a metadata address would be.
+    const OTHER = "198.51.100.7";
+    await ip("-n", NS_H, "addr", "add", `${OTHER}/32`, "dev", "lo");
+    await ip("-n", NS_G, "route", "add", `${OTHER}/32`, "via", "10.204.0.1", "dev", ETH_A);
+    await fw.add({ id, tap: TAP_A, limitBytes: 200_000 });
+    await sendUdp("10.204.0.1", 9020, 300);
+    const s0 = await sampleOf(id);
+    expect(s0.blocked).toBe(true);
+
+    // DHCP client port: elsewhere nothing, to the gateway it passes (so the first half could fail).
+    const dhcpElsewhere = await receiveDuring(OTHER, 9021, () => traffic(NS_G, "udp-send", OTHER, 9021, 200, 20, 5, 68));
+    const dhcpGateway = await receiveDuring("10.204.0.1", 9022, () => traffic(NS_G, "udp-send", "10.204.0.1", 9022, 200, 20, 5, 68));
+    expect(dhcpElsewhere.packets).toBe(0);
+    expect(dhcpGateway.packets).toBeGreaterThan(0);
+
+    // SSH source port: a connection opened from port 22 to another destination never completes.
+    const readyOther = join(workDir, "peer-ready-other");
+    const srvOther = traffic(NS_H, "tcp-serve", OTHER, 9023, readyOther, 3_000);
+    await waitForFile(readyOther);
+    const sshElsewhere = await traffic<{ connected: boolean }>(NS_G, "tcp-read", OTHER, 9023, 200, 1_500, 22);
+    const readyPeer = join(workDir, "peer-ready-peer");
+    const srvPeer = traffic(NS_H, "tcp-serve", "10.204.0.1", 9024, readyPeer, 3_000);
+    await waitForFile(readyPeer);
+    const sshPeer = await traffic<{ connected: boolean }>(NS_G, "tcp-read", "10.204.0.1", 9024, 200, 1_500, 22);
+    await Promise.all([srvOther, srvPeer]);
+    expect(sshElsewhere.connected).toBe(false);
+    expect(sshPeer.connected).toBe(true);
+
+    const s1 = await sampleOf(id);
+    expect(s1.droppedPackets - s0.droppedPackets).toBeGreaterThanOrEqual(20);
+    expect(s1.bytes).toBe(s0.bytes);
+    expectQuotaInvariant(s1);
+    await ip("-n", NS_G, "route", "del", `${OTHER}/32`);
+    await ip("-n", NS_H, "addr", "del", `${OTHER}/32`, "dev", "lo");
   });
 
   test("with afterBlock: null nothing flows after the block, SSH included", async () => {

@@ -9,15 +9,17 @@
  * - quota `quota_<id>` (`over <limit> bytes`): the cap. The base chain evaluates it exactly once per
  *   frame and jumps to `blocked_<id>` when it is exhausted; otherwise the frame is counted in
  *   counter `egress_<id>` and accepted.
- * - chain `blocked_<id>`: after the block only these still pass, counted in `afterblock_<id>`:
- *   replies from the guest's sshd port (tenant SSH sessions), IPv6 neighbour solicitations and
- *   advertisements, DHCPv4/DHCPv6 client requests — together in one per-instance bucket (default
- *   16 KiB/s, burst 64 KiB), classified by one lookup in the table's shared set
- *   `after_block_allowed` — and ARP (default 10 packets/s). Neighbour resolution and DHCP keep the
- *   guest reachable for those SSH replies. Everything else is counted in `dropped_<id>` and dropped.
- *   The SSH allowance is by source port only (there is no conntrack at netdev ingress), so a guest's
- *   root can use it for anything at that rate: about 1.4 GB/day at 16 KiB/s. Set afterBlock: null
- *   for a hard block, or lower the rate.
+ * - chain `blocked_<id>`: after the block only these still pass, counted in `afterblock_<id>`, and
+ *   each only to its one legitimate peer (the table's shared sets `after_block_v4`, `after_block_v6`
+ *   and `after_block_arp`, filled from AfterBlockPolicy): replies from the guest's sshd port to the
+ *   SSH peer (the host end of the namespace's veth), DHCPv4 client requests to the gateway (the
+ *   bridge) or broadcast, IPv6 neighbour solicitations/advertisements to link-local or link-scope
+ *   multicast destinations (one byte bucket per family, default 16 KiB/s, burst 64 KiB), and ARP
+ *   aimed at the gateway (default 10 packets/s). Neighbour resolution and DHCP keep the guest
+ *   reachable for those SSH replies. Everything else is counted in `dropped_<id>` and dropped.
+ *   The SSH allowance is by source port and peer only (there is no conntrack at netdev ingress), so
+ *   a guest's root can still send anything from port 22 to the SSH peer at that rate; the namespace's
+ *   filter passes only forwarded SSH towards it. Set afterBlock: null for a hard block.
  *
  * ## What counts (measured on this host's kernel, see egress-firewall.sys.test.ts)
  * - Bytes are the frame length as the netdev ingress hook sees it: the L3 packet (IP header +

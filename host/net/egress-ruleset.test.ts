@@ -20,7 +20,7 @@ import {
 
 const LISTING = parseNftTableListing(readFileSync(new URL("./testdata/nft-1.0.6-list-table.json", import.meta.url), "utf8"), "netdev", "cvm_egress");
 const ODD_ID = "Ünï_2";
-const RENDER: RenderOptions = { table: "cvm_egress", priority: -500, afterBlock: { ...DEFAULT_AFTER_BLOCK } };
+const RENDER: RenderOptions = { table: "cvm_egress", priority: -500, afterBlock: { ...DEFAULT_AFTER_BLOCK, sshPeers: ["10.77.255.0"], gateways: ["10.77.0.1"] } };
 const SHAPE = { priority: -500 };
 
 describe("instance id encoding", () => {
@@ -180,17 +180,24 @@ describe("rendering", () => {
     expect(renderEgressScript({ remove: [], upsert: [u] }, RENDER)).toBe(
       [
         "add table netdev cvm_egress",
-        "add set netdev cvm_egress after_block_allowed { type inet_proto . inet_service; }",
-        "flush set netdev cvm_egress after_block_allowed",
-        "add element netdev cvm_egress after_block_allowed { tcp . 22, ipv6-icmp . 34560, ipv6-icmp . 34816, udp . 68, udp . 546 }",
+        "add set netdev cvm_egress after_block_v4 { type ipv4_addr . inet_proto . inet_service; flags interval; }",
+        "flush set netdev cvm_egress after_block_v4",
+        "add element netdev cvm_egress after_block_v4 { 10.77.255.0 . tcp . 22, 10.77.0.1 . udp . 68, 255.255.255.255 . udp . 68 }",
+        "add set netdev cvm_egress after_block_v6 { type ipv6_addr . inet_proto . inet_service; flags interval; }",
+        "flush set netdev cvm_egress after_block_v6",
+        "add element netdev cvm_egress after_block_v6 { fe80::/10 . ipv6-icmp . 34560, fe80::/10 . ipv6-icmp . 34816, ff02::/16 . ipv6-icmp . 34560, ff02::/16 . ipv6-icmp . 34816 }",
+        "add set netdev cvm_egress after_block_arp { type ipv4_addr; flags interval; }",
+        "flush set netdev cvm_egress after_block_arp",
+        "add element netdev cvm_egress after_block_arp { 10.77.0.1 }",
         "add counter netdev cvm_egress egress_i_2d1 { packets 1 bytes 7 }",
         "add counter netdev cvm_egress afterblock_i_2d1 { packets 0 bytes 0 }",
         "add counter netdev cvm_egress dropped_i_2d1 { packets 0 bytes 0 }",
         "add quota netdev cvm_egress quota_i_2d1 { over 5368709120 bytes used 7 bytes }",
         "add chain netdev cvm_egress blocked_i_2d1",
         'add chain netdev cvm_egress ingress_i_2d1 { type filter hook ingress device "tap1" priority -500; policy accept; }',
-        'add rule netdev cvm_egress blocked_i_2d1 meta protocol arp limit rate 10/second burst 20 packets counter name "afterblock_i_2d1" accept',
-        'add rule netdev cvm_egress blocked_i_2d1 meta l4proto . th sport @after_block_allowed limit rate 16384 bytes/second burst 65536 bytes counter name "afterblock_i_2d1" accept',
+        'add rule netdev cvm_egress blocked_i_2d1 arp daddr ip @after_block_arp limit rate 10/second burst 20 packets counter name "afterblock_i_2d1" accept',
+        'add rule netdev cvm_egress blocked_i_2d1 ip daddr . meta l4proto . th sport @after_block_v4 limit rate 16384 bytes/second burst 65536 bytes counter name "afterblock_i_2d1" accept',
+        'add rule netdev cvm_egress blocked_i_2d1 ip6 daddr . meta l4proto . th sport @after_block_v6 limit rate 16384 bytes/second burst 65536 bytes counter name "afterblock_i_2d1" accept',
         'add rule netdev cvm_egress blocked_i_2d1 counter name "dropped_i_2d1" drop',
         'add rule netdev cvm_egress ingress_i_2d1 quota name "quota_i_2d1" jump blocked_i_2d1 comment "tap=tap1"',
         'add rule netdev cvm_egress ingress_i_2d1 counter name "egress_i_2d1"',
@@ -199,19 +206,29 @@ describe("rendering", () => {
     );
   });
 
-  test("the after-block set follows sshPort; a removal-only script leaves the set alone", () => {
+  test("the after-block sets follow sshPort and peers; a removal-only script leaves the sets alone", () => {
     const u = planUpsert({ id: "s", tap: "tap1", limitBytes: 1 }, undefined, SHAPE);
-    const script = renderEgressScript({ remove: [], upsert: [u] }, { ...RENDER, afterBlock: { ...DEFAULT_AFTER_BLOCK, sshPort: 2022 } });
-    expect(script).toContain("{ tcp . 2022, ipv6-icmp . 34560, ipv6-icmp . 34816, udp . 68, udp . 546 }");
+    const script = renderEgressScript({ remove: [], upsert: [u] }, { ...RENDER, afterBlock: { ...RENDER.afterBlock!, sshPort: 2022, sshPeers: ["10.9.0.0/30", "fd00::1"] } });
+    expect(script).toContain("after_block_v4 { 10.9.0.0/30 . tcp . 2022, 10.77.0.1 . udp . 68, 255.255.255.255 . udp . 68 }");
+    expect(script).toContain("after_block_v6 { fd00::1 . tcp . 2022, fe80::/10");
     const kernel = readEgressState(LISTING);
-    expect(renderEgressScript({ remove: [planRemove(kernel.get("inst-1")!)], upsert: [] }, RENDER)).not.toContain("after_block_allowed");
+    expect(renderEgressScript({ remove: [planRemove(kernel.get("inst-1")!)], upsert: [] }, RENDER)).not.toContain("after_block");
+  });
+
+  test("no peers: SSH, DHCP and ARP get no allowance after the block, only link-local ND", () => {
+    const u = planUpsert({ id: "s", tap: "tap1", limitBytes: 1 }, undefined, SHAPE);
+    const script = renderEgressScript({ remove: [], upsert: [u] }, { ...RENDER, afterBlock: { ...DEFAULT_AFTER_BLOCK } });
+    expect(script).not.toContain("add element netdev cvm_egress after_block_v4");
+    expect(script).not.toContain("add element netdev cvm_egress after_block_arp");
+    expect(script).not.toMatch(/arp daddr|ip daddr/);
+    expect(script).toContain("ip6 daddr . meta l4proto . th sport @after_block_v6");
   });
 
   test("afterBlock null: a blocked frame is only counted and dropped", () => {
     const u = planUpsert({ id: "s", tap: "tap1", limitBytes: 1 }, undefined, SHAPE);
     const script = renderEgressScript({ remove: [], upsert: [u] }, { ...RENDER, afterBlock: null });
     expect(script).not.toMatch(/accept\n/);
-    expect(script).not.toContain("after_block_allowed");
+    expect(script).not.toContain("after_block");
     expect(script).toContain('add rule netdev cvm_egress blocked_s counter name "dropped_s" drop\n');
   });
 
@@ -258,6 +275,8 @@ describe("rendering", () => {
     ["ssh port 0", { afterBlock: { ...DEFAULT_AFTER_BLOCK, sshPort: 0 } }, /sshPort/],
     ["zero byte rate", { afterBlock: { ...DEFAULT_AFTER_BLOCK, bytesPerSecond: 0 } }, /bytesPerSecond/],
     ["zero ARP rate", { afterBlock: { ...DEFAULT_AFTER_BLOCK, arpPacketsPerSecond: 0 } }, /arpPacketsPerSecond/],
+    ["a peer that is no address", { afterBlock: { ...DEFAULT_AFTER_BLOCK, sshPeers: ["10.0.0.1; drop"] } }, /sshPeers/],
+    ["an IPv6 gateway", { afterBlock: { ...DEFAULT_AFTER_BLOCK, gateways: ["fe80::1"] } }, /gateways/],
   ])("rejects options: %s", (_n, patch, err) => {
     expect(() => validateRenderOptions({ ...RENDER, ...patch })).toThrow(err);
   });

@@ -339,13 +339,24 @@ export function planRemove(kernel: KernelInstanceState): RemovePlan {
 // ---------------------------------------------------------------------------------------------------
 // Rendering
 
-/** What still flows once an instance is blocked. null blocks everything. */
+/** What still flows once an instance is blocked, and only to whom. null blocks everything. */
 export interface AfterBlockPolicy {
   /** TCP source port of the guest's sshd: replies on tenant SSH sessions keep flowing. */
   sshPort: number;
   /**
-   * One byte-rate bucket per instance shared by SSH replies, IPv6 neighbour solicitations and
-   * advertisements, and DHCPv4/DHCPv6 client requests (all in the table's after-block set).
+   * Where SSH replies may go: the address forwarded SSH arrives from (the host end of the namespace's
+   * veth, which masquerades it). IPv4 or IPv6 addresses or CIDRs. Empty: no SSH after the block.
+   */
+  sshPeers: readonly string[];
+  /**
+   * The guest's on-link gateway (the bridge address): the only DHCP server and the only ARP target
+   * after the block. IPv4 addresses or CIDRs. Empty: no DHCP and no ARP after the block.
+   */
+  gateways: readonly string[];
+  /**
+   * One byte-rate bucket per instance and address family: IPv4 carries SSH replies and DHCP requests,
+   * IPv6 SSH replies and neighbour solicitations/advertisements to link-local or link-scope multicast
+   * destinations.
    */
   bytesPerSecond: number;
   /** Must exceed the guest's largest segmentation-offloaded frame (up to 64 KiB) or such frames never pass. */
@@ -356,21 +367,35 @@ export interface AfterBlockPolicy {
 
 export const DEFAULT_AFTER_BLOCK: Readonly<AfterBlockPolicy> = Object.freeze({
   sshPort: 22,
+  sshPeers: Object.freeze([]) as readonly string[],
+  gateways: Object.freeze([]) as readonly string[],
   bytesPerSecond: 16 * 1024,
   burstBytes: 64 * 1024,
   arpPacketsPerSecond: 10,
 });
 
-/** Shared set of (L4 protocol, first 16 bits of the transport header) that may pass after the block. */
-export const AFTER_BLOCK_SET = "after_block_allowed";
-
 /**
- * `th sport` is the first 16 bits of any transport header: the source port for TCP/UDP, and
- * type << 8 | code for ICMPv6, so one lookup covers SSH replies, neighbour discovery (135/136, code
- * 0) and DHCP clients (68, 546).
+ * Shared sets of (destination, L4 protocol, first 16 bits of the transport header) that may pass
+ * after the block, one per family. `th sport` is the source port for TCP/UDP and type << 8 | code for
+ * ICMPv6, so one lookup per family checks both what a frame is and whom it is for.
  */
-export function afterBlockSetElements(a: AfterBlockPolicy): string[] {
-  return [`tcp . ${a.sshPort}`, `ipv6-icmp . ${135 << 8}`, `ipv6-icmp . ${136 << 8}`, "udp . 68", "udp . 546"];
+export const AFTER_BLOCK_SET_V4 = "after_block_v4";
+export const AFTER_BLOCK_SET_V6 = "after_block_v6";
+/** ARP targets (the gateways) after the block. */
+export const AFTER_BLOCK_SET_ARP = "after_block_arp";
+
+const isV6 = (a: string) => a.includes(":");
+
+export function afterBlockSetElements(a: AfterBlockPolicy): { v4: string[]; v6: string[]; arp: string[] } {
+  const ssh = (p: string) => `${p} . tcp . ${a.sshPort}`;
+  const v4 = [...a.sshPeers.filter((p) => !isV6(p)).map(ssh)];
+  // A DHCP client broadcasts until it has a lease, then unicasts renewals to the server.
+  for (const g of a.gateways) v4.push(`${g} . udp . 68`);
+  if (a.gateways.length > 0) v4.push("255.255.255.255 . udp . 68");
+  // Neighbour discovery stays on the link: unicast link-local or link-scope multicast.
+  const v6 = [...a.sshPeers.filter(isV6).map(ssh)];
+  for (const dst of ["fe80::/10", "ff02::/16"]) for (const type of [135, 136]) v6.push(`${dst} . ipv6-icmp . ${type << 8}`);
+  return { v4, v6, arp: [...a.gateways] };
 }
 
 export interface RenderOptions {
@@ -393,10 +418,13 @@ export function blockedChainRules(n: EgressNames, after: AfterBlockPolicy | null
   if (after) {
     // Neighbour resolution and lease renewal keep the guest addressable, without which its SSH
     // replies could not be delivered for long.
-    rules.push(`meta protocol arp limit rate ${after.arpPacketsPerSecond}/second burst ${2 * after.arpPacketsPerSecond} packets counter name "${n.afterBlock}" accept`);
-    rules.push(
-      `meta l4proto . th sport @${AFTER_BLOCK_SET} limit rate ${after.bytesPerSecond} bytes/second burst ${after.burstBytes} bytes counter name "${n.afterBlock}" accept`,
-    );
+    const bucket = `limit rate ${after.bytesPerSecond} bytes/second burst ${after.burstBytes} bytes counter name "${n.afterBlock}" accept`;
+    if (after.gateways.length > 0) {
+      rules.push(`arp daddr ip @${AFTER_BLOCK_SET_ARP} limit rate ${after.arpPacketsPerSecond}/second burst ${2 * after.arpPacketsPerSecond} packets counter name "${n.afterBlock}" accept`);
+    }
+    const el = afterBlockSetElements(after);
+    if (el.v4.length > 0) rules.push(`ip daddr . meta l4proto . th sport @${AFTER_BLOCK_SET_V4} ${bucket}`);
+    rules.push(`ip6 daddr . meta l4proto . th sport @${AFTER_BLOCK_SET_V6} ${bucket}`);
   }
   rules.push(`counter name "${n.dropped}" drop`);
   return rules;
@@ -416,6 +444,11 @@ function assertAfterBlock(a: AfterBlockPolicy): void {
   if (!ok(a.bytesPerSecond, 1, 2 ** 32 - 1)) throw new EgressConfigError(`afterBlock.bytesPerSecond ${a.bytesPerSecond}: expected 1..2^32-1`);
   if (!ok(a.burstBytes, 0, 2 ** 32 - 1)) throw new EgressConfigError(`afterBlock.burstBytes ${a.burstBytes}: expected 0..2^32-1`);
   if (!ok(a.arpPacketsPerSecond, 1, 1_000_000)) throw new EgressConfigError(`afterBlock.arpPacketsPerSecond ${a.arpPacketsPerSecond}: expected 1..1000000`);
+  const addr = /^[0-9A-Fa-f:.]+(\/\d{1,3})?$/;
+  for (const p of a.sshPeers) if (!addr.test(p)) throw new EgressConfigError(`afterBlock.sshPeers: ${JSON.stringify(p)} is not an address or CIDR`);
+  for (const g of a.gateways) {
+    if (!addr.test(g) || isV6(g)) throw new EgressConfigError(`afterBlock.gateways: ${JSON.stringify(g)} is not an IPv4 address or CIDR`);
+  }
 }
 
 export function validateRenderOptions(o: RenderOptions): void {
@@ -433,10 +466,18 @@ export function renderEgressScript(plan: EgressPlan, o: RenderOptions): string {
   const t = `${EGRESS_FAMILY} ${o.table}`;
   const lines: string[] = [`add table ${t}`];
   if (o.afterBlock && plan.upsert.length > 0) {
-    // Flushed and refilled so that a changed sshPort leaves no stale element behind.
-    lines.push(`add set ${t} ${AFTER_BLOCK_SET} { type inet_proto . inet_service; }`);
-    lines.push(`flush set ${t} ${AFTER_BLOCK_SET}`);
-    lines.push(`add element ${t} ${AFTER_BLOCK_SET} { ${afterBlockSetElements(o.afterBlock).join(", ")} }`);
+    // Flushed and refilled so that a changed port or peer leaves no stale element behind.
+    const el = afterBlockSetElements(o.afterBlock);
+    const sets = [
+      [AFTER_BLOCK_SET_V4, "ipv4_addr . inet_proto . inet_service", el.v4],
+      [AFTER_BLOCK_SET_V6, "ipv6_addr . inet_proto . inet_service", el.v6],
+      [AFTER_BLOCK_SET_ARP, "ipv4_addr", el.arp],
+    ] as const;
+    for (const [name, type, elements] of sets) {
+      lines.push(`add set ${t} ${name} { type ${type}; flags interval; }`);
+      lines.push(`flush set ${t} ${name}`);
+      if (elements.length > 0) lines.push(`add element ${t} ${name} { ${elements.join(", ")} }`);
+    }
   }
 
   // 1. Detach: chains go (or are emptied) first, releasing their references to objects.

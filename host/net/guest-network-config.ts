@@ -46,6 +46,11 @@ export interface GuestNetworkOptions {
   nat?: boolean;
   /** DNS servers handed out by DHCP when NAT is on. */
   dns?: readonly string[];
+  /**
+   * With NAT on, IPv4 addresses or CIDRs guests must not reach besides the non-public ranges and the host's own
+   * addresses: the inference upstreams' addresses (see upstreamAddresses), so the metered gateway is the only way there.
+   */
+  blockedDestinations?: readonly string[];
   sshListen?: string;
   sshPorts?: { from: number; to: number };
   guestSshPort?: number;
@@ -53,11 +58,13 @@ export interface GuestNetworkOptions {
   nftBinary?: string;
   dnsmasqBinary?: string;
   sysctlBinary?: string;
+  bridgeBinary?: string;
 }
 
-export type GuestNetworkConfig = Readonly<Required<Omit<GuestNetworkOptions, "sshPorts" | "dns">>> & {
+export type GuestNetworkConfig = Readonly<Required<Omit<GuestNetworkOptions, "sshPorts" | "dns" | "blockedDestinations">>> & {
   readonly sshPorts: Readonly<{ from: number; to: number }>;
   readonly dns: readonly string[];
+  readonly blockedDestinations: readonly string[];
   readonly poolCidr: Cidr;
   readonly bridgeIp: string;
   readonly hostLinkIp: string;
@@ -86,9 +93,11 @@ export function compileGuestNetworkConfig(raw: GuestNetworkOptions): GuestNetwor
     nftBinary: "nft",
     dnsmasqBinary: "dnsmasq",
     sysctlBinary: "sysctl",
+    bridgeBinary: "bridge",
     ...raw,
     sshPorts: raw.sshPorts ?? { from: 22200, to: 22999 },
     dns: raw.dns ?? [],
+    blockedDestinations: raw.blockedDestinations ?? [],
   };
   const bad = (m: string): never => {
     throw new Error(`guest network config: ${m}`);
@@ -104,12 +113,14 @@ export function compileGuestNetworkConfig(raw: GuestNetworkOptions): GuestNetwor
   if (link.network >= pool.network && link.network < pool.network + pool.size) bad(`link ${o.link} overlaps pool ${o.pool}`);
   ipToInt(o.sshListen);
   for (const d of o.dns) ipToInt(d);
+  for (const b of o.blockedDestinations) if (b.includes("/")) parseCidr(b); else ipToInt(b);
   const { from, to } = o.sshPorts;
   if (!Number.isInteger(from) || !Number.isInteger(to) || from < 1024 || to > 65535 || from > to) bad(`sshPorts ${from}-${to} must lie within 1024-65535`);
   return Object.freeze({
     ...o,
     sshPorts: Object.freeze({ from, to }),
     dns: Object.freeze([...o.dns]),
+    blockedDestinations: Object.freeze([...o.blockedDestinations]),
     poolCidr: Object.freeze(pool),
     bridgeIp: intToIp(pool.network + 1),
     hostLinkIp: intToIp(link.network),

@@ -1,4 +1,3 @@
-import { execFileSync } from "node:child_process";
 import { chmod, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -6,21 +5,11 @@ import path from "node:path";
 import { afterAll, describe, expect, test } from "vitest";
 
 import { run } from "../../shared/util/run.js";
+import { missingTools } from "../../test/support/tools.js";
 import { isAlive } from "../vmm/proc.js";
 import { NetnsGuestNetwork } from "./guest-network.js";
 
-function missing(): string | null {
-  if (process.getuid?.() !== 0) return "not root";
-  for (const [tool, args] of [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["sysctl", ["-V"]]] as const) {
-    try {
-      execFileSync(tool, [...args], { stdio: "ignore" });
-    } catch {
-      return `${tool} not installed`;
-    }
-  }
-  return null;
-}
-const why = missing();
+const why = missingTools([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["sysctl", ["-V"]]]);
 if (why) console.warn(`skipping guest network tests: ${why}`);
 
 const tag = `${process.pid.toString(36)}${Date.now().toString(36).slice(-3)}`;

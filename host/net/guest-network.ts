@@ -15,6 +15,7 @@ import {
 } from "./guest-network-config.js";
 import { Netns } from "./netns.js";
 import { applyNft, deleteNftTable, renderGuestFilter, renderHostNat } from "./port-forward.js";
+import { renderTapGuard, renderTapUnguard, spoofCounter, TAP_GUARD_TABLE } from "./tap-guard.js";
 
 export interface GuestAttachment {
   instanceId: string;
@@ -184,6 +185,9 @@ export class NetnsGuestNetwork implements GuestNetwork {
     if (!(await linkExists(() => ns.ip(["link", "show", c.bridge])))) {
       await ns.ip(["link", "add", c.bridge, "type", "bridge"]);
     }
+    // A bridge without an address of its own takes its lowest port's, and every change of it flushes the namespace's
+    // neighbour table, permanent entries included: pin it, so attaching a guest never unpins the others.
+    await ns.ip(["link", "set", c.bridge, "address", guestMac(c.bridgeIp)]);
     await ns.ip(["addr", "replace", `${c.bridgeIp}/${c.poolCidr.prefix}`, "dev", c.bridge]);
     await ns.ip(["link", "set", c.bridge, "up"]);
     // The namespace routes between veth and bridge (forwarded SSH); its filter decides what may cross.
@@ -194,7 +198,7 @@ export class NetnsGuestNetwork implements GuestNetwork {
     } else {
       await ns.ip(["route", "del", "default"]).catch(ignoreMissing);
     }
-    await applyNft(c.nftBinary, renderGuestFilter(c), (cmd, args, input) => ns.exec(cmd, args, { input }));
+    await this.nftInNs(renderGuestFilter(c, c.nat ? [...c.blockedDestinations, ...(await this.hostAddresses())] : []));
 
     const st = await this.readState();
     for (const e of Object.values(st.attachments)) await this.ensureTap(e.index);
@@ -206,20 +210,56 @@ export class NetnsGuestNetwork implements GuestNetwork {
 
   private async ensureTap(index: number): Promise<void> {
     const tap = guestTap(index);
+    const ip = guestIp(this.cfg, index);
+    const mac = guestMac(ip);
     const ns = this.netns;
     if (!(await linkExists(() => ns.ip(["link", "show", tap])))) {
       // Persistent tap: it survives QEMU restarts, and QEMU (run inside the namespace) attaches to it by name.
       await ns.ip(["tuntap", "add", "dev", tap, "mode", "tap"]);
     }
+    // The guard is on the tap before it can carry a frame: only the guest's own MAC and addresses get past it.
+    await this.nftInNs(renderTapGuard({ tap, mac, ipv4: ip }));
     await ns.ip(["link", "set", tap, "master", this.cfg.bridge]);
     // Isolated ports talk only to non-isolated ones (the bridge itself), never to each other: no tenant-to-tenant L2.
-    await run(this.cfg.ipBinary, ["-n", this.cfg.netns, "link", "set", "dev", tap, "type", "bridge_slave", "isolated", "on"], { timeoutMs: 10_000 });
+    // No learning: the bridge's idea of where a MAC lives comes from the static entry below, never from a guest's frames.
+    await ns.ip(["link", "set", "dev", tap, "type", "bridge_slave", "isolated", "on", "learning", "off"]);
+    await ns.exec(this.cfg.bridgeBinary, ["fdb", "replace", mac, "dev", tap, "master", "static"]);
+    // A permanent entry is never replaced by ARP, whatever a guest answers: forwarded SSH always goes to this MAC.
+    await ns.ip(["neigh", "replace", ip, "lladdr", mac, "dev", this.cfg.bridge, "nud", "permanent"]);
     await ns.ip(["link", "set", tap, "up"]);
   }
 
   private async removeTap(index: number): Promise<void> {
     if (!(await this.netns.exists())) return;
-    await this.netns.ip(["link", "del", guestTap(index)]).catch(ignoreMissing);
+    const tap = guestTap(index);
+    await this.netns.ip(["link", "del", tap]).catch(ignoreMissing);
+    await this.netns.ip(["neigh", "del", guestIp(this.cfg, index), "dev", this.cfg.bridge]).catch((e: unknown) => {
+      if (!(e instanceof RunError && /No such file or directory/.test(e.stderr))) ignoreMissing(e);
+    });
+    await this.nftInNs(renderTapUnguard(tap));
+  }
+
+  /** Frames each attached tap's guard dropped as spoofed, by instance id. */
+  spoofCounters(): Promise<Map<string, { packets: number; bytes: number }>> {
+    return this.serial(async () => {
+      const out = new Map<string, { packets: number; bytes: number }>();
+      const st = await this.readState();
+      if (!(await this.netns.exists())) return out;
+      const { stdout } = await this.netns.exec(this.cfg.nftBinary, ["-j", "list", "counters", "table", "netdev", TAP_GUARD_TABLE]).catch(() => ({ stdout: "{}" }));
+      const byName = new Map<string, { packets: number; bytes: number }>();
+      for (const o of (JSON.parse(stdout || "{}") as { nftables?: Array<{ counter?: { name: string; packets: number; bytes: number } }> }).nftables ?? []) {
+        if (o.counter) byName.set(o.counter.name, { packets: o.counter.packets, bytes: o.counter.bytes });
+      }
+      for (const [id, e] of Object.entries(st.attachments)) {
+        const c = byName.get(spoofCounter(guestTap(e.index)));
+        if (c) out.set(id, c);
+      }
+      return out;
+    });
+  }
+
+  private nftInNs(script: string): Promise<void> {
+    return applyNft(this.cfg.nftBinary, script, (cmd, args, input) => this.netns.exec(cmd, args, { input }));
   }
 
   private async taps(): Promise<Set<string>> {
@@ -244,6 +284,13 @@ export class NetnsGuestNetwork implements GuestNetwork {
   private async syncForwards(st: State): Promise<void> {
     const fwd = Object.entries(st.attachments).map(([instanceId, e]) => ({ instanceId, port: e.port, ip: guestIp(this.cfg, e.index) }));
     await applyNft(this.cfg.nftBinary, renderHostNat(this.cfg, fwd));
+  }
+
+  /** The host's own IPv4 addresses (every interface of the host namespace): a guest never reaches them through NAT. */
+  private async hostAddresses(): Promise<string[]> {
+    const { stdout } = await run(this.cfg.ipBinary, ["-j", "-4", "addr", "show"], { timeoutMs: 10_000 });
+    const links = JSON.parse(stdout || "[]") as Array<{ addr_info?: Array<{ local?: string }> }>;
+    return [...new Set(links.flatMap((l) => (l.addr_info ?? []).map((a) => a.local).filter((a): a is string => !!a)))].sort();
   }
 
   private async sysctl(ns: Netns | null, key: string, value: string): Promise<void> {

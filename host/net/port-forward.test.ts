@@ -43,6 +43,17 @@ test("namespace filter: default drop; DHCP in, forwarded SSH through; egress onl
   expect(off).toMatch(/iifname "cvmbr0" udp dport 67 accept/);
   expect(off).toMatch(/iifname "cvm-n0" oifname "cvmbr0" ip saddr 10\.77\.255\.0 tcp dport 22 accept/);
   expect(off).not.toMatch(/oifname "cvm-n0"/);
-  const on = renderGuestFilter(compileGuestNetworkConfig({ stateDir: "/x", nat: true }));
-  expect(on).toMatch(/iifname "cvmbr0" oifname "cvm-n0" ip daddr != 10\.77\.255\.0 accept/);
+  expect(off).not.toContain("nat_forbidden");
+});
+
+test("namespace filter with NAT: out only to public unicast; the host end, host addresses and upstreams are refused", () => {
+  const on = renderGuestFilter(compileGuestNetworkConfig({ stateDir: "/x", nat: true }), ["203.0.113.5", "198.51.100.0/28"]);
+  const set = /elements = \{ ([^}]*) \}/.exec(on)![1].split(", ");
+  for (const cls of ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4", "0.0.0.0/8"]) {
+    expect(set).toContain(cls);
+  }
+  expect(set).toEqual(expect.arrayContaining(["10.77.255.0", "203.0.113.5", "198.51.100.0/28"]));
+  expect(on).toMatch(
+    /iifname "cvmbr0" oifname "cvm-n0" ip daddr @nat_forbidden counter name "nat_forbidden_drops" drop\n\s+iifname "cvmbr0" oifname "cvm-n0" meta nfproto ipv4 accept/,
+  );
 });

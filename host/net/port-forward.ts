@@ -52,16 +52,47 @@ export function renderHostNat(cfg: GuestNetworkConfig, forwards: readonly SshFor
 }
 
 /**
- * The namespace's own filter: guests may do DHCP with the namespace and answer forwarded SSH; with NAT on they may
- * also go out through the veth, but never to the host's end of it. Tenants never see each other: besides this,
- * every tap is an isolated bridge port.
+ * Destinations a guest never reaches through NAT, whatever else is configured: everything that is not public unicast
+ * (this host, its link-local metadata neighbours, private and carrier-grade NAT networks, multicast, reserved space).
+ * Documentation ranges stay reachable on purpose: nothing routes them in production, and tests stand them up as
+ * "the internet" inside their own namespaces.
  */
-export function renderGuestFilter(cfg: GuestNetworkConfig, table = "cvm_guest"): string {
+export const NON_PUBLIC_V4: readonly string[] = Object.freeze([
+  "0.0.0.0/8", // this network
+  "10.0.0.0/8", // RFC 1918
+  "100.64.0.0/10", // carrier-grade NAT (RFC 6598)
+  "127.0.0.0/8", // loopback
+  "169.254.0.0/16", // link-local, cloud metadata services
+  "172.16.0.0/12", // RFC 1918
+  "192.0.0.0/24", // IETF protocol assignments
+  "192.168.0.0/16", // RFC 1918
+  "198.18.0.0/15", // benchmarking
+  "224.0.0.0/4", // multicast
+  "240.0.0.0/4", // reserved, limited broadcast
+]);
+
+/**
+ * The namespace's own filter: guests may do DHCP with the namespace and answer forwarded SSH; with NAT on they may
+ * also go out through the veth, but only to public unicast addresses: never to NON_PUBLIC_V4, nor to `blocked` (the
+ * host's own addresses and the inference upstreams, which guests reach only through the metered gateway). Tenants
+ * never see each other: besides this, every tap is an isolated bridge port.
+ */
+export function renderGuestFilter(cfg: GuestNetworkConfig, blocked: readonly string[] = [], table = "cvm_guest"): string {
   const t = `inet ${table}`;
+  const forbidden = [...NON_PUBLIC_V4, cfg.hostLinkIp, ...blocked];
   return [
     `table ${t}`,
     `delete table ${t}`,
     `table ${t} {`,
+    ...(cfg.nat
+      ? [
+          `  set nat_forbidden {`,
+          `    type ipv4_addr; flags interval; auto-merge;`,
+          `    elements = { ${forbidden.join(", ")} }`,
+          `  }`,
+          `  counter nat_forbidden_drops {}`,
+        ]
+      : []),
     `  chain input {`,
     `    type filter hook input priority filter; policy drop;`,
     `    ct state established,related accept`,
@@ -72,7 +103,12 @@ export function renderGuestFilter(cfg: GuestNetworkConfig, table = "cvm_guest"):
     `    type filter hook forward priority filter; policy drop;`,
     `    ct state established,related accept`,
     `    iifname ${q(cfg.nsVeth)} oifname ${q(cfg.bridge)} ip saddr ${cfg.hostLinkIp} tcp dport ${cfg.guestSshPort} accept`,
-    ...(cfg.nat ? [`    iifname ${q(cfg.bridge)} oifname ${q(cfg.nsVeth)} ip daddr != ${cfg.hostLinkIp} accept`] : []),
+    ...(cfg.nat
+      ? [
+          `    iifname ${q(cfg.bridge)} oifname ${q(cfg.nsVeth)} ip daddr @nat_forbidden counter name "nat_forbidden_drops" drop`,
+          `    iifname ${q(cfg.bridge)} oifname ${q(cfg.nsVeth)} meta nfproto ipv4 accept`,
+        ]
+      : []),
     `  }`,
     `}`,
   ].join("\n") + "\n";

@@ -9,8 +9,10 @@ const [mode, ...args] = process.argv.slice(2);
 const print = (o) => process.stdout.write(JSON.stringify(o) + "\n");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function udpSend(host, port, size, count, batch) {
+async function udpSend(host, port, size, count, batch, sourcePort) {
   const s = dgram.createSocket(host.includes(":") ? "udp6" : "udp4");
+  // A fixed source port plays a DHCP client (68) aiming the after-block allowance elsewhere.
+  if (sourcePort) await new Promise((res) => s.bind(sourcePort, res));
   const buf = Buffer.alloc(size, 0x61);
   let sent = 0;
   // Small batches with a pause keep the receiver's socket buffer from overflowing, so "received"
@@ -95,13 +97,13 @@ function tcpServe(host, port, readyFile, maxMs, limitBytes) {
   });
 }
 
-function tcpRead(host, port, durationMs, connectTimeoutMs) {
+function tcpRead(host, port, durationMs, connectTimeoutMs, localPort) {
   return new Promise((resolve) => {
     let bytes = 0;
     let connected = false;
     let firstByteAt;
     const start = Date.now();
-    const sock = net.connect({ host, port });
+    const sock = net.connect({ host, port, ...(localPort ? { localPort } : {}) });
     let finished = false;
     let readTimer;
     const done = (error) => {
@@ -134,7 +136,7 @@ function tcpRead(host, port, durationMs, connectTimeoutMs) {
 const num = (i) => Number(args[i]);
 switch (mode) {
   case "udp-send":
-    await udpSend(args[0], num(1), num(2), num(3), num(4) || 20);
+    await udpSend(args[0], num(1), num(2), num(3), num(4) || 20, num(5) || 0);
     break;
   case "udp-recv":
     await udpRecv(args[0], num(1), args[2], num(3), num(4));
@@ -143,7 +145,7 @@ switch (mode) {
     await tcpServe(args[0], num(1), args[2], num(3), num(4) || 0);
     break;
   case "tcp-read":
-    await tcpRead(args[0], num(1), num(2), num(3));
+    await tcpRead(args[0], num(1), num(2), num(3), num(4) || 0);
     break;
   default:
     process.stderr.write(`unknown mode ${mode}\n`);
