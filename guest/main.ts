@@ -8,6 +8,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pino from "pino";
+import { ConfigError, integer, parseSetting } from "../shared/config/settings.js";
 import { Agent } from "./agent.js";
 import { AgentStateStore } from "./agent-state.js";
 import { ConfigfsTsmQuoteProvider } from "./attest/configfs-tsm-quote.js";
@@ -66,10 +67,9 @@ const { values: a } = parseArgs({
   strict: true,
 });
 
+/** Numeric flags go through the integer type cvmd's settings use: `--name=value: expected …`. */
 function int(name: string, v: string | undefined, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
-  return n;
+  return parseSetting(`--${name}`, integer(min, max), v ?? "");
 }
 
 async function main(): Promise<void> {
@@ -159,6 +159,10 @@ function selectTransport(logger: pino.Logger, stateDir: string): HostTransport {
 }
 
 main().catch((err: Error) => {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`cvm-agent: configuration error: ${err.message}\n`);
+    process.exit(78);
+  }
   process.stderr.write(`cvm-agent: ${err.stack ?? err.message}\n`);
   process.exit(1);
 });
