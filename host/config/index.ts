@@ -54,6 +54,14 @@ export const SETTING_NAMES: readonly string[] = Object.freeze(
   [DAEMON_SETTINGS, OPS_SETTINGS, ATTESTATION_SETTINGS, POOL_SETTINGS, VM_SETTINGS, NETWORK_SETTINGS, dnsSettings("x"), GATEWAY_SETTINGS].flatMap(settingNames),
 );
 
+/** Frozen all the way down, so no component can change what another one was configured with. */
+function deepFreeze<T>(v: T): T {
+  // A Buffer (the TSIG secret) cannot be frozen; it is not shared with anything that writes.
+  if (typeof v !== "object" || v === null || ArrayBuffer.isView(v)) return v;
+  for (const child of Object.values(v)) deepFreeze(child);
+  return Object.freeze(v);
+}
+
 function compile(get: Lookup, cwd: string): Config {
   const d = readSettings(DAEMON_SETTINGS, get);
   const ops = readSettings(OPS_SETTINGS, get);
@@ -69,14 +77,14 @@ function compile(get: Lookup, cwd: string): Config {
   } catch (err) {
     throw new ConfigError("CVM_MODELS_FILE", (err as Error).message);
   }
-  return Object.freeze({
+  return deepFreeze({
     dataDir: resolve(cwd, d.dataDir),
     listen: d.listen,
     baseDomain: d.baseDomain,
     pricing: { subscriptionCostUsd: d.subscriptionCostUsd, instanceHoursIncluded: d.instanceHoursIncluded, overagePerHourUsd: d.overagePerHourUsd },
     egressLimitBytes: d.egressLimitBytes,
     dns: parseDnsConfig(get, d.baseDomain),
-    gatewayLimits: Object.freeze(gatewayLimitsFromEnv(get)),
+    gatewayLimits: gatewayLimitsFromEnv(get),
     egressPollSeconds: d.egressPollSeconds,
     catalogue,
     driver: d.driver,
