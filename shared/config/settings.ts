@@ -53,7 +53,7 @@ export function setting<T>(name: string, value: Value<T>, fallback: Fallback, op
   return {
     name,
     secret,
-    read: (get) => parseSetting(name, value, given(get, name) ?? (typeof fallback === "string" ? fallback : fallback(get)), secret),
+    read: (get) => parseSetting(name, value, given(get, name) ?? (typeof fallback === "string" ? fallback : fallback((n) => given(get, n))), secret),
   };
 }
 
