@@ -148,6 +148,11 @@ describe("CVM_CONFIG_FILE", () => {
     expect(c.logLevel).toBe("info");
   });
 
+  test("the file `make install` ships loads as it is", () => {
+    const shipped = new URL("../../systemd/cvmd.json", import.meta.url).pathname;
+    expect(loadConfig({ CVM_CONFIG_FILE: shipped }).dataDir).toBe("/var/lib/cvm");
+  });
+
   test("the VM settings come from the file too (the silent downgrade of issue 16)", () => {
     expect(fromFile({ CVM_PROFILE: "tdx" }).vm.profile).toBe("tdx");
     expect(loadConfig({}).vm.profile).toBe("plain");

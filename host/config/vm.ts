@@ -1,33 +1,11 @@
 import { resolve } from "node:path";
-import { integer, matching, onOff, oneOf, readSettings, secondsAsMs, setting, text, type Lookup } from "../../shared/config/settings.js";
+import { integer, matching, onOff, oneOf, readSettings, secondsAsMs, setting, text, type Lookup, type Settings } from "../../shared/config/settings.js";
 import { httpUrl, ipAddress, ipv4Cidr, portRange } from "./values.js";
-
-/** The QEMU driver's settings: guest profile and size, phase deadlines, the guests' network. */
-export interface VmConfig {
-  profile: "plain" | "tdx";
-  accel: "kvm" | "tcg" | "auto";
-  imageDir: string;
-  memoryMiB: number;
-  vcpus: number;
-  netns: string;
-  pool: string;
-  link: string;
-  hostTable: string;
-  hostVeth: string;
-  nsVeth: string;
-  egressTable: string;
-  nat: boolean;
-  sshListen: string;
-  sshPorts: { from: number; to: number };
-  tdxFirmware: string;
-  timeouts: { bootMs: number; setupMs: number; sshMs: number };
-  guestGatewayUrl: string;
-}
 
 const nftName = matching(/^[A-Za-z0-9_]{1,32}$/, "not a valid name (letters, digits, _; up to 32)");
 const ifName = matching(/^[A-Za-z0-9_.-]{1,15}$/, "not a valid interface name (up to 15 characters)");
 
-/** One line per setting; the key is where it lands in VmConfig (or in its timeouts). */
+/** One line per setting; the key is its field in VmConfig (the three deadlines go to `timeouts`). */
 export const VM_SETTINGS = {
   profile: setting("CVM_PROFILE", oneOf(["plain", "tdx"]), "plain"),
   accel: setting("CVM_ACCEL", oneOf(["kvm", "tcg", "auto"]), "auto"),
@@ -53,6 +31,14 @@ export const NETWORK_SETTINGS = {
   sshListen: setting("CVM_SSH_LISTEN", ipAddress, "127.0.0.1"),
   sshPorts: setting("CVM_SSH_PORTS", portRange, "22200-22999"),
 };
+
+type Timeouts = "bootMs" | "setupMs" | "sshMs";
+
+/**
+ * The QEMU driver's settings: guest profile and size, phase deadlines (in `timeouts`), the guests'
+ * network. Derived from the two shapes, so a new setting there is typed here without another edit.
+ */
+export type VmConfig = Readonly<Omit<Settings<typeof VM_SETTINGS>, Timeouts> & Settings<typeof NETWORK_SETTINGS> & { timeouts: Readonly<Pick<Settings<typeof VM_SETTINGS>, Timeouts>> }>;
 
 export function vmConfigFrom(get: Lookup, cwd: string): VmConfig {
   const { bootMs, setupMs, sshMs, imageDir, ...vm } = readSettings(VM_SETTINGS, get);
