@@ -64,14 +64,18 @@ describe("cvm-agent's flags use the same types", () => {
   const root = mkdtempSync(join(tmpdir(), "cvm-agent-flags-"));
   afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-  test("a bad number: exit 78 and one line naming the flag, before the agent starts", async () => {
+  test.each([
+    [["--heartbeat-ms", "1.5"], "--heartbeat-ms=1.5: expected an integer between 50 and 3600000"],
+    [["--openclaw-verify", "none"], "--openclaw-verify=none: expected spot or full"],
+    [["--service-manager", "runit"], "--service-manager=runit: expected systemd or direct"],
+  ])("%j: exit 78 and one line naming the flag, before the agent starts", async (flag, message) => {
     const entry = new URL("../../guest/main.ts", import.meta.url).pathname;
-    const args = ["--import", "tsx", entry, "--root", root, "--unix", join(root, "agent.sock"), "--service-manager", "direct", "--no-egress", "--no-gateway", "--heartbeat-ms", "1.5"];
+    const args = ["--import", "tsx", entry, "--root", root, "--unix", join(root, "agent.sock"), "--service-manager", "direct", "--no-egress", "--no-gateway", "--log-level", "silent", ...flag];
     const r = await promisify(execFile)(process.execPath, args, { env: { PATH: process.env.PATH }, timeout: 60_000 }).then(
       () => ({ code: 0, stderr: "" }),
       (e: { code: number; stderr: string }) => e,
     );
     expect(r.code).toBe(78);
-    expect(r.stderr).toBe("cvm-agent: configuration error: --heartbeat-ms=1.5: expected an integer between 50 and 3600000\n");
+    expect(r.stderr).toBe(`cvm-agent: configuration error: ${message}\n`);
   }, 60_000);
 });
