@@ -201,6 +201,9 @@ describe("one error format", () => {
     ["CVM_EGRESS_POLL_SECONDS", "7", "must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20 or 30)"],
     ["CVM_LISTEN", "8080", "expected host:port, e.g. 127.0.0.1:8080"],
     ["CVM_NETNS", "a b", "not a valid name (letters, digits, _ and -; up to 32)"],
+    ["CVM_GATEWAY_BUDGET_USD", "-5", "expected a USD amount such as 50.00, or none"],
+    ["CVM_TRUSTED_PROXIES", "10.0.0.0/33", "expected comma-separated IP addresses or CIDRs, e.g. 127.0.0.1,10.0.0.0/8"],
+    ["CVM_PCCS_URL", "pccs.example:8081", "expected an http(s) URL, e.g. https://pccs.example:8081"],
   ])("%s=%s, from the environment or the file: one line naming the variable", (name, value, expected) => {
     for (const load of [() => loadConfig({ [name]: value }), () => fromFile({ [name]: value })]) {
       let err: unknown;

@@ -49,7 +49,7 @@ export interface Config {
   vm: VmConfig;
 }
 
-/** Every setting cvmd and cvmctl read, in schema order: the README's table lists exactly these. */
+/** Every setting cvmd and cvmctl read, in schema order: the README's table lists exactly these (the DNS names do not depend on the zone). */
 export const SETTING_NAMES: readonly string[] = Object.freeze(
   [DAEMON_SETTINGS, OPS_SETTINGS, ATTESTATION_SETTINGS, POOL_SETTINGS, VM_SETTINGS, NETWORK_SETTINGS, dnsSettings("x"), GATEWAY_SETTINGS].flatMap(settingNames),
 );
