@@ -8,6 +8,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import pino from "pino";
+import { ConfigError, integer, oneOf, parseSetting } from "../shared/config/settings.js";
 import { Agent } from "./agent.js";
 import { AgentStateStore } from "./agent-state.js";
 import { ConfigfsTsmQuoteProvider } from "./attest/configfs-tsm-quote.js";
@@ -64,14 +65,13 @@ const { values: a } = parseArgs({
   strict: true,
 });
 
+/** Numeric flags go through the integer type cvmd's settings use: `--name=value: expected …`. */
 function int(name: string, v: string | undefined, min: number, max: number): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
-  return n;
+  return parseSetting(`--${name}`, integer(min, max), v ?? "");
 }
 
 async function main(): Promise<void> {
-  const logger = pino({ level: a["log-level"], name: "cvm-agent" });
+  const logger = pino({ level: parseSetting("--log-level", oneOf(["fatal", "error", "warn", "info", "debug", "trace", "silent"]), a["log-level"]!), name: "cvm-agent" });
   const root = new RootFs(a.root!);
   const stateDirGuest = a["state-dir"]!;
   const stateDir = root.path(stateDirGuest);
@@ -83,13 +83,11 @@ async function main(): Promise<void> {
   const transport = selectTransport(logger, stateDir);
   const eventLog = new Rtmr3EventLog(join(stateDir, "rtmr3-events.json"), new SysfsRtmrExtender(root.path(a["rtmr3-path"]!)), logger.child({ component: "rtmr3" }));
   const accounts = new UseraddAccounts(root, a.useradd!);
-  const managerKind = a["service-manager"] ?? (existsSync(root.path("/run/systemd/system")) ? "systemd" : "direct");
+  const managerKind = parseSetting("--service-manager", oneOf(["systemd", "direct"]), a["service-manager"] ?? (existsSync(root.path("/run/systemd/system")) ? "systemd" : "direct"));
   let services: ServiceManager;
   if (managerKind === "systemd") services = new SystemdServiceManager(root, { unitDir: a["unit-dir"]!, envDir: join(stateDirGuest, "env"), systemctl: a.systemctl!, journalctl: a.journalctl! });
-  else if (managerKind === "direct") services = new DirectServiceManager(root, stateDir, logger.child({ component: "service" }), root.isSystemRoot);
-  else throw new Error("--service-manager must be systemd or direct");
-  const verifyMode = a["openclaw-verify"];
-  if (verifyMode !== "spot" && verifyMode !== "full") throw new Error("--openclaw-verify must be spot or full");
+  else services = new DirectServiceManager(root, stateDir, logger.child({ component: "service" }), root.isSystemRoot);
+  const verifyMode = parseSetting("--openclaw-verify", oneOf(["spot", "full"]), a["openclaw-verify"]!);
   const sshdPortOverride = a["sshd-port"] === undefined ? null : int("sshd-port", a["sshd-port"], 1, 65535);
 
   const setup = new SetupRunner({
@@ -160,6 +158,10 @@ function selectTransport(logger: pino.Logger, stateDir: string): HostTransport {
 }
 
 main().catch((err: Error) => {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`cvm-agent: configuration error: ${err.message}\n`);
+    process.exit(78);
+  }
   process.stderr.write(`cvm-agent: ${err.stack ?? err.message}\n`);
   process.exit(1);
 });

@@ -4,7 +4,6 @@ import { packageVersion, startDaemon } from "./daemon.js";
 import type { Driver } from "./instances/driver.js";
 import { UnavailableDriver } from "./instances/unavailable-driver.js";
 import { buildQemuDriver, type BuiltDriver } from "./instances/qemu-driver-factory.js";
-import { loadVmConfig } from "./vm-config.js";
 import { createLogger } from "./logger.js";
 import { installLastResortHandlers } from "./ops/last-resort.js";
 import { Metrics } from "./ops/metrics.js";
@@ -28,7 +27,7 @@ async function main(): Promise<void> {
   let built: BuiltDriver;
   let guestSize: { memoryMiB: number; vcpus: number } | undefined;
   try {
-    const vm = config.driver === "none" ? null : loadVmConfig(process.env);
+    const vm = config.driver === "none" ? null : config.vm;
     guestSize = vm ? { memoryMiB: vm.memoryMiB, vcpus: vm.vcpus } : undefined;
     const upstreams = config.catalogue.models.map((m) => m.upstream.base_url);
     built = vm ? await buildQemuDriver(vm, config.dataDir, logger, upstreams) : { driver: new UnavailableDriver("CVM_DRIVER=none") };

@@ -65,9 +65,9 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promi
   }
   const ops = await runOpsCommand(positionals, values, config, io, DB_FILE);
   if (ops !== undefined) return ops;
-  const vm = await runVmCommand(positionals, values, config, env, io);
+  const vm = await runVmCommand(positionals, values, config, io);
   if (vm !== undefined) return vm;
-  const pool = await runPoolCommand(positionals, values, config, env, DB_FILE, io);
+  const pool = await runPoolCommand(positionals, values, config, DB_FILE, io);
   if (pool !== undefined) return pool;
   const { mkdirSync } = await import("node:fs");
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });

@@ -5,7 +5,6 @@ import { MAX_POOL_SIZE, poolImageRows, SIZE_KEY, type PoolStatus } from "../inst
 import { withDb } from "../ops/cli.js";
 import { controlRequest, controlSocketPath, socketAnswers } from "../ops/control-socket.js";
 import { PoolGuestStore, SettingsStore } from "../store/pool-guests.js";
-import { loadVmConfig } from "../vm-config.js";
 
 export const POOL_USAGE = `  pool [--json]                   the warm pool per image: size, warm, booting, claimed; host capacity
   pool resize N [--image ID]      keep N warm guests of image ID (default: the current image); live when cvmd runs`;
@@ -27,7 +26,6 @@ export async function runPoolCommand(
   positionals: string[],
   values: { json?: boolean; image?: string },
   config: Config,
-  env: NodeJS.ProcessEnv,
   dbFile: string,
   io: Io,
 ): Promise<number | undefined> {
@@ -39,7 +37,7 @@ export async function runPoolCommand(
     if (sub === undefined) {
       if (!live) {
         io.err("cvmd is not running on this data dir: showing what the database records");
-        const status = await offlineStatus(config, env, dbFile);
+        const status = await offlineStatus(config, dbFile);
         print(status, values.json === true, io);
         return 0;
       }
@@ -55,7 +53,7 @@ export async function runPoolCommand(
         return 0;
       }
       if (size > MAX_POOL_SIZE) throw new PoolCliError(`pool size must be an integer from 0 to ${MAX_POOL_SIZE}`);
-      const image = values.image ?? (await currentImageId(env));
+      const image = values.image ?? (await currentImageId(config));
       if (!image) throw new PoolCliError("no current image; name one with --image");
       await withDb(config, dbFile, (db) => db.tx(() => new SettingsStore(db).set(SIZE_KEY + image, String(size), new Date())));
       io.out(`pool of image ${image} set to ${size}; cvmd applies it when it starts`);
@@ -89,21 +87,21 @@ function print(s: PoolStatus, json: boolean, io: Io): void {
   if (s.refill_blocked) io.out(`refill blocked: ${s.refill_blocked}`);
 }
 
-async function currentImageId(env: NodeJS.ProcessEnv): Promise<string | null> {
+async function currentImageId(config: Config): Promise<string | null> {
   try {
-    const m = JSON.parse(await readFile(join(loadVmConfig(env).imageDir, "manifest.json"), "utf8")) as { image_id?: unknown };
+    const m = JSON.parse(await readFile(join(config.vm.imageDir, "manifest.json"), "utf8")) as { image_id?: unknown };
     return typeof m.image_id === "string" ? m.image_id : null;
   } catch {
     return null;
   }
 }
 
-async function offlineStatus(config: Config, env: NodeJS.ProcessEnv, dbFile: string): Promise<PoolStatus> {
-  const current = await currentImageId(env);
+async function offlineStatus(config: Config, dbFile: string): Promise<PoolStatus> {
+  const current = await currentImageId(config);
   return withDb(config, dbFile, async (db) => {
     const counts = await new PoolGuestStore(db).counts();
     const sizes = await new SettingsStore(db).all(SIZE_KEY);
-    const vm = loadVmConfig(env);
+    const vm = config.vm;
     const per = Math.min(Math.floor(config.capacity.memoryMiB / vm.memoryMiB), Math.floor(config.capacity.vcpus / vm.vcpus));
     return {
       current_image: current,

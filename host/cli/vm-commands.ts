@@ -6,7 +6,6 @@ import { Database } from "../store/db.js";
 import { InstanceStore } from "../store/instances.js";
 import { PoolGuestStore } from "../store/pool-guests.js";
 import { TenantStore } from "../store/tenants.js";
-import { loadVmConfig } from "../vm-config.js";
 import { runPaths } from "../vmm/run-dir.js";
 import { attachConsole, readSerialTail } from "../vmm/serial-console.js";
 import { terminalSafe } from "./terminal-safe.js";
@@ -29,8 +28,8 @@ interface Io {
 class VmCliError extends Error {}
 
 /** The image root is the directory holding the `current` link (images/out by default). */
-function imageRoot(env: NodeJS.ProcessEnv): { root: string; currentLink: string } {
-  const dir = loadVmConfig(env).imageDir;
+function imageRoot(config: Config): { root: string; currentLink: string } {
+  const dir = config.vm.imageDir;
   return { root: dirname(dir), currentLink: dir };
 }
 
@@ -66,13 +65,12 @@ export async function runVmCommand(
   positionals: string[],
   values: { json?: boolean; use?: boolean; log?: boolean; raw?: boolean; tenant?: string },
   config: Config,
-  env: NodeJS.ProcessEnv,
   io: Io,
 ): Promise<number | undefined> {
   const [cmd, sub, arg] = positionals;
   try {
     if (cmd === "image") {
-      const { root, currentLink } = imageRoot(env);
+      const { root, currentLink } = imageRoot(config);
       const current = await currentId(currentLink);
       if (sub === "list") {
         const rows: Array<{ id: string; current: boolean; created: string | null; kernel: string | null; openclaw: string | null }> = [];

@@ -1,3 +1,5 @@
+import { z } from "zod";
+import { ConfigError, integer, optional, readSettings, setting, type Lookup, type Value } from "../../shared/config/settings.js";
 import { usdToPico } from "./money.js";
 
 /** Operator limits of the inference gateway. */
@@ -43,44 +45,44 @@ export const DEFAULT_GATEWAY_LIMITS: GatewayLimits = Object.freeze({
   recordBatch: 200,
 });
 
-export class GatewayLimitsError extends Error {
-  override name = "GatewayLimitsError";
-}
+/** A bad CVM_GATEWAY_* value: the configuration's one error type, under the name callers know. */
+export const GatewayLimitsError = ConfigError;
+export type GatewayLimitsError = ConfigError;
 
-/**
- * Limits from the environment, for host/config.ts to fold into Config:
- * CVM_GATEWAY_BUDGET_USD (e.g. "50.00"; unset or "none" = no cap), CVM_GATEWAY_RPM,
- * CVM_GATEWAY_CONCURRENCY, CVM_GATEWAY_TIMEOUT_MS (headers and idle), CVM_GATEWAY_TOTAL_TIMEOUT_MS,
- * CVM_GATEWAY_BUFFER_MIB, CVM_GATEWAY_MAX_OUTPUT_TOKENS.
- */
-export function gatewayLimitsFromEnv(get: (name: string) => string | undefined): GatewayLimits {
-  const int = (name: string, dflt: number, min: number, max: number): number => {
-    const v = get(name);
-    if (v === undefined || v === "") return dflt;
-    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new GatewayLimitsError(`${name}=${v}: expected an integer between ${min} and ${max}`);
-    return Number(v);
-  };
-  const budget = get("CVM_GATEWAY_BUDGET_USD");
-  let budgetUsdPerPeriod: string | null = null;
-  if (budget !== undefined && budget !== "" && budget !== "none") {
+const usd: Value<string> = z.string().refine(
+  (v) => {
     try {
-      usdToPico(budget);
+      usdToPico(v);
+      return true;
     } catch {
-      throw new GatewayLimitsError(`CVM_GATEWAY_BUDGET_USD=${budget}: expected a USD amount such as 50.00, or none`);
+      return false;
     }
-    budgetUsdPerPeriod = budget;
-  }
-  const timeout = int("CVM_GATEWAY_TIMEOUT_MS", DEFAULT_GATEWAY_LIMITS.upstreamHeadersTimeoutMs, 100, 3_600_000);
+  },
+  { error: "expected a USD amount such as 50.00, or none" },
+);
+
+/** The CVM_GATEWAY_* settings; a new limit is one line here and one field of GatewayLimits. */
+export const GATEWAY_SETTINGS = {
+  budgetUsdPerPeriod: optional("CVM_GATEWAY_BUDGET_USD", z.union([z.literal("none").transform(() => null), usd])),
+  requestsPerMinute: setting("CVM_GATEWAY_RPM", integer(0, 1_000_000), String(DEFAULT_GATEWAY_LIMITS.requestsPerMinute)),
+  maxConcurrentPerInstance: setting("CVM_GATEWAY_CONCURRENCY", integer(1, 1024), String(DEFAULT_GATEWAY_LIMITS.maxConcurrentPerInstance)),
+  /** Both the response-head and the idle deadline. */
+  upstreamTimeoutMs: setting("CVM_GATEWAY_TIMEOUT_MS", integer(100, 3_600_000), String(DEFAULT_GATEWAY_LIMITS.upstreamHeadersTimeoutMs)),
+  upstreamTotalTimeoutMs: setting("CVM_GATEWAY_TOTAL_TIMEOUT_MS", integer(100, 24 * 3_600_000), String(DEFAULT_GATEWAY_LIMITS.upstreamTotalTimeoutMs)),
+  bufferMiB: setting("CVM_GATEWAY_BUFFER_MIB", integer(1, 1024), String(DEFAULT_GATEWAY_LIMITS.maxBufferedBytesPerGuest / 2 ** 20)),
+  maxOutputTokens: setting("CVM_GATEWAY_MAX_OUTPUT_TOKENS", integer(1, 1_000_000), String(DEFAULT_GATEWAY_LIMITS.maxOutputTokens)),
+};
+
+/** Limits from the configuration's lookup (environment over the config file), for Config.gatewayLimits. */
+export function gatewayLimitsFromEnv(get: Lookup): GatewayLimits {
+  const { upstreamTimeoutMs, budgetUsdPerPeriod, bufferMiB, ...rest } = readSettings(GATEWAY_SETTINGS, get);
   return {
     ...DEFAULT_GATEWAY_LIMITS,
-    budgetUsdPerPeriod,
-    requestsPerMinute: int("CVM_GATEWAY_RPM", DEFAULT_GATEWAY_LIMITS.requestsPerMinute, 0, 1_000_000),
-    maxConcurrentPerInstance: int("CVM_GATEWAY_CONCURRENCY", DEFAULT_GATEWAY_LIMITS.maxConcurrentPerInstance, 1, 1024),
-    upstreamHeadersTimeoutMs: timeout,
-    upstreamIdleTimeoutMs: timeout,
-    upstreamTotalTimeoutMs: int("CVM_GATEWAY_TOTAL_TIMEOUT_MS", DEFAULT_GATEWAY_LIMITS.upstreamTotalTimeoutMs, 100, 24 * 3_600_000),
-    maxBufferedBytesPerGuest: int("CVM_GATEWAY_BUFFER_MIB", DEFAULT_GATEWAY_LIMITS.maxBufferedBytesPerGuest / 2 ** 20, 1, 1024) * 2 ** 20,
-    maxOutputTokens: int("CVM_GATEWAY_MAX_OUTPUT_TOKENS", DEFAULT_GATEWAY_LIMITS.maxOutputTokens, 1, 1_000_000),
+    ...rest,
+    budgetUsdPerPeriod: budgetUsdPerPeriod ?? null,
+    upstreamHeadersTimeoutMs: upstreamTimeoutMs,
+    upstreamIdleTimeoutMs: upstreamTimeoutMs,
+    maxBufferedBytesPerGuest: bufferMiB * 2 ** 20,
   };
 }
 
