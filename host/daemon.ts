@@ -102,7 +102,7 @@ async function namingSetting<T>(setting: string, value: string, codes: string[],
     return await fn();
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code && codes.includes(code)) throw new ConfigError(`${setting}=${value}: ${(err as Error).message}`);
+    if (code && codes.includes(code)) throw new ConfigError(setting, `${setting}=${value}: ${(err as Error).message}`);
     throw err;
   }
 }
@@ -243,7 +243,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   scheduler.add({ name: "idempotency-expiry", schedule: "7 * * * *", run: () => idempotency.expire(new Date(clock.now().getTime() - 24 * 3600_000)) });
 
   // Its errors already name CVM_TLS_CERT / CVM_TLS_KEY; a file that cannot be read is the operator's to mend.
-  const tenantServer = await createTenantServer(config.tls, app.callback()).catch((err: Error) => Promise.reject(new ConfigError(err.message)));
+  const tenantServer = await createTenantServer(config.tls, app.callback()).catch((err: Error) => Promise.reject(new ConfigError(/CVM_TLS_KEY/.test(err.message) ? "CVM_TLS_KEY" : "CVM_TLS_CERT", err.message)));
   const control = await startControlSocket(config.dataDir, {
     actions: new OperatorActions({ db, tenants, instances, clock, engine }),
     pool,
@@ -272,7 +272,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     // no restart mends those. (EADDRINUSE may pass, a previous cvmd still closing; left as is.)
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "EADDRNOTAVAIL" || code === "ENOTFOUND" || code === "EACCES" || code === "EAFNOSUPPORT") {
-      throw new ConfigError(`CVM_LISTEN=${config.listen.host}:${config.listen.port}: ${(err as Error).message}`);
+      throw new ConfigError("CVM_LISTEN", `CVM_LISTEN=${config.listen.host}:${config.listen.port}: ${(err as Error).message}`);
     }
     throw err;
   });

@@ -43,6 +43,7 @@ const SAMPLES: Record<string, Record<string, string>> = {
   CVM_TLS_KEY: { CVM_TLS_CERT: "/etc/cvm/tls.crt", CVM_TLS_KEY: "/etc/cvm/tls.key" },
   CVM_COLLATERAL_FILE: { CVM_COLLATERAL_FILE: "/etc/cvm/collateral.json" },
   CVM_PCCS_URL: { CVM_PCCS_URL: "https://pccs.example:8081" },
+  CVM_ACCEPT_TCB_STATUS: { CVM_ACCEPT_TCB_STATUS: "UpToDate,OutOfDate" },
   CVM_WARM_POOL_SIZE: { CVM_WARM_POOL_SIZE: "3" },
   CVM_WARM_POOL_REFILL_SECONDS: { CVM_WARM_POOL_REFILL_SECONDS: "30" },
   CVM_CAPACITY_MEMORY_MIB: { CVM_CAPACITY_MEMORY_MIB: "12345" },
@@ -57,6 +58,8 @@ const SAMPLES: Record<string, Record<string, string>> = {
   CVM_BOOT_TIMEOUT_S: { CVM_BOOT_TIMEOUT_S: "60" },
   CVM_SETUP_TIMEOUT_S: { CVM_SETUP_TIMEOUT_S: "61" },
   CVM_SSH_TIMEOUT_S: { CVM_SSH_TIMEOUT_S: "62" },
+  CVM_SETUP_ACK_TIMEOUT_S: { CVM_SETUP_ACK_TIMEOUT_S: "33" },
+  CVM_SERIAL_LOG_MAX_KIB: { CVM_SERIAL_LOG_MAX_KIB: "128" },
   CVM_NETNS: { CVM_NETNS: "cvm-other" },
   CVM_GUEST_POOL: { CVM_GUEST_POOL: "10.88.0.0/24" },
   CVM_GUEST_LINK: { CVM_GUEST_LINK: "10.88.255.0/31" },
@@ -81,6 +84,8 @@ const SAMPLES: Record<string, Record<string, string>> = {
   CVM_DNS_TSIG_SECRET_FILE: { ...RFC2136, CVM_DNS_TSIG_SECRET: "", CVM_DNS_TSIG_SECRET_FILE: secretFile },
   CVM_GATEWAY_BUDGET_USD: { CVM_GATEWAY_BUDGET_USD: "50.00" },
   CVM_GATEWAY_RPM: { CVM_GATEWAY_RPM: "10" },
+  CVM_GATEWAY_BUFFER_MIB: { CVM_GATEWAY_BUFFER_MIB: "4" },
+  CVM_GATEWAY_MAX_OUTPUT_TOKENS: { CVM_GATEWAY_MAX_OUTPUT_TOKENS: "512" },
   CVM_GATEWAY_CONCURRENCY: { CVM_GATEWAY_CONCURRENCY: "2" },
   CVM_GATEWAY_TIMEOUT_MS: { CVM_GATEWAY_TIMEOUT_MS: "5000" },
   CVM_GATEWAY_TOTAL_TIMEOUT_MS: { CVM_GATEWAY_TOTAL_TIMEOUT_MS: "9000" },
@@ -233,5 +238,5 @@ test("the result is frozen all the way down, durations are milliseconds", () => 
   expect(Object.isFrozen(c.pricing)).toBe(true);
   expect(Object.isFrozen(c.trustedProxies)).toBe(true);
   expect(Object.isFrozen(c.dns.nameservers)).toBe(true);
-  expect(c.vm.timeouts).toEqual({ bootMs: 7000, setupMs: 900_000, sshMs: 120_000 });
+  expect(c.vm.timeouts).toEqual({ bootMs: 7000, setupAckMs: 120_000, setupMs: 900_000, sshMs: 120_000 });
 });
