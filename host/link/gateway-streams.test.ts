@@ -1,4 +1,5 @@
 import { mkdtemp, rm } from "node:fs/promises";
+import type { ChannelBudgetLimits } from "./channel-budget.js";
 import type { Server, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -64,11 +65,11 @@ afterEach(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-async function fixture(version = 2, gatewayLimits = {}) {
+async function fixture(version = 2, gatewayLimits = {}, channelBudget?: ChannelBudgetLimits) {
   dir = await mkdtemp(join(tmpdir(), "gw-link-"));
   const agent = new ScriptedAgent(join(dir, "a.sock"), version);
   await agent.start();
-  const link = new AgentLink({ connector: new UnixSocketConnector(agent.path), logger: pino({ level: "silent" }), instanceId: "inst-a", backoff: { initialMs: 10, maxMs: 50 }, gatewayLimits });
+  const link = new AgentLink({ connector: new UnixSocketConnector(agent.path), logger: pino({ level: "silent" }), instanceId: "inst-a", backoff: { initialMs: 10, maxMs: 50 }, gatewayLimits, channelBudget });
   const disconnects: string[] = [];
   link.on("disconnected", (r) => disconnects.push(r));
   cleanups.push(async () => {
@@ -249,7 +250,9 @@ describe("gateway streams on the agent link", () => {
   });
 
   test("a guest that opens stream after stream without reading its channel has its session ended, not its refusals queued without end", async () => {
-    const { agent, disconnects } = await fixture();
+    // Over the default channel budget the excess frames would be dropped before the gateway sees them
+    // (that bound has its own tests); this one needs every request to reach the refusal queue.
+    const { agent, disconnects } = await fixture(2, {}, { framesPerSec: 1e6, burstFrames: 1e6, bytesPerSec: 1e9, burstBytes: 1e9 });
     const unread = agent.socket!;
     unread.pause();
     // No handler: each request is refused at once with a small 503 that the guest never reads.
