@@ -149,8 +149,10 @@ describe("warm pool of real VMs (QEMU, TCG)", () => {
     expect(stdout).toContain("KEYFILE=600 azureuser");
     expect(stdout).toContain("OPENCLAW=active");
     expect(stdout).toContain(`MODEL="primary": "cvm/${a.rec.inference_model}"`);
-    expect(stdout).toContain("RESTARTS=0");
-    // OpenClaw was started while the guest waited in the pool, before the claim, and kept running.
+    // OpenClaw was started while the guest waited in the pool, before the claim, and kept running: its
+    // main process is older than the claim. (NRestarts, printed above, also counts restarts while
+    // the guest prepared: under TCG OpenClaw sometimes gives up on its own 5 s state-lease timeout
+    // and systemd starts it again before the pool calls the guest warm; that is not the claim's doing.)
     const startedS = Number(/STARTED=(\d+)/.exec(stdout)![1]) / 1e6;
     const uptimeS = Number(/UPTIME=([\d.]+)/.exec(stdout)![1]);
     expect(uptimeS - startedS).toBeGreaterThan(a.ms / 1000);
