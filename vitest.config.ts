@@ -3,7 +3,8 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["{host,guest,shared,test,images}/**/*.test.ts"],
-    exclude: ["node_modules/**", "dist/**", "var/**", "images/out/**", "images/cache/**"],
+    // test/e2e-extra runs with `make test-spoofing` (its own config), not in `make test`.
+    exclude: ["node_modules/**", "dist/**", "var/**", "images/out/**", "images/cache/**", "test/e2e-extra/**"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: "forks",
