@@ -66,7 +66,7 @@ function deepFreeze<T>(v: T): T {
 
 function acceptedTcb(raw: string | null): TcbStatus[] {
   try {
-    return parseAcceptedTcbStatuses(raw ?? undefined, `CVM_ACCEPT_TCB_STATUS=${raw}`);
+    return parseAcceptedTcbStatuses(raw ?? undefined, "CVM_ACCEPT_TCB_STATUS");
   } catch (err) {
     if (err instanceof TcbPolicyError) throw new ConfigError("CVM_ACCEPT_TCB_STATUS", err.message);
     throw err;

@@ -45,7 +45,7 @@ describe("restart safety", () => {
 
     const second = await startCvmd(env);
     try {
-      const list = (await (await fetch(`${second.url}/v1/instances`, { headers: { Authorization: `Bearer ${key}` } })).json()) as {
+      const list = (await (await fetch(`${second.url}/v1/instances?limit=1000`, { headers: { Authorization: `Bearer ${key}` } })).json()) as {
         data: { instances: Array<{ name: string; status: string; failure_code: string | null }> };
       };
       const names = new Set(list.data.instances.map((i) => i.name));

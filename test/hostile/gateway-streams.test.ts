@@ -110,7 +110,16 @@ describe("hostile guest: 64 unterminated gateway streams with large bodies", () 
     gcs.observe({ entryTypes: ["gc"] });
     const cost = await measureAttack({
       attack: async () => {
-        attackerLink = new AgentLink({ connector: new UnixSocketConnector(sock), logger: pino({ level: "silent" }), instanceId: ids.mallory!, backoff: { initialMs: 20, maxMs: 200 } });
+        // The channel budget is lifted here: at its default it drops most of these 64 MiB undecoded
+        // (test/hostile/agent-channel.sys.test.ts shows that); this attack must reach the gateway's
+        // per-guest buffer account, the defence that holds whatever rate the channel lets through.
+        attackerLink = new AgentLink({
+          connector: new UnixSocketConnector(sock),
+          logger: pino({ level: "silent" }),
+          instanceId: ids.mallory!,
+          backoff: { initialMs: 20, maxMs: 200 },
+          channelBudget: { framesPerSec: 1e6, burstFrames: 1e6, bytesPerSec: 1e9, burstBytes: 1e9 },
+        });
         attackerLink.onGatewayRequest(malloryHandler);
         attackerLink.start();
         const watch = setInterval(() => (maxHeld = Math.max(maxHeld, account.held)), 5);

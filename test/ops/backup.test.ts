@@ -98,7 +98,7 @@ describe("backup and restore of the real cvmd's database", () => {
       expect(restored.stdout).toMatch(/previous database kept as .*before-restore-/);
       const second = await startCvmd(env);
       try {
-        const list = (await (await fetch(`${second.url}/v1/instances`, { headers: { Authorization: `Bearer ${key}` } })).json()) as {
+        const list = (await (await fetch(`${second.url}/v1/instances?limit=1000`, { headers: { Authorization: `Bearer ${key}` } })).json()) as {
           data: { instances: Array<{ name: string }> };
         };
         expect(new Set(list.data.instances.map((i) => i.name))).toEqual(during.names);
