@@ -187,9 +187,17 @@ trap 'rm -rf "$WORK"' EXIT
 # are skipped: koffi's only checks that its prebuilt binary loads, protobufjs' prints version
 # hints, @google/genai's preinstall is a no-op.
 NPM_CLI="$(dirname "$(realpath "$(command -v npm)")")/npm-cli.js"
+# OpenClaw gives its state-lease worker 5 s to start (LEASE_HEARTBEAT_START_TIMEOUT_MS, a constant).
+# Under emulation (TCG) the worker needs longer while the gateway is still compiling its bundle,
+# and the gateway then exits and is restarted by systemd, again and again. The image raises the
+# constant; the patched tree is what the listing digests, so the agent's tree check and the
+# RTMR3 event cover it. The build fails if the constant is not found exactly once (an OpenClaw
+# upgrade must look at it again).
+OC_LEASE_START_TIMEOUT=60e3
 [ -f "$NPM_CLI" ] || die "cannot find npm-cli.js next to $(command -v npm)"
 OC_KEY="$( {
   echo "v1 node $NODE_VERSION"
+  echo "patch lease-heartbeat-start $OC_LEASE_START_TIMEOUT"
   cat "$HERE/openclaw/package.json" "$HERE/openclaw/package-lock.json"
   sed -n '/^\/\/ Listing/,/^\/\/ Agent dependencies/p' "$TOOL"
   cat "$DIST/guest/setup/openclaw-tree.js" 2>/dev/null || echo "no listing implementation"
@@ -218,6 +226,10 @@ else
     die "openclaw postinstall tried to repair fs-safe: $(grep fs-safe "$OC_TMP/npm.log" | head -2)"
   fi
   (cd "$OC_TMP/tree" && "$NODE24" -e 'require("koffi")') || die "koffi prebuild does not load"
+  lease_files="$(grep -l 'const LEASE_HEARTBEAT_START_TIMEOUT_MS = 5e3;' -r "$ocpkg/dist" --include='*.mjs' || true)"
+  [ "$(printf '%s' "$lease_files" | grep -c .)" = 1 ] || die "openclaw: LEASE_HEARTBEAT_START_TIMEOUT_MS = 5e3 not found exactly once (found in: ${lease_files:-nothing})"
+  sed -i "s/const LEASE_HEARTBEAT_START_TIMEOUT_MS = 5e3;/const LEASE_HEARTBEAT_START_TIMEOUT_MS = $OC_LEASE_START_TIMEOUT;/" "$lease_files"
+  stage "openclaw: state-lease worker start timeout raised to $OC_LEASE_START_TIMEOUT ms (${lease_files#"$OC_TMP/tree/"})"
   stage "openclaw: listing $(du -sh "$OC_TMP/tree" | cut -f1)"
   mkdir -p "$OC_CACHE.tmp"
   CVM_DIST="$DIST" node "$TOOL" listing "$OC_TMP/tree" "$OC_CACHE.tmp/listing" >"$OC_CACHE.tmp/digest"
