@@ -108,12 +108,17 @@ export class FrameDecoder {
     this.pending = [];
   }
 
-  push(chunk: Uint8Array): FrameEvent[] {
+  /**
+   * `admit`, when given, is asked for every complete, checksum-valid frame (its size on the wire);
+   * a frame it refuses is consumed without a copy or an event, so a flood over a budget costs
+   * neither allocation nor garbage collection.
+   */
+  push(chunk: Uint8Array, admit?: (frameBytes: number) => boolean): FrameEvent[] {
     const out: FrameEvent[] = [];
     this.append(chunk);
     this.credit = Math.min(WORK_CREDIT_CAP, this.credit + RESYNC_WORK_PER_BYTE * chunk.length);
     try {
-      this.decode(out);
+      this.decode(out, admit);
     } catch (err) {
       if (!(err instanceof WorkExhausted)) throw err;
       out.push({ kind: "skipped", bytes: this.buf.length, reason: "resynchronisation work limit reached; input discarded" });
@@ -122,7 +127,7 @@ export class FrameDecoder {
     return out;
   }
 
-  private decode(out: FrameEvent[]): void {
+  private decode(out: FrameEvent[], admit?: (frameBytes: number) => boolean): void {
     for (;;) {
       const start = this.buf.indexOf(FRAME_MAGIC);
       if (start < 0) {
@@ -168,7 +173,7 @@ export class FrameDecoder {
         if (this.strict) return;
         continue;
       }
-      out.push({ kind: "frame", payload: Buffer.from(payload) });
+      if (!admit || admit(total)) out.push({ kind: "frame", payload: Buffer.from(payload) });
       this.drop(total);
     }
   }

@@ -1,8 +1,14 @@
 import { EventEmitter } from "node:events";
 import type { Duplex } from "node:stream";
 import { encodeMessage, type DecodeResult } from "./codec.js";
-import { FRAME_HEADER_LEN, FrameDecoder } from "./frame.js";
+import { FrameDecoder, type FrameEvent } from "./frame.js";
 import type { AnyMessage } from "./messages.js";
+
+/**
+ * Frames handled in one turn of the event loop; the rest of a large read waits (the stream paused)
+ * for the next turn, so one 64 KiB read of tiny frames cannot hold the loop for everyone else.
+ */
+const FRAMES_PER_TURN = 128;
 
 /** Above this many queued bytes, events (progress, heartbeats, egress) are dropped instead of queued. */
 const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
@@ -26,6 +32,9 @@ export class MessageStream<In, Out extends AnyMessage> extends EventEmitter<Mess
   private readonly frames = new FrameDecoder();
   private closedReason: string | null = null;
   private paused = false;
+  /** Frames read but not yet handled (a read larger than FRAMES_PER_TURN), in arrival order. */
+  private backlogEvents: FrameEvent[] = [];
+  private backlogAt = 0;
 
   constructor(
     readonly stream: Duplex,
@@ -118,17 +127,41 @@ export class MessageStream<In, Out extends AnyMessage> extends EventEmitter<Mess
 
   private onData(chunk: Buffer): void {
     if (this.closedReason !== null) return;
-    for (const ev of this.frames.push(chunk)) {
+    const events = this.frames.push(chunk, this.admit);
+    if (this.backlogAt < this.backlogEvents.length) {
+      this.backlogEvents.push(...events);
+      return;
+    }
+    this.backlogEvents = events;
+    this.backlogAt = 0;
+    this.handleSome();
+  }
+
+  /** Handles up to FRAMES_PER_TURN frames; with more waiting, pauses the stream until the next turn. */
+  private handleSome(): void {
+    const end = Math.min(this.backlogEvents.length, this.backlogAt + FRAMES_PER_TURN);
+    while (this.backlogAt < end) {
+      const ev = this.backlogEvents[this.backlogAt++]!;
       if (this.closedReason !== null) return;
       if (ev.kind === "skipped") {
         this.emit("skipped", { bytes: ev.bytes, reason: ev.reason });
         continue;
       }
       if (this.paused) continue;
-      if (this.admit && !this.admit(FRAME_HEADER_LEN + ev.payload.length)) continue;
       const res = this.decode(ev.payload);
       if (res.ok) this.emit("message", res.message);
       else this.emit("invalid", res.reason);
+    }
+    if (this.backlogAt < this.backlogEvents.length) {
+      this.stream.pause();
+      setImmediate(() => {
+        if (this.closedReason !== null) return;
+        this.handleSome();
+        if (this.backlogAt >= this.backlogEvents.length) this.stream.resume();
+      });
+    } else {
+      this.backlogEvents = [];
+      this.backlogAt = 0;
     }
   }
 
