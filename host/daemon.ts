@@ -6,6 +6,7 @@ import { systemClock, type Clock } from "./clock.js";
 import { ConfigError, type Config } from "./config.js";
 import type { Driver } from "./instances/driver.js";
 import { LifecycleEngine } from "./instances/engine.js";
+import { BootQueue } from "./instances/boot-queue.js";
 import { Capacity, type GuestSize } from "./instances/capacity.js";
 import { WarmPool } from "./instances/warm-pool.js";
 import { UnavailableDriver } from "./instances/unavailable-driver.js";
@@ -143,6 +144,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   // A driver that cannot provision holds nothing: its creates fail with driver_unavailable, not for capacity.
   const capacity = deps.driver instanceof UnavailableDriver ? undefined : new Capacity(config.capacity, deps.guestSize ?? { memoryMiB: 2048, vcpus: 2 }, instances);
   const poolGuests = new PoolGuestStore(db);
+  const boots = new BootQueue(config.maxConcurrentBoots);
   const pool =
     deps.driver.warm && capacity
     ? new WarmPool({
@@ -152,6 +154,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
         instances,
         driver: deps.driver.warm,
         capacity,
+        boots,
         clock,
         logger: log.child({ component: "pool" }),
         defaultSize: config.warmPool.defaultSize,
@@ -164,6 +167,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     dns,
     capacity,
     pool: pool ?? undefined,
+    boots,
     instances,
     idempotency,
     driver: deps.driver,

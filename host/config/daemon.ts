@@ -49,4 +49,6 @@ export const POOL_SETTINGS = {
   // Defaults leave a fifth of the host's memory to the host, and allow 4 vCPUs per host CPU.
   capacityMemoryMiB: setting("CVM_CAPACITY_MEMORY_MIB", integer(0), () => String(Math.floor((totalmem() / 1048576) * 0.8))),
   capacityVcpus: setting("CVM_CAPACITY_VCPUS", integer(0), () => String(availableParallelism() * 4)),
+  // A cold boot keeps about two host CPUs busy until its agent is up; more at once only slows them all.
+  maxConcurrentBoots: setting("CVM_MAX_CONCURRENT_BOOTS", integer(1, 1024), () => String(Math.max(1, Math.floor(availableParallelism() / 2)))),
 };

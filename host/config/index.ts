@@ -47,6 +47,8 @@ export interface Config {
   warmPool: { defaultSize: number; refillSeconds: number };
   /** What guests (instances and pool guests together) may use on this host. */
   capacity: { memoryMiB: number; vcpus: number };
+  /** Cold boots (instances and pool guests) that run at once; the rest wait in a queue. */
+  maxConcurrentBoots: number;
   /** The QEMU driver's settings; validated whatever CVM_DRIVER says, so a typo never waits for the switch. */
   vm: VmConfig;
 }
@@ -108,6 +110,7 @@ function compile(get: Lookup, cwd: string): Config {
     attestation: { collateralFile: att.collateralFile ? resolve(cwd, att.collateralFile) : null, pccsUrl: att.pccsUrl, acceptTcbStatuses: acceptedTcb(att.acceptTcbStatus) },
     warmPool: { defaultSize: pool.defaultSize, refillSeconds: pool.refillSeconds },
     capacity: { memoryMiB: pool.capacityMemoryMiB, vcpus: pool.capacityVcpus },
+    maxConcurrentBoots: pool.maxConcurrentBoots,
     vm: vmConfigFrom(get, cwd),
   });
 }

@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import type { InstanceStatus } from "../../shared/api/types.js";
 import type { Clock } from "../clock.js";
 import type { Database } from "../store/db.js";
+import { storageTrouble } from "../store/storage-trouble.js";
 import type { IdempotencyStore } from "../store/idempotency.js";
 import type { Instance, InstanceStore, TransitionFields } from "../store/instances.js";
 import type { Tenant } from "../store/tenants.js";
@@ -10,6 +11,7 @@ import type { AdoptResult, AttestationEvidence, Driver, DriverContext, InstanceS
 import { FAILURE_CODES, ProvisionError, type FailureCode } from "./failure-codes.js";
 import { newInstanceName } from "./names.js";
 import { assertTransition } from "./state-machine.js";
+import type { BootQueue } from "./boot-queue.js";
 import type { Capacity } from "./capacity.js";
 import type { WarmPool } from "./warm-pool.js";
 
@@ -48,10 +50,32 @@ export interface EngineDeps {
   capacity?: Capacity;
   /** Pre-booted guests to claim before cold-starting. */
   pool?: WarmPool;
+  /** Cold boots beyond the host's concurrent-boot limit wait here instead of starving each other. */
+  boots?: BootQueue;
+  /** First and longest wait between retries of a store write or a teardown (tests shorten them). */
+  retryMs?: { base: number; max: number };
 }
 
 const IDEMPOTENCY_WINDOW_MS = 24 * 3600_000;
 const TERMINATED_RETENTION_MS = 30 * 24 * 3600_000;
+const RETRY_BASE_MS = 1_000;
+const RETRY_MAX_MS = 60_000;
+
+/** Resolves after `ms`, or rejects with the signal's reason as soon as it is aborted. */
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    signal.throwIfAborted();
+    const t = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
 
 /**
  * The lifecycle engine: the only code that changes an instance's status. Each change goes through
@@ -63,6 +87,8 @@ export class LifecycleEngine {
   private readonly tasks = new Set<Promise<unknown>>();
   private readonly teardowns = new Map<string, Promise<void>>();
   private closing = false;
+  /** Aborted by close(): ends every retry wait at once. */
+  private readonly stopping = new AbortController();
 
   constructor(private readonly d: EngineDeps) {
     d.driver.onExit?.((id, reason) => this.track(this.onGuestExit(id, reason)));
@@ -162,6 +188,7 @@ export class LifecycleEngine {
   /** Stops waiting on guests without touching them: the next cvmd adopts them. */
   async close(): Promise<void> {
     this.closing = true;
+    this.stopping.abort(new Error("cvmd shutting down"));
     for (const ac of this.inflight.values()) ac.abort(new Error("cvmd shutting down"));
     await Promise.allSettled([...this.tasks]);
   }
@@ -195,8 +222,35 @@ export class LifecycleEngine {
         log.info({ event: type }, message);
         this.d.db.tx(() => this.d.instances.appendEvent(inst.id, type, null, null, message, this.d.clock.now())).catch((err) => log.error({ err }, "could not record event"));
       },
-      saveRuntime: (runtime) => this.d.db.tx(() => this.d.instances.setRuntime(inst.id, runtime)),
+      // Without its runtime the instance's guest could be neither found after a restart nor torn down: worth waiting for.
+      saveRuntime: (runtime) => this.durably("record the guest's runtime", inst.id, () => this.d.db.tx(() => this.d.instances.setRuntime(inst.id, runtime)), ac.signal),
     };
+  }
+
+  /**
+   * Runs a store write the lifecycle cannot do without (a guest became ready, failed, was released),
+   * retrying it through storage trouble (a full disk, a write lock held past the busy timeout, an I/O
+   * error) until it lands. Dropping it would leave the instance `provisioning` or `terminating` with
+   * nobody left to settle it. Any other error, and shutdown, end the retries.
+   */
+  private async durably<T>(what: string, id: string, op: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const base = this.d.retryMs?.base ?? RETRY_BASE_MS;
+    const max = this.d.retryMs?.max ?? RETRY_MAX_MS;
+    const stop = signal ? AbortSignal.any([this.stopping.signal, signal]) : this.stopping.signal;
+    const started = Date.now();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const result = await op();
+        if (attempt > 1) this.d.logger.info({ instance_id: id, attempts: attempt, waited_ms: Date.now() - started }, `could ${what} after storage trouble`);
+        return result;
+      } catch (err) {
+        const trouble = storageTrouble(err);
+        if (!trouble || stop.aborted) throw err;
+        // A full disk fails every write at once: one line when it starts, then one every ten attempts.
+        if (attempt === 1 || attempt % 10 === 0) this.d.logger.warn({ instance_id: id, code: trouble.code, attempt }, `could not ${what} (${trouble.message}); retrying`);
+        await pause(Math.min(max, base * 2 ** Math.min(attempt - 1, 16)), stop);
+      }
+    }
   }
 
   private async provision(inst: Instance, mode: "create"): Promise<void> {
@@ -206,20 +260,25 @@ export class LifecycleEngine {
     try {
       const spec = await this.spec(inst);
       const ctx = this.context(inst, ac);
-      const claimed = this.d.pool && this.d.driver.warm ? await this.d.pool.claim(inst.id) : null;
-      if (claimed) {
-        const g = claimed.guest;
-        ctx.event("claim", `claimed warm guest ${g.id} (image ${g.imageId}, warm for ${Math.round(claimed.warmForMs / 1000)} s): claim-time setup only`);
-        info = await this.d.driver.warm!.claim({ ...spec, runtime: { ...g.runtime, guestId: g.id } }, { id: g.id, runtime: g.runtime }, ctx);
-      } else {
+      info = await this.claimWarm(inst.id, spec, ctx);
+      if (!info) {
         if (this.d.capacity && !(await this.d.capacity.admit(inst.id))) {
           const u = await this.d.capacity.usage();
           throw new ProvisionError("capacity_exhausted", FAILURE_CODES.capacity_exhausted, {
             cause: new Error(`${u.maxGuests} guest(s) fit the budget; ${u.instances} instance(s) and ${u.poolGuests} pool guest(s) hold them`),
           });
         }
-        ctx.event("cold_start", this.d.pool ? "no warm guest available: cold start" : "no warm pool: cold start");
-        info = await this.d.driver.create(spec, ctx);
+        const slot = await this.bootSlot(ctx);
+        try {
+          // A pool guest may have become warm while this create waited for its turn: claiming it beats booting.
+          if (slot.waitedMs > 0) info = await this.claimWarm(inst.id, spec, ctx);
+          if (!info) {
+            ctx.event("cold_start", this.d.pool ? "no warm guest available: cold start" : "no warm pool: cold start");
+            info = await this.d.driver.create(spec, ctx);
+          }
+        } finally {
+          slot.release();
+        }
       }
       await this.markReady(inst.id, info);
     } catch (err) {
@@ -233,8 +292,34 @@ export class LifecycleEngine {
     }
   }
 
+  /** The claim-time setup of a warm guest, when the pool has one for this instance; undefined: cold start. */
+  private async claimWarm(id: string, spec: InstanceSpec, ctx: DriverContext): Promise<ReadyInfo | undefined> {
+    const claimed = this.d.pool && this.d.driver.warm ? await this.d.pool.claim(id) : null;
+    if (!claimed) return undefined;
+    const g = claimed.guest;
+    ctx.event("claim", `claimed warm guest ${g.id} (image ${g.imageId}, warm for ${Math.round(claimed.warmForMs / 1000)} s): claim-time setup only`);
+    return this.d.driver.warm!.claim({ ...spec, runtime: { ...g.runtime, guestId: g.id } }, { id: g.id, runtime: g.runtime }, ctx);
+  }
+
+  /** Waits for the boot queue's turn, saying so in the events when there is a wait. */
+  private async bootSlot(ctx: DriverContext): Promise<{ waitedMs: number; release(): void }> {
+    const q = this.d.boots;
+    if (!q) return { waitedMs: 0, release: () => undefined };
+    const pos = q.positionFor("instance");
+    if (pos) ctx.event("queued", `waiting to boot: ${pos.running} boot(s) running, ${pos.ahead} waiting ahead (at most ${q.limit} at once, CVM_MAX_CONCURRENT_BOOTS); the boot's deadlines start when it does`);
+    const slot = await q.acquire("instance", ctx.signal);
+    if (pos) ctx.event("dequeued", `boot starts after ${Math.round(slot.waitedMs / 1000)} s in the queue`);
+    return slot;
+  }
+
   /** Resolves once adoption is decided; a guest still provisioning is then awaited in the background. */
   private async readopt(inst: Instance): Promise<void> {
+    if (inst.status === "provisioning" && inst.runtime === null) {
+      // No guest was ever started for it (it was queued or admitted when cvmd stopped): start it now.
+      this.d.logger.info({ instance: inst.name, instance_id: inst.id }, "resuming a create that had not booted before the restart");
+      this.track(this.provision(inst, "create"));
+      return;
+    }
     const ac = new AbortController();
     this.inflight.set(inst.id, ac);
     const log = this.d.logger.child({ instance: inst.name, instance_id: inst.id });
@@ -250,7 +335,7 @@ export class LifecycleEngine {
     if (!res.alive) {
       log.warn({ reason: res.reason }, "guest not running after restart");
       const code: FailureCode = inst.status === "ready" ? "vm_exited" : "host_restart_lost";
-      await this.fail(inst.id, code, FAILURE_CODES[code]);
+      await this.fail(inst.id, code, FAILURE_CODES[code]).catch((err) => log.error({ err }, "could not record the lost guest"));
       done();
       return;
     }
@@ -258,11 +343,13 @@ export class LifecycleEngine {
     const ready = res.ready;
     this.track(
       (async () => {
+        let info: ReadyInfo | undefined;
         try {
-          const info = await ready;
+          info = await ready;
           if (inst.status === "provisioning") await this.markReady(inst.id, info);
         } catch (err) {
           await this.failProvisioning(inst.id, ac, err, "create");
+          if (info !== undefined && !ac.signal.aborted) await this.destroyAfterFailure(inst);
         } finally {
           done();
         }
@@ -273,20 +360,22 @@ export class LifecycleEngine {
   private async failProvisioning(id: string, ac: AbortController, err: unknown, _mode: string): Promise<void> {
     const log = this.d.logger.child({ instance_id: id });
     try {
-      const current = await this.d.instances.byId(id);
-      // A delete or shutdown aborted us: the delete path (or the next cvmd) owns the instance now.
-      if (ac.signal.aborted || this.closing || !current || current.status !== "provisioning") return;
-      const failure = err instanceof ProvisionError ? err : new ProvisionError("internal", FAILURE_CODES.internal, { cause: err });
-      if (failure.code === "internal") {
-        log.error({ instance: current.name, err: failure.cause ?? failure }, "provisioning failed unexpectedly");
-        // Nobody can act on a bare "internal": the event says what broke (an error's name, code and message, no stack).
-        await this.d.db.tx(() => this.d.instances.appendEvent(id, "error", null, null, `internal: ${describeCause(failure.cause)}`, this.d.clock.now()));
-      } else {
-        log.warn({ instance: current.name, failure_code: failure.code, err: failure.cause ?? failure }, "provisioning failed");
-      }
-      await this.fail(id, failure.code, failure.message);
+      await this.durably("record a provisioning failure", id, async () => {
+        const current = await this.d.instances.byId(id);
+        // A delete or shutdown aborted us: the delete path (or the next cvmd) owns the instance now.
+        if (ac.signal.aborted || this.closing || !current || current.status !== "provisioning") return;
+        const failure = err instanceof ProvisionError ? err : new ProvisionError("internal", FAILURE_CODES.internal, { cause: err });
+        if (failure.code === "internal") {
+          log.error({ instance: current.name, err: failure.cause ?? failure }, "provisioning failed unexpectedly");
+          // Nobody can act on a bare "internal": the event says what broke (an error's name, code and message, no stack).
+          await this.d.db.tx(() => this.d.instances.appendEvent(id, "error", null, null, `internal: ${describeCause(failure.cause)}`, this.d.clock.now()));
+        } else {
+          log.warn({ instance: current.name, failure_code: failure.code, err: failure.cause ?? failure }, "provisioning failed");
+        }
+        await this.failOnce(id, failure.code, failure.message);
+      });
     } catch (e) {
-      // The store itself failing: the row stays provisioning and the next cvmd's recover() settles it.
+      // Shutdown during storage trouble, or the store broken for good: the row stays provisioning and the next cvmd's recover() settles it.
       log.error({ err: e, cause: err }, "could not record the provisioning failure");
     }
   }
@@ -302,16 +391,23 @@ export class LifecycleEngine {
   }
 
   private async markReady(id: string, info: ReadyInfo): Promise<void> {
-    const inst = await this.d.instances.byId(id);
-    if (!inst || inst.status !== "provisioning") return;
-    const moved = await this.transition(inst, "ready", { ready_at: this.d.clock.now().getTime(), ssh_host: info.ssh.host, ssh_port: info.ssh.port, ssh_user: info.ssh.user }, "guest ready; SSH checked");
+    const moved = await this.durably("record that the guest is ready", id, async () => {
+      const inst = await this.d.instances.byId(id);
+      if (!inst || inst.status !== "provisioning") return null;
+      const ok = await this.transition(inst, "ready", { ready_at: this.d.clock.now().getTime(), ssh_host: info.ssh.host, ssh_port: info.ssh.port, ssh_user: info.ssh.user }, "guest ready; SSH checked");
+      return ok ? inst : null;
+    });
     if (moved && this.d.dns) {
-      const hostname = (await this.spec(inst)).hostname;
+      const hostname = (await this.spec(moved)).hostname;
       await this.d.dns.publish(hostname, info.ssh.host).catch((err) => this.d.logger.error({ err, hostname }, "dns publish failed"));
     }
   }
 
-  private async fail(id: string, code: FailureCode, message: string): Promise<void> {
+  private fail(id: string, code: FailureCode, message: string): Promise<void> {
+    return this.durably("record a failure", id, () => this.failOnce(id, code, message));
+  }
+
+  private async failOnce(id: string, code: FailureCode, message: string): Promise<void> {
     const inst = await this.d.instances.byId(id);
     if (!inst || (inst.status !== "provisioning" && inst.status !== "ready")) return;
     const moved = await this.transition(inst, "failed", { failure_code: code, failure_message: message, failed_at: this.d.clock.now().getTime() }, `${code}: ${message}`);
@@ -325,7 +421,7 @@ export class LifecycleEngine {
     const inst = await this.d.instances.byId(id);
     if (!inst || inst.status !== "ready") return;
     this.d.logger.warn({ instance: inst.name, reason }, "guest exited");
-    await this.fail(id, "vm_exited", FAILURE_CODES.vm_exited);
+    await this.fail(id, "vm_exited", FAILURE_CODES.vm_exited).catch((err) => this.d.logger.error({ err, instance: inst.name }, "could not record the guest's exit"));
   }
 
   /** Concurrent deletes of one instance share a single teardown. */
@@ -338,29 +434,41 @@ export class LifecycleEngine {
     return p;
   }
 
+  /**
+   * Releases the guest and its DNS name, retrying with backoff until both are gone (a stuck QEMU, a
+   * DNS primary that is down), then records `terminated`. Only shutdown stops the retries; the next
+   * cvmd's recover() picks the teardown up again.
+   */
   private async teardown(inst: Instance): Promise<void> {
     this.inflight.get(inst.id)?.abort(new Error("instance deleted"));
     const log = this.d.logger.child({ instance: inst.name, instance_id: inst.id });
+    const base = this.d.retryMs?.base ?? RETRY_BASE_MS;
+    const max = this.d.retryMs?.max ?? RETRY_MAX_MS;
     try {
-      await this.d.driver.destroy(await this.spec(inst));
-    } catch (err) {
-      // Stays `terminating`; the next recover() retries the teardown.
-      log.error({ err }, "teardown failed; will retry on next start");
-      return;
-    }
-    if (this.d.dns) {
-      const hostname = (await this.spec(inst)).hostname;
-      try {
-        await this.d.dns.withdraw(hostname);
-      } catch (err) {
-        log.error({ err, hostname }, "dns withdraw failed; teardown will be retried on next start");
-        return;
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.release(inst);
+          break;
+        } catch (err) {
+          const delay = Math.min(max, base * 5 * 2 ** Math.min(attempt - 1, 16));
+          log.error({ err, attempt, retry_in_ms: delay }, "teardown failed; retrying");
+          if (attempt === 1) this.context(inst, new AbortController()).event("teardown_retry", `teardown failed (${describeCause(err)}); retrying with backoff`);
+          await pause(delay, this.stopping.signal);
+        }
       }
+      await this.durably("record that the instance's resources are released", inst.id, async () => {
+        const current = await this.d.instances.byId(inst.id);
+        if (current?.status === "terminating") await this.transition(current, "terminated", { terminated_at: this.d.clock.now().getTime() }, "resources released");
+      });
+    } catch (err) {
+      // Shutdown (or a broken store): stays `terminating`, and the next cvmd's recover() finishes it.
+      log.warn({ err }, "teardown not finished; the next start resumes it");
     }
-    const current = await this.d.instances.byId(inst.id);
-    if (current?.status === "terminating") {
-      await this.transition(current, "terminated", { terminated_at: this.d.clock.now().getTime() }, "resources released");
-    }
+  }
+
+  private async release(inst: Instance): Promise<void> {
+    await this.d.driver.destroy(await this.spec(inst));
+    if (this.d.dns) await this.d.dns.withdraw((await this.spec(inst)).hostname);
   }
 
   private async transition(inst: Instance, to: InstanceStatus, fields: TransitionFields, message: string): Promise<boolean> {

@@ -4,6 +4,7 @@ import type { Clock } from "../clock.js";
 import type { Database } from "../store/db.js";
 import type { InstanceStore } from "../store/instances.js";
 import type { PoolGuest, PoolGuestStore, SettingsStore } from "../store/pool-guests.js";
+import type { BootQueue } from "./boot-queue.js";
 import type { Capacity } from "./capacity.js";
 import type { PoolGuestContext, WarmGuestDriver } from "./driver.js";
 
@@ -14,6 +15,8 @@ export interface WarmPoolOptions {
   instances: InstanceStore;
   driver: WarmGuestDriver;
   capacity: Capacity;
+  /** Pool boots take their turn here, behind instances' cold starts. */
+  boots?: BootQueue;
   clock: Clock;
   logger: Logger;
   /** CVM_WARM_POOL_SIZE: the size of an image's pool until an operator sets one with `cvmctl pool resize`. */
@@ -255,8 +258,16 @@ export class WarmPool {
 
   private bootOne(id: string): void {
     const ac = new AbortController();
-    this.log.info({ pool_guest: id }, "booting pool guest");
-    this.follow(id, ac, this.o.driver.boot({ id, runtime: null }, this.context(id, ac)));
+    const booted = (async () => {
+      const slot = this.o.boots ? await this.o.boots.acquire("pool", ac.signal) : null;
+      try {
+        this.log.info({ pool_guest: id, queued_ms: slot?.waitedMs ?? 0 }, "booting pool guest");
+        return await this.o.driver.boot({ id, runtime: null }, this.context(id, ac));
+      } finally {
+        slot?.release();
+      }
+    })();
+    this.follow(id, ac, booted);
   }
 
   private follow(id: string, ac: AbortController, prepared: Promise<unknown>): void {

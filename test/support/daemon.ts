@@ -36,8 +36,8 @@ export async function startTestDaemon(opts: {
   /** Where the security stream goes (tests that assert on it capture it). */
   securityLog?: Logger;
 }): Promise<TestDaemon> {
-  // Test-double guests use no memory: a budget no API test reaches, unless the test sets one.
-  const config = loadConfig({ CVM_DATA_DIR: opts.dataDir, CVM_LISTEN: "127.0.0.1:0", CVM_LOG_LEVEL: "silent", CVM_CAPACITY_MEMORY_MIB: "1000000000", CVM_CAPACITY_VCPUS: "1000000", ...opts.env });
+  // Test-double guests use no memory and no CPU: a budget and a boot limit no API test reaches, unless the test sets them.
+  const config = loadConfig({ CVM_DATA_DIR: opts.dataDir, CVM_LISTEN: "127.0.0.1:0", CVM_LOG_LEVEL: "silent", CVM_CAPACITY_MEMORY_MIB: "1000000000", CVM_CAPACITY_VCPUS: "1000000", CVM_MAX_CONCURRENT_BOOTS: "1000", ...opts.env });
   const clock = opts.clock ?? systemClock;
   const logger = pino({ level: process.env.CVM_TEST_LOG ?? "silent" });
   const d = await startDaemon(config, {

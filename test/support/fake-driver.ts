@@ -13,7 +13,11 @@ export class FakeDriver implements Driver {
   readonly destroyed: string[] = [];
   readyAfterMs = 0;
   failWith: FailureCode | null = null;
+  /** Guests created while set boot for `readyAfterMs`, then fail with this code (and are gone, as the real driver leaves it). */
+  failLater: FailureCode | null = null;
   destroyDelayMs = 0;
+  /** The next this many destroy() calls throw, as a QEMU that will not die or a lost network namespace would. */
+  destroyFailures = 0;
   /** SSH host keys the fake agent "reported at ready"; REPORTDATA binds them. */
   hostKeys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmGHkWDnb6W3Ssd8p8cRUzlgPGTd2lkNXCx2n9tJfJP"];
   /**
@@ -89,6 +93,12 @@ export class FakeDriver implements Driver {
     this.guests.set(spec.id, { spec, ready: false });
     ctx.event("progress", "fake guest booting");
     if (this.failWith) throw new ProvisionError(this.failWith);
+    const failLater = this.failLater;
+    if (failLater) {
+      await this.sleep(this.readyAfterMs, ctx.signal);
+      this.guests.delete(spec.id);
+      throw new ProvisionError(failLater);
+    }
     return this.waitReady(spec, ctx.signal);
   }
 
@@ -100,6 +110,10 @@ export class FakeDriver implements Driver {
 
   async destroy(spec: InstanceSpec): Promise<void> {
     if (this.destroyDelayMs) await new Promise((r) => setTimeout(r, this.destroyDelayMs));
+    if (this.destroyFailures > 0) {
+      this.destroyFailures--;
+      throw new Error("fake destroy failure (test double)");
+    }
     this.guests.delete(spec.id);
     this.destroyed.push(spec.id);
   }

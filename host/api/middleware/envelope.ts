@@ -1,6 +1,7 @@
 import type { Context } from "koa";
 import type { ApiErrorCode } from "../../../shared/api/types.js";
 import { ApiError, HTTP_STATUS } from "../errors.js";
+import { storageTrouble } from "../../store/storage-trouble.js";
 
 export function respond(ctx: Context, status: number, data: unknown): void {
   ctx.status = status;
@@ -55,17 +56,4 @@ export function renderFailure(ctx: Context, err: unknown): void {
   }
   ctx.state.log?.error({ err }, "unhandled error");
   renderError(ctx, "internal_error", "internal error; quote request_id when reporting");
-}
-
-/**
- * SQLite and filesystem failures that pass when the operator (or the other process) is done:
- * the error itself or a cause up its chain. SQLITE_BUSY comes only after the busy timeout.
- */
-export function storageTrouble(err: unknown): { code: string; message: string; retryAfterS: number } | null {
-  for (let e = err, depth = 0; e && typeof e === "object" && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (code === "SQLITE_FULL" || code === "ENOSPC" || code === "EDQUOT") return { code, message: "the server's storage is full; retry later", retryAfterS: 30 };
-    if (code === "SQLITE_BUSY" || code === "SQLITE_LOCKED") return { code, message: "the database is busy; retry shortly", retryAfterS: 5 };
-  }
-  return null;
 }
