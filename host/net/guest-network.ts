@@ -1,6 +1,5 @@
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import path from "node:path";
-import type { Logger } from "pino";
 
 import { run, RunError } from "../../shared/util/run.js";
 import { DnsmasqDhcpServer } from "./dhcp-server.js";
@@ -43,7 +42,8 @@ export interface GuestNetwork {
 }
 
 export interface GuestNetworkDeps {
-  logger?: Pick<Logger, "info" | "warn">;
+  /** cvmd's logger (pino) or anything with the same two calls. */
+  logger?: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void };
   /** Whether another data dir's cvmd runs, for the refusal to say so (default: not known). */
   ownerLiveness?: OwnerLiveness;
 }

@@ -20,11 +20,8 @@ const tag = `${process.pid.toString(36)}${Date.now().toString(36).slice(-3)}`;
 /** Logger stand-in that keeps the lines cvmd would log. */
 function lines() {
   const seen: Array<{ level: string; obj: Record<string, unknown>; msg: string }> = [];
-  return {
-    seen,
-    info: (obj: Record<string, unknown>, msg: string) => void seen.push({ level: "info", obj, msg }),
-    warn: (obj: Record<string, unknown>, msg: string) => void seen.push({ level: "warn", obj, msg }),
-  } as never as { seen: typeof seen; info(o: object, m: string): void; warn(o: object, m: string): void };
+  const record = (level: string) => (obj: object, msg: string) => void seen.push({ level, obj: obj as Record<string, unknown>, msg });
+  return { seen, info: record("info"), warn: record("warn") };
 }
 
 describe.skipIf(why !== null)("one data dir per guest namespace (real ip netns, nft, dnsmasq)", async () => {

@@ -148,7 +148,7 @@ export class NetnsOwnership {
       const foreign = (await nsProcesses(this.ns)).filter((p) => !isOurs(p));
       if (foreign.length > 0) {
         throw new NetnsOwnedError(
-          `network namespace ${this.ns.name} (CVM_NETNS) carries no owner mark (an older cvmd made it) and processes of another data dir run in it (${showProcesses(foreign)}): ` +
+          `network namespace ${this.ns.name} (CVM_NETNS) carries no owner mark (an older cvmd or someone by hand made it) and processes that are not this data dir's run in it (${showProcesses(foreign)}): ` +
             `set CVM_NETNS to another name, or run \`cvmctl netns takeover\` with CVM_DATA_DIR=${this.dataDir} to take it over`,
         );
       }

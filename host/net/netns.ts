@@ -13,10 +13,6 @@ export class Netns {
     return list.some((n) => n.name === this.name);
   }
 
-  async ensure(): Promise<void> {
-    if (!(await this.exists())) await this.create();
-  }
-
   /** Fails when the namespace exists: whoever creates it is the one who may mark it. */
   async create(): Promise<void> {
     await run(this.ipBinary, ["netns", "add", this.name], { timeoutMs: 10_000 });
