@@ -13,6 +13,7 @@ import { OPS_OPTIONS, OPS_USAGE, runOpsCommand } from "../ops/cli.js";
 import { tellDaemonAuthChanged } from "../ops/control-socket.js";
 import { VM_OPTIONS, VM_USAGE, runVmCommand } from "./vm-commands.js";
 import { POOL_OPTIONS, POOL_USAGE, runPoolCommand } from "./pool-commands.js";
+import { NETNS_USAGE, runNetnsCommand } from "./netns-commands.js";
 
 const USAGE = `usage: cvmctl <command>
 
@@ -27,6 +28,7 @@ const USAGE = `usage: cvmctl <command>
 ${OPS_USAGE}
 ${VM_USAGE}
 ${POOL_USAGE}
+${NETNS_USAGE}
 
 Environment: CVM_DATA_DIR (default ./var) selects the database; cvmctl works while cvmd runs.`;
 
@@ -69,6 +71,8 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promi
   if (vm !== undefined) return vm;
   const pool = await runPoolCommand(positionals, values, config, DB_FILE, io);
   if (pool !== undefined) return pool;
+  const netns = await runNetnsCommand(positionals, config, io);
+  if (netns !== undefined) return netns;
   const { mkdirSync } = await import("node:fs");
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const db = await Database.open(join(config.dataDir, DB_FILE));

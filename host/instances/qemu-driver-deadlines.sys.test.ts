@@ -178,6 +178,12 @@ describe.skipIf(why !== null)("setup deadlines with a misbehaving agent", () => 
       expect(r.record.failure_message).toMatch(message);
       expect(r.elapsedMs).toBeGreaterThan(deadlineMs);
       expect(r.elapsedMs).toBeLessThan(deadlineMs + 15_000);
+      if (code === "ssh_unreachable") {
+        // Each attempt's reason is in the events (runs of one reason folded), not only in the failure's cause.
+        const ssh = r.events.filter((e: any) => /^ssh attempts? \d/.test(e.message)).map((e: any) => e.message);
+        expect(ssh.length, JSON.stringify(r.events.map((e: any) => e.message))).toBeGreaterThanOrEqual(1);
+        expect(ssh.join("\n")).toMatch(/^ssh attempts? 1(–\d+)? \(\d+(–\d+)? s\): (SSH connection failed|no SSH handshake|connection closed)/);
+      }
       await expectGone(hv, [...hv.guests.values()][0]);
     }, 60_000);
   }

@@ -6,6 +6,7 @@ import { NftEgressFirewall } from "../net/egress-firewall.js";
 import { NetnsGuestNetwork } from "../net/guest-network.js";
 import { NftCommandRunner } from "../net/nft-runner.js";
 import { upstreamAddresses } from "../net/upstream-addresses.js";
+import { lockHolder } from "../ops/daemon-lock.js";
 import type { VmConfig } from "../vm-config.js";
 import { probeAccel } from "../vmm/accel-probe.js";
 import { assertProfileConsistent } from "../vmm/profile-check.js";
@@ -51,6 +52,7 @@ export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger
 
   const network = new NetnsGuestNetwork({
     stateDir: join(dataDir, "net"),
+    owner: dataDir,
     netns: vm.netns,
     pool: vm.pool,
     link: vm.link,
@@ -62,7 +64,7 @@ export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger
     blockedDestinations: vm.nat ? await upstreamAddresses(upstreamUrls) : [],
     sshListen: vm.sshListen,
     sshPorts: vm.sshPorts,
-  });
+  }, { logger: log.child({ component: "net" }), ownerLiveness: lockHolder });
   await network.ensure();
   // After the cap, SSH replies may only go to the veth's host end (forwarded SSH is masqueraded to it), DHCP and ARP
   // only to the bridge.

@@ -10,6 +10,7 @@ import { VmmError, type Accel, type GuestProfile, type Hypervisor, type LaunchRe
 import { agentChannelsInArgv, assertProfileConsistent } from "../vmm/profile-check.js";
 import { PROFILES, type AgentEndpoint, type Profile, type ProfileTable } from "../vmm/profiles.js";
 import { runPaths } from "../vmm/run-dir.js";
+import { AttemptRuns } from "./attempt-runs.js";
 import {
   AttestationUnavailableError,
   type AdoptPoolResult,
@@ -359,7 +360,7 @@ export class QemuDriver implements Driver {
       ctx.event("setup", `agent ready after ${Math.round(performance.now() - setupStarted)} ms of setup (OpenClaw ${ready.openclaw_version}, node ${ready.node_version})`);
 
       const sshStarted = performance.now();
-      await this.checkSsh(rt, ready.ssh_host_keys, ctx.signal);
+      await this.checkSsh(rt, ready.ssh_host_keys, ctx.signal, (m) => ctx.event("ssh", m));
       ctx.event("ssh", `SSH host key matches the agent's report (${Math.round(performance.now() - sshStarted)} ms); total ${Math.round(performance.now() - started)} ms`);
       // Kept in the runtime record (not a column): only this driver reads them, to recompute the
       // REPORTDATA of later quotes, and they must survive a cvmd restart like the rest of the record.
@@ -456,17 +457,27 @@ export class QemuDriver implements Driver {
     });
   }
 
-  /** Retries the handshake until the deadline: sshd can start a moment after the agent reports. */
-  private async checkSsh(rt: Runtime, hostKeys: string[], signal: AbortSignal): Promise<void> {
-    const deadline = Date.now() + this.o.timeouts.sshMs;
+  /**
+   * Retries the handshake until the deadline: sshd can start a moment after the agent reports. Every attempt's reason
+   * reaches the instance's events (runs of the same one folded): the last alone hid why the earlier ones failed.
+   */
+  private async checkSsh(rt: Runtime, hostKeys: string[], signal: AbortSignal, event: (message: string) => void): Promise<void> {
+    const started = Date.now();
+    const deadline = started + this.o.timeouts.sshMs;
+    const attempts = new AttemptRuns("ssh", event);
     let last = "not tried";
-    while (Date.now() < deadline && !signal.aborted) {
-      const r = await checkSshHostKey({ host: rt.ssh.host, port: rt.ssh.port, expectedHostKeys: hostKeys, timeoutMs: Math.min(15_000, Math.max(1_000, deadline - Date.now())) });
-      if (r.ok) return;
-      last = r.reason ?? "unknown";
-      // A wrong key is an answer, not a delay: it will not fix itself.
-      if (r.presented) throw new ProvisionError("ssh_unreachable", "SSH in the VM presented a host key the agent did not report.", { cause: new Error(last) });
-      await new Promise((res) => setTimeout(res, 1_000));
+    try {
+      while (Date.now() < deadline && !signal.aborted) {
+        const r = await checkSshHostKey({ host: rt.ssh.host, port: rt.ssh.port, expectedHostKeys: hostKeys, timeoutMs: Math.min(15_000, Math.max(1_000, deadline - Date.now())) });
+        if (r.ok) return;
+        last = r.reason ?? "unknown";
+        attempts.failed(last, Date.now() - started);
+        // A wrong key is an answer, not a delay: it will not fix itself.
+        if (r.presented) throw new ProvisionError("ssh_unreachable", "SSH in the VM presented a host key the agent did not report.", { cause: new Error(last) });
+        await new Promise((res) => setTimeout(res, 1_000));
+      }
+    } finally {
+      attempts.flush();
     }
     if (signal.aborted) throw signal.reason;
     throw new ProvisionError("ssh_unreachable", "SSH in the VM was not reachable.", { cause: new Error(last) });

@@ -3,6 +3,7 @@ import path from "node:path";
 
 import { isAlive, readCmdline } from "../vmm/proc.js";
 import type { Netns } from "./netns.js";
+import { terminate } from "./netns-owner.js";
 
 export interface DhcpHost {
   mac: string;
@@ -112,10 +113,7 @@ export class DnsmasqDhcpServer {
 
   async stop(): Promise<void> {
     const p = await this.pid();
-    if (p === null) return;
-    process.kill(p, "SIGTERM");
-    for (let i = 0; i < 100 && (await isAlive(p)); i++) await new Promise((r) => setTimeout(r, 20));
-    if (await isAlive(p)) process.kill(p, "SIGKILL");
+    if (p !== null) await terminate(p);
   }
 
   private async prepareDir(): Promise<void> {

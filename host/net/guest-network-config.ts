@@ -32,6 +32,8 @@ export function parseCidr(s: string): Cidr {
 export interface GuestNetworkOptions {
   /** Where the allocation state (guest-network.json), the DHCP host list, leases and pid file live. */
   stateDir: string;
+  /** The data dir named in the namespace's owner mark (see netns-owner.ts); default: stateDir. */
+  owner?: string;
   netns?: string;
   bridge?: string;
   /** Guest pool inside the namespace: bridge gets .1, guests .2 upwards. */
@@ -95,6 +97,7 @@ export function compileGuestNetworkConfig(raw: GuestNetworkOptions): GuestNetwor
     sysctlBinary: "sysctl",
     bridgeBinary: "bridge",
     ...raw,
+    owner: raw.owner ?? raw.stateDir,
     sshPorts: raw.sshPorts ?? { from: 22200, to: 22999 },
     dns: raw.dns ?? [],
     blockedDestinations: raw.blockedDestinations ?? [],
@@ -103,6 +106,7 @@ export function compileGuestNetworkConfig(raw: GuestNetworkOptions): GuestNetwor
     throw new Error(`guest network config: ${m}`);
   };
   if (!path.isAbsolute(o.stateDir)) bad(`stateDir must be absolute: ${o.stateDir}`);
+  if (!path.isAbsolute(o.owner)) bad(`owner must be absolute: ${o.owner}`);
   if (!NAME.test(o.netns)) bad(`netns ${JSON.stringify(o.netns)} must match ${NAME}`);
   if (!NAME.test(o.hostTable)) bad(`hostTable ${JSON.stringify(o.hostTable)} must match ${NAME}`);
   for (const n of [o.bridge, o.hostVeth, o.nsVeth]) if (!IFNAME.test(n)) bad(`interface name ${JSON.stringify(n)} is invalid`);

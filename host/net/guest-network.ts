@@ -14,6 +14,7 @@ import {
   type GuestNetworkOptions,
 } from "./guest-network-config.js";
 import { Netns } from "./netns.js";
+import { isDnsmasq, nsProcesses, NetnsOwnership, terminate, type NsProcess, type OwnerLiveness } from "./netns-owner.js";
 import { applyNft, deleteNftTable, renderGuestFilter, renderHostNat } from "./port-forward.js";
 import { renderTapGuard, renderTapUnguard, spoofCounter, TAP_GUARD_TABLE } from "./tap-guard.js";
 
@@ -40,6 +41,13 @@ export interface GuestNetwork {
   destroy(): Promise<void>;
 }
 
+export interface GuestNetworkDeps {
+  /** cvmd's logger (pino) or anything with the same two calls. */
+  logger?: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void };
+  /** Whether another data dir's cvmd runs, for the refusal to say so (default: not known). */
+  ownerLiveness?: OwnerLiveness;
+}
+
 interface State {
   version: 1;
   attachments: Record<string, { index: number; port: number }>;
@@ -54,13 +62,17 @@ export class NetnsGuestNetwork implements GuestNetwork {
   readonly cfg: GuestNetworkConfig;
   readonly netns: Netns;
   readonly dhcp: DnsmasqDhcpServer;
+  readonly ownership: NetnsOwnership;
   private readonly stateFile: string;
+  private readonly log: GuestNetworkDeps["logger"];
   private chain: Promise<unknown> = Promise.resolve();
   private ensured = false;
 
-  constructor(opts: GuestNetworkOptions) {
+  constructor(opts: GuestNetworkOptions, deps: GuestNetworkDeps = {}) {
     this.cfg = compileGuestNetworkConfig(opts);
     this.netns = new Netns(this.cfg.netns, this.cfg.ipBinary);
+    this.ownership = new NetnsOwnership(this.netns, this.cfg.owner, deps.ownerLiveness);
+    this.log = deps.logger;
     this.stateFile = path.join(this.cfg.stateDir, "guest-network.json");
     const mask = intToIp(2 ** 32 - this.cfg.poolCidr.size);
     this.dhcp = new DnsmasqDhcpServer({
@@ -165,7 +177,11 @@ export class NetnsGuestNetwork implements GuestNetwork {
     const c = this.cfg;
     const ns = this.netns;
     await mkdir(c.stateDir, { recursive: true, mode: 0o711 });
-    await ns.ensure();
+    // Before anything is built in the namespace or on the host side of it: another data dir's namespace is refused,
+    // not shared (two dnsmasq on one bridge leave guests without the address their ARP entry promises).
+    const claimed = await this.ownership.claim((p) => this.isOurs(p));
+    if (claimed !== "adopted") this.log?.info({ netns: c.netns, owner: c.owner, how: claimed }, "guest network namespace claimed for this data dir");
+    await this.stopStrayDnsmasq();
     await ns.ip(["link", "set", "lo", "up"]);
 
     if (!(await linkExists(() => run(c.ipBinary, ["link", "show", c.hostVeth], { timeoutMs: 10_000 })))) {
@@ -206,6 +222,24 @@ export class NetnsGuestNetwork implements GuestNetwork {
     await this.dhcp.writeHosts(this.dhcpHosts(st));
     await this.dhcp.ensure({ reload: true });
     this.ensured = true;
+  }
+
+  /** A process our own data dir started: our dnsmasq, or anything whose command line points into the data dir (QEMU). */
+  private isOurs(p: NsProcess): boolean {
+    if (isDnsmasq(p)) return p.argv.includes(`--pid-file=${this.dhcp.pidFile}`);
+    return p.argv.some((a) => a.includes(this.cfg.owner + "/"));
+  }
+
+  /** In our namespace the one dnsmasq is the one our pid file names; any other answers DHCP with a list not ours. */
+  private async stopStrayDnsmasq(): Promise<void> {
+    const mine = await this.dhcp.pid();
+    const strays = (await nsProcesses(this.netns)).filter((p) => isDnsmasq(p) && p.pid !== mine);
+    if (strays.length === 0) return;
+    for (const p of strays) await terminate(p.pid);
+    this.log?.warn(
+      { netns: this.cfg.netns, pids: strays.map((p) => p.pid), pid_files: strays.map((p) => p.argv.find((a) => a.startsWith("--pid-file="))?.slice(11) ?? null), kept: mine },
+      `stopped ${strays.length} stray dnsmasq in the guest namespace (not the one ${this.dhcp.pidFile} names)`,
+    );
   }
 
   private async ensureTap(index: number): Promise<void> {

@@ -13,12 +13,19 @@ export class Netns {
     return list.some((n) => n.name === this.name);
   }
 
-  async ensure(): Promise<void> {
-    if (!(await this.exists())) await run(this.ipBinary, ["netns", "add", this.name], { timeoutMs: 10_000 });
+  /** Fails when the namespace exists: whoever creates it is the one who may mark it. */
+  async create(): Promise<void> {
+    await run(this.ipBinary, ["netns", "add", this.name], { timeoutMs: 10_000 });
   }
 
   async delete(): Promise<void> {
     if (await this.exists()) await run(this.ipBinary, ["netns", "del", this.name], { timeoutMs: 10_000 });
+  }
+
+  /** Processes whose network namespace this is, whoever started them. */
+  async pids(): Promise<number[]> {
+    const { stdout } = await run(this.ipBinary, ["netns", "pids", this.name], { timeoutMs: 10_000 });
+    return stdout.split("\n").filter((l) => /^\d+$/.test(l.trim())).map((l) => Number(l.trim()));
   }
 
   /** argv prefix that runs a program inside the namespace (for detached launches such as QEMU). */
