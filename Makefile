@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build image run test test-spoofing bench clean typecheck install
+.PHONY: help deps build image run test bench clean typecheck install
 
 help:
 	@echo "make run    install dependencies, build, start cvmd (data in ./var)"
@@ -30,10 +30,6 @@ run: image
 test: image
 	npx tsc -p tsconfig.json --noEmit
 	npx vitest run
-
-# The two-VM spoofing test (issue 15): a root tenant claims its neighbour's IPv4, MAC and IPv6.
-test-spoofing: image
-	npx vitest run --config test/e2e-extra/vitest.config.ts
 
 bench: deps
 	npx vitest run --config bench/vitest.bench.config.ts

@@ -3,8 +3,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["{host,guest,shared,test,images}/**/*.test.ts"],
-    // test/e2e-extra runs with `make test-spoofing` (its own config), not in `make test`.
-    exclude: ["node_modules/**", "dist/**", "var/**", "images/out/**", "images/cache/**", "test/e2e-extra/**"],
+    exclude: ["node_modules/**", "dist/**", "var/**", "images/out/**", "images/cache/**"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: "forks",

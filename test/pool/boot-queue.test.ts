@@ -6,7 +6,7 @@ import { sshKeyPair } from "../support/ssh-keys.js";
 /*
  * Cold boots beyond CVM_MAX_CONCURRENT_BOOTS wait in a queue instead of starving each other (issue 21,
  * item 10), against the real daemon, engine and SQLite; the guests are the FakeDriver TEST DOUBLE's,
- * whose boots take `readyAfterMs`. The same with real QEMU guests: test/e2e-extra/spoofing.e2e.test.ts
+ * whose boots take `readyAfterMs`. The same with real QEMU guests: test/e2e/neighbours.e2e.test.ts
  * creates three at once on the 2-core CI machine.
  */
 
