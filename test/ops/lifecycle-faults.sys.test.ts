@@ -29,8 +29,10 @@ function fill(path: string): void {
 /**
  * Issue 21, must-show 1: storage faults while guests come and go. The real daemon (engine, store, HTTP) on a real
  * SQLite file in a 16 MiB tmpfs; the VMs are the FakeDriver TEST DOUBLE, which records every guest it still holds,
- * so "torn down" is checked on the driver's side. Guests become ready, fail and are deleted while the disk is full
- * or another connection holds the write lock past cvmd's 10 s busy timeout. Once the fault clears, every instance
+ * so "torn down" is checked on the driver's side. Guests become ready, fail and are deleted while the disk is full,
+ * and while another connection holds the write lock past cvmd's 10 s busy timeout. I/O errors themselves are not
+ * injected: this kernel has no dm-error/dm-flakey, a filesystem with the database open cannot be remounted read-only,
+ * and an ext4 whose loop device turns read-only aborts its journal for good (no fault that clears). Once the fault clears, every instance
  * acknowledged with 202 must end `ready`, `failed` or `terminated` (none left `provisioning`/`terminating`), with
  * no guest left behind for those that did not end `ready`.
  */
