@@ -294,7 +294,9 @@ export class LifecycleEngine {
 
   /** The claim-time setup of a warm guest, when the pool has one for this instance; undefined: cold start. */
   private async claimWarm(id: string, spec: InstanceSpec, ctx: DriverContext): Promise<ReadyInfo | undefined> {
-    const claimed = this.d.pool && this.d.driver.warm ? await this.d.pool.claim(id) : null;
+    const pool = this.d.pool;
+    // The claim is a write: a create must not fail `internal` because the disk was full at that moment.
+    const claimed = pool && this.d.driver.warm ? await this.durably("claim a warm guest", id, () => pool.claim(id), ctx.signal) : null;
     if (!claimed) return undefined;
     const g = claimed.guest;
     ctx.event("claim", `claimed warm guest ${g.id} (image ${g.imageId}, warm for ${Math.round(claimed.warmForMs / 1000)} s): claim-time setup only`);
