@@ -215,6 +215,7 @@ function describeParseError(program: CommandUnknownOpts, cmd: CommandUnknownOpts
   const where = ["cvmctl", ...commandPath(cmd)].join(" ");
   let message = err.message.replace(/^error: /, "").replace(/\s*\n\s*/g, " ").replace(/\.$/, "");
   if (err.code === "commander.unknownOption") {
+    // commander reports the flag only inside its message; program.test.ts pins that wording.
     const flag = /'([^']+)'/.exec(err.message)?.[1]?.split("=")[0];
     const owners = allCommands(program)
       .filter((c) => c !== cmd && c.options.some((o) => o.long === flag || o.short === flag))
@@ -244,8 +245,11 @@ export async function run(argv: string[], env: NodeJS.ProcessEnv, io: Io): Promi
   const { program, groups } = commandTree(cliContext(env, io), (c) => (code = c));
   const layout = helpLayout(groups);
   const text = (write: (line: string) => void) => (s: string) => write(s.replace(/\n$/, ""));
+  // On each command, not once on the program: commander copies these settings only into commands
+  // created after them, and each exit hook must know its own command to name it.
   for (const cmd of [program, ...allCommands(program)]) {
     cmd
+      // commander's own error text (two lines with a suggestion) is replaced by describeParseError's one.
       .configureOutput({ writeOut: text(io.out), writeErr: text(io.err), outputError: () => {} })
       .configureHelp(layout)
       .exitOverride((err) => {
