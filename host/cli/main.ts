@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { run } from "./commands.js";
+import { run } from "./program.js";
 
 // A reader that stops early (`| head -c N`) closes the pipe: that is its choice, not a failure of
 // ours, so it ends cvmctl quietly instead of as an unhandled 'error' event with a stack.

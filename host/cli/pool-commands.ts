@@ -2,75 +2,42 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Config } from "../config.js";
 import { MAX_POOL_SIZE, poolImageRows, SIZE_KEY, type PoolStatus } from "../instances/warm-pool.js";
-import { withDb } from "../ops/cli.js";
 import { controlRequest, controlSocketPath, socketAnswers } from "../ops/control-socket.js";
 import { PoolGuestStore, SettingsStore } from "../store/pool-guests.js";
-
-export const POOL_USAGE = `  pool [--json]                   the warm pool per image: size, warm, booting, claimed; host capacity
-  pool resize N [--image ID]      keep N warm guests of image ID (default: the current image); live when cvmd runs`;
-
-export const POOL_OPTIONS = { image: { type: "string" as const } };
-
-interface Io {
-  out(line: string): void;
-  err(line: string): void;
-}
-
-class PoolCliError extends Error {}
+import { UsageError, withDb, type CliContext, type Io } from "./context.js";
 
 /**
  * `cvmctl pool`: through the running cvmd (which refills or drains at once), or, with no cvmd on
  * this data dir, read from and written to the database for the next start.
  */
-export async function runPoolCommand(
-  positionals: string[],
-  values: { json?: boolean; image?: string },
-  config: Config,
-  dbFile: string,
-  io: Io,
-): Promise<number | undefined> {
-  const [cmd, sub, arg] = positionals;
-  if (cmd !== "pool") return undefined;
-  try {
-    const socket = controlSocketPath(config.dataDir);
-    const live = await socketAnswers(socket);
-    if (sub === undefined) {
-      if (!live) {
-        io.err("cvmd is not running on this data dir: showing what the database records");
-        const status = await offlineStatus(config, dbFile);
-        print(status, values.json === true, io);
-        return 0;
-      }
-      print(await controlRequest<PoolStatus>(socket, "GET", "/v1/pool"), values.json === true, io);
-      return 0;
-    }
-    if (sub === "resize") {
-      if (arg === undefined || !/^\d+$/.test(arg) || positionals.length > 3) throw new PoolCliError("usage: cvmctl pool resize N [--image ID]");
-      const size = Number(arg);
-      if (live) {
-        const r = await controlRequest<{ image_id: string; size: number }>(socket, "POST", "/v1/pool/size", { size, image: values.image });
-        io.out(`pool of image ${r.image_id} resized to ${r.size}; cvmd is refilling or draining toward it`);
-        return 0;
-      }
-      if (size > MAX_POOL_SIZE) throw new PoolCliError(`pool size must be an integer from 0 to ${MAX_POOL_SIZE}`);
-      const image = values.image ?? (await currentImageId(config));
-      if (!image) throw new PoolCliError("no current image; name one with --image");
-      await withDb(config, dbFile, (db) => db.tx(() => new SettingsStore(db).set(SIZE_KEY + image, String(size), new Date())));
-      io.out(`pool of image ${image} set to ${size}; cvmd applies it when it starts`);
-      return 0;
-    }
-    throw new PoolCliError(`unknown command: ${positionals.join(" ")}`);
-  } catch (err) {
-    if (err instanceof PoolCliError) {
-      io.err(`cvmctl: ${err.message}`);
-      return 2;
-    }
-    if (err instanceof Error && !(err instanceof TypeError)) {
-      io.err(`cvmctl: ${err.message}`);
-      return 1;
-    }
-    throw err;
+export async function poolStatus(ctx: CliContext, o: { json?: boolean }): Promise<number> {
+  const config = ctx.config();
+  const socket = controlSocketPath(config.dataDir);
+  if (!(await socketAnswers(socket))) {
+    ctx.io.err("cvmd is not running on this data dir: showing what the database records");
+    print(await offlineStatus(config, ctx.dbFile), o.json === true, ctx.io);
+    return 0;
   }
+  print(await controlRequest<PoolStatus>(socket, "GET", "/v1/pool"), o.json === true, ctx.io);
+  return 0;
+}
+
+export async function poolResize(ctx: CliContext, n: string, o: { image?: string }): Promise<number> {
+  if (!/^\d+$/.test(n)) throw new UsageError("usage: cvmctl pool resize N [--image ID]");
+  const size = Number(n);
+  const config = ctx.config();
+  const socket = controlSocketPath(config.dataDir);
+  if (await socketAnswers(socket)) {
+    const r = await controlRequest<{ image_id: string; size: number }>(socket, "POST", "/v1/pool/size", { size, image: o.image });
+    ctx.io.out(`pool of image ${r.image_id} resized to ${r.size}; cvmd is refilling or draining toward it`);
+    return 0;
+  }
+  if (size > MAX_POOL_SIZE) throw new UsageError(`pool size must be an integer from 0 to ${MAX_POOL_SIZE}`);
+  const image = o.image ?? (await currentImageId(config));
+  if (!image) throw new UsageError("no current image; name one with --image");
+  await withDb(config, ctx.dbFile, (db) => db.tx(() => new SettingsStore(db).set(SIZE_KEY + image, String(size), new Date())));
+  ctx.io.out(`pool of image ${image} set to ${size}; cvmd applies it when it starts`);
+  return 0;
 }
 
 function print(s: PoolStatus, json: boolean, io: Io): void {

@@ -44,6 +44,17 @@ describe("cvmctl against the data dir of a running cvmd", () => {
     }
   });
 
+  it("as a process: a flag the command does not take exits 2 with one line, and per-command help exits 0", async () => {
+    const bad = await cvmctl(["tenant", "list", "--raw"], env);
+    expect(bad.code).toBe(2);
+    expect(bad.stdout).toBe("");
+    expect(bad.stderr).toBe("cvmctl tenant list: unknown option '--raw' (an option of 'console'); see 'cvmctl help tenant list'\n");
+    const help = await cvmctl(["help", "instances"], env);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/^Usage: cvmctl instances \[--tenant SLUG\] \[--json\]\n/);
+    expect(help.stdout).not.toContain("--raw");
+  });
+
   it("bad configuration stops cvmd with one clear line", async () => {
     const err = await startCvmd({ ...env, CVM_LISTEN: "nowhere" }).catch((e: Error) => e.message);
     expect(err).toMatch(/CVM_LISTEN=nowhere: expected host:port/);
