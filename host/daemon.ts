@@ -11,7 +11,7 @@ import { Capacity, type GuestSize } from "./instances/capacity.js";
 import { WarmPool } from "./instances/warm-pool.js";
 import { UnavailableDriver } from "./instances/unavailable-driver.js";
 import { PoolGuestStore, SettingsStore } from "./store/pool-guests.js";
-import { AttestationService, buildCollateralProvider } from "./attest/index.js";
+import { AttestationService, buildCollateralProvider, type ConfiguredCollateralProvider } from "./attest/index.js";
 import { QuoteVerifier } from "../shared/tdx/index.js";
 import { ApiKeyStore } from "./store/api-keys.js";
 import { Database } from "./store/db.js";
@@ -31,7 +31,8 @@ import { Metrics } from "./ops/metrics.js";
 import { OperatorActions } from "./ops/operator-actions.js";
 import { startOperatorListener } from "./ops/operator-listener.js";
 import { RateLimiter } from "./ops/rate-limit.js";
-import { createTenantServer } from "./ops/tenant-server.js";
+import { createTenantServer, readTlsPair, type TlsPair } from "./ops/tenant-server.js";
+import { AsyncDisposableStack } from "../shared/util/async-disposable-stack.js";
 
 export interface DaemonDeps {
   driver: Driver;
@@ -83,18 +84,41 @@ export function packageVersion(): string {
   return "0.0.0";
 }
 
+/**
+ * Starts cvmd in two stages. First everything that can refuse without changing anything (the TLS
+ * pair, the attestation collateral), so that an operator's mistake there exits before the data dir
+ * is locked or a guest is adopted. Then each resource that is started goes onto one stack, which a
+ * failure at any later step unwinds, releasing all that came before it, and which close() unwinds
+ * the same way.
+ */
 export async function startDaemon(config: Config, deps: DaemonDeps): Promise<RunningDaemon> {
-  // One cvmd per data dir: two would adopt, and fight over, the same guests.
-  const lock = await namingSetting("CVM_DATA_DIR", config.dataDir, ["EROFS", "EACCES", "EPERM", "ENOTDIR", "ENOSPC"], async () => {
-    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-    return acquireDaemonLock(config.dataDir);
-  });
+  const prepared = await prepare(config, deps);
+  const stack = new AsyncDisposableStack();
   try {
-    return await startLocked(config, deps, lock);
+    return await launch(config, deps, prepared, stack);
   } catch (err) {
-    lock.release();
+    // The start-up error is what the operator must see (and what picks the exit code); a release
+    // that fails as well is only logged.
+    await stack.disposeAsync().catch((releaseErr: unknown) => deps.logger.error({ err: releaseErr }, "start-up failed, and releasing what it had started failed too"));
     throw err;
   }
+}
+
+interface Prepared {
+  tls: TlsPair | null;
+  collateral: ConfiguredCollateralProvider;
+}
+
+/** Stage one: reads and checks, no side effects; a refusal here leaves nothing to release. */
+async function prepare(config: Config, deps: DaemonDeps): Promise<Prepared> {
+  const clock = deps.clock ?? systemClock;
+  const log = deps.logger;
+  const tls = config.tls
+    ? await readTlsPair(config.tls).catch((err: Error) => Promise.reject(new ConfigError(/CVM_TLS_KEY/.test(err.message) ? "CVM_TLS_KEY" : "CVM_TLS_CERT", err.message)))
+    : null;
+  const collateral = await buildCollateralProvider(config.attestation, { now: () => clock.now().getTime(), logger: log.child({ component: "attest" }) });
+  log.info({ collateral_file: config.attestation.collateralFile, pccs_host: config.attestation.pccsUrl ? new URL(config.attestation.pccsUrl).host : null, accept_tcb_status: config.attestation.acceptTcbStatuses }, collateral.configured ? "attestation collateral source" : "no attestation collateral source configured");
+  return { tls, collateral };
 }
 
 /** Runs `fn`; a failure with one of `codes` becomes a ConfigError that names the setting at fault. */
@@ -108,22 +132,26 @@ async function namingSetting<T>(setting: string, value: string, codes: string[],
   }
 }
 
-async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): void }): Promise<RunningDaemon> {
+/**
+ * Stage two: starts the resources in order, each put on `stack` as soon as it holds something.
+ * The stack unwinds last to first, so the order of registration is the order of shutdown reversed:
+ * tenant HTTP drains first, then the operator's listeners, the jobs, the pool and the engine (which
+ * stop waiting on guests and leave them running), the gateway, the driver's channels, DNS, the
+ * database, and last the data dir lock.
+ */
+async function launch(config: Config, deps: DaemonDeps, { tls, collateral }: Prepared, stack: AsyncDisposableStack): Promise<RunningDaemon> {
   const clock = deps.clock ?? systemClock;
   const log = deps.logger;
-  // Before the database opens: a bad collateral bundle stops start-up with nothing to clean up.
-  const collateral = await buildCollateralProvider(config.attestation, { now: () => clock.now().getTime(), logger: log.child({ component: "attest" }) });
-  log.info({ collateral_file: config.attestation.collateralFile, pccs_host: config.attestation.pccsUrl ? new URL(config.attestation.pccsUrl).host : null, accept_tcb_status: config.attestation.acceptTcbStatuses }, collateral.configured ? "attestation collateral source" : "no attestation collateral source configured");
-  const db = await namingSetting("CVM_DATA_DIR", config.dataDir, ["SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "EROFS", "EACCES"], async () => {
-    const opened = await Database.open(join(config.dataDir, DB_FILE));
-    try {
-      await opened.migrate();
-      return opened;
-    } catch (err) {
-      await opened.close().catch(() => undefined);
-      throw err;
-    }
+  // One cvmd per data dir: two would adopt, and fight over, the same guests.
+  const lock = await namingSetting("CVM_DATA_DIR", config.dataDir, ["EROFS", "EACCES", "EPERM", "ENOTDIR", "ENOSPC"], async () => {
+    mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+    return acquireDaemonLock(config.dataDir);
   });
+  stack.defer(() => lock.release());
+  const dbSettingCodes = ["SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "EROFS", "EACCES"];
+  const db = await namingSetting("CVM_DATA_DIR", config.dataDir, dbSettingCodes, () => Database.open(join(config.dataDir, DB_FILE)));
+  stack.defer(() => db.close());
+  await namingSetting("CVM_DATA_DIR", config.dataDir, dbSettingCodes, () => db.migrate());
   const version = (await db.get<{ user_version: number }>("PRAGMA user_version"))!.user_version;
   log.info({ schema_version: version, data_dir: config.dataDir }, "database ready");
 
@@ -140,6 +168,7 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   metrics.countInstancesWith(() => instances.countByStatus());
   metrics.egressWith(() => egressStore.hostTotals());
   const dns = await startDns(config.dns, { baseDomain: config.baseDomain, tenants, instances, logger: log.child({ component: "dns" }), now: () => clock.now() });
+  stack.defer(() => dns.close());
   if (dns.server) log.info({ listen: `${config.dns.listen?.host}:${dns.server.port}` }, "dns server up");
   // A driver that cannot provision holds nothing: its creates fail with driver_unavailable, not for capacity.
   const capacity = deps.driver instanceof UnavailableDriver ? undefined : new Capacity(config.capacity, deps.guestSize ?? { memoryMiB: 2048, vcpus: 2 }, instances);
@@ -225,17 +254,26 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     onGuestEgress: (id, s) => egress?.recordGuestSample(id, s),
     securityLog,
   });
+  // Registered before the gateway so that it closes after it: the gateway's last answers, cut short
+  // by its close, still have a channel to reach their guests on.
+  stack.defer(() => deps.driver.close?.());
+  stack.defer(() => gateway.close());
   // Egress rules first: an adopted guest must never run a moment without its cap.
   await egress?.reconcile();
+  stack.defer(() => engine.close());
   await engine.recover();
   // Pool guests after instances: a guest an instance claimed is the instance's, and adoption of the
   // rest must see the capacity the instances already hold.
-  await pool?.start();
+  if (pool) {
+    stack.defer(() => pool.close());
+    await pool.start();
+  }
   dns.sync().then(
     (r) => r.failed.forEach((f) => log.warn({ hostname: f.hostname, err: f.error.message }, "dns record not repaired")),
     (err) => log.error({ err }, "dns sync failed"),
   );
   const scheduler = new Scheduler(log.child({ component: "jobs" }));
+  stack.defer(() => scheduler.stop());
   if (egress) {
     scheduler.add({ name: "egress-poll", schedule: `*/${config.egressPollSeconds} * * * * *`, run: () => egress.pollOnce() });
     scheduler.add({ name: "egress-history-prune", schedule: "17 3 * * *", run: () => egress.pruneHistory(30 * 24 * 3600_000) });
@@ -246,8 +284,6 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   }
   scheduler.add({ name: "idempotency-expiry", schedule: "7 * * * *", run: () => idempotency.expire(new Date(clock.now().getTime() - 24 * 3600_000)) });
 
-  // Its errors already name CVM_TLS_CERT / CVM_TLS_KEY; a file that cannot be read is the operator's to mend.
-  const tenantServer = await createTenantServer(config.tls, app.callback()).catch((err: Error) => Promise.reject(new ConfigError(/CVM_TLS_KEY/.test(err.message) ? "CVM_TLS_KEY" : "CVM_TLS_CERT", err.message)));
   const control = await startControlSocket(config.dataDir, {
     actions: new OperatorActions({ db, tenants, instances, clock, engine }),
     pool,
@@ -257,21 +293,23 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
   });
   // cvmctl now reports its key and tenant changes here before it exits (tellDaemonAuthChanged):
   // authentication no longer needs to look at the change file on every request.
-  if (control) db.changes.notifiedByOthers();
+  if (control) {
+    stack.defer(() => control.close());
+    db.changes.notifiedByOthers();
+  }
   const operator = config.metricsListen ? await startOperatorListener(config.metricsListen, { metrics, logger: log.child({ component: "metrics" }) }) : null;
-  if (operator) log.info({ url: operator.url }, "metrics listener up");
+  if (operator) {
+    stack.defer(() => operator.close());
+    log.info({ url: operator.url }, "metrics listener up");
+  }
 
+  const tenantServer = createTenantServer(tls, app.callback());
   const server = tenantServer.server;
   server.keepAliveTimeout = 5_000;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(config.listen.port, config.listen.host, () => resolve());
-  }).catch(async (err: unknown) => {
-    await control?.close();
-    await operator?.close();
-    await engine.close();
-    await dns.close();
-    await db.close();
+  }).catch((err: unknown) => {
     // An address this host does not have, a name that does not resolve, a port it may not bind:
     // no restart mends those. (EADDRINUSE may pass, a previous cvmd still closing; left as is.)
     const code = (err as NodeJS.ErrnoException).code;
@@ -280,32 +318,23 @@ async function startLocked(config: Config, deps: DaemonDeps, lock: { release(): 
     }
     throw err;
   });
+  stack.defer(async () => {
+    draining = true;
+    const serverClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    await Promise.race([serverClosed, new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
+    server.closeAllConnections();
+  });
   const addr = server.address();
   const port = typeof addr === "object" && addr ? addr.port : config.listen.port;
   const host = config.listen.host.includes(":") ? `[${config.listen.host}]` : config.listen.host;
   const url = `${tenantServer.scheme}://${host}:${port}`;
   log.info({ url, driver: deps.driver.name }, "cvmd listening");
 
+  // From here the running daemon owns what was started; close() is its one way out.
+  const owned = stack.move();
   let closed: Promise<void> | undefined;
-  const close = () =>
-    (closed ??= (async () => {
-      draining = true;
-      const serverClosed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
-      await Promise.race([serverClosed, new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
-      server.closeAllConnections();
-      await scheduler.stop();
-      await pool?.close();
-      await engine.close();
-      await gateway.close();
-      await deps.driver.close?.();
-      await control?.close();
-      await operator?.close();
-      await dns.close();
-      await db.close();
-      lock.release();
-      log.info("cvmd stopped; guests left running for the next start to adopt");
-    })());
+  const close = () => (closed ??= owned.disposeAsync().then(() => log.info("cvmd stopped; guests left running for the next start to adopt")));
 
   return { url, port, db, engine, pool, metrics, egress, dnsPort: dns.server?.port ?? null, metricsUrl: operator?.url ?? null, reloadTls: tenantServer.reloadTls, close };
 }

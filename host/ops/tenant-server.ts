@@ -15,10 +15,18 @@ export interface TenantServer {
   reloadTls(): Promise<void>;
 }
 
-async function readPair(tls: TlsFiles): Promise<{ cert: Buffer; key: Buffer }> {
+/** A certificate and key that parsed and match each other; read before start-up touches anything. */
+export interface TlsPair {
+  files: TlsFiles;
+  cert: Buffer;
+  key: Buffer;
+}
+
+/** Reads and checks the pair; its errors name CVM_TLS_CERT / CVM_TLS_KEY. */
+export async function readTlsPair(files: TlsFiles): Promise<TlsPair> {
   const [cert, key] = await Promise.all([
-    readFile(tls.certFile).catch((err: Error) => Promise.reject(new Error(`CVM_TLS_CERT=${tls.certFile}: ${err.message}`))),
-    readFile(tls.keyFile).catch((err: Error) => Promise.reject(new Error(`CVM_TLS_KEY=${tls.keyFile}: ${err.message}`))),
+    readFile(files.certFile).catch((err: Error) => Promise.reject(new Error(`CVM_TLS_CERT=${files.certFile}: ${err.message}`))),
+    readFile(files.keyFile).catch((err: Error) => Promise.reject(new Error(`CVM_TLS_KEY=${files.keyFile}: ${err.message}`))),
   ]);
   try {
     // Building a context checks that the files parse and that the key matches the certificate.
@@ -26,16 +34,19 @@ async function readPair(tls: TlsFiles): Promise<{ cert: Buffer; key: Buffer }> {
   } catch (err) {
     throw new Error(`CVM_TLS_CERT/CVM_TLS_KEY: ${(err as Error).message}`);
   }
-  return { cert, key };
+  return { files, cert, key };
 }
 
-/** The tenant listener: plain HTTP, or HTTPS when the operator gave a certificate and key. */
-export async function createTenantServer(tls: TlsFiles | null, handler: RequestListener): Promise<TenantServer> {
+/** The tenant listener, not yet listening: plain HTTP, or HTTPS when the operator gave a certificate and key. */
+export function createTenantServer(tls: TlsPair | null, handler: RequestListener): TenantServer {
   if (!tls) return { server: createHttpServer(handler), scheme: "http", reloadTls: async () => undefined };
-  const server = createHttpsServer({ ...(await readPair(tls)), minVersion: "TLSv1.2" }, handler);
+  const server = createHttpsServer({ cert: tls.cert, key: tls.key, minVersion: "TLSv1.2" }, handler);
   return {
     server,
     scheme: "https",
-    reloadTls: async () => server.setSecureContext({ ...(await readPair(tls)), minVersion: "TLSv1.2" }),
+    reloadTls: async () => {
+      const { cert, key } = await readTlsPair(tls.files);
+      server.setSecureContext({ cert, key, minVersion: "TLSv1.2" });
+    },
   };
 }
