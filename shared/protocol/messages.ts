@@ -431,7 +431,9 @@ function parse<T>(schema: z.ZodType<T>, v: unknown, pathOf: (v: unknown, path: r
  * what that key did to the body).
  */
 function firstReason(v: unknown, issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue {
-  const rank = (i: z.core.$ZodIssue) => i.path.length * 3 + (i.code === "unrecognized_keys" ? 0 : i.path.length > 0 && isAbsent(v, i.path) ? 1 : 2);
+  // Depth of the key at fault: an unknown key sits one level below the map zod reports it on.
+  const rank = (i: z.core.$ZodIssue) =>
+    i.code === "unrecognized_keys" ? (i.path.length + 1) * 3 : i.path.length * 3 + (i.path.length > 0 && isAbsent(v, i.path) ? 1 : 2);
   return issues.reduce((best, i) => (rank(i) < rank(best) ? i : best));
 }
 
