@@ -1,7 +1,7 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { ImageError, type ImageCatalog } from "../images/image-catalog.js";
-import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready } from "../link/index.js";
+import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready, type SetupParams } from "../link/index.js";
 import type { EgressFirewall } from "../net/egress-firewall.js";
 import type { GuestAttachment, GuestNetwork } from "../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "../vmm/boot-phases.js";
@@ -343,7 +343,8 @@ export class QemuDriver implements Driver {
       if (!hello.state.ready) {
         // The link re-sends setup on each new session, so an agent that crash-loops before acknowledging would keep
         // this instance provisioning (and its capacity held) forever without a deadline of its own.
-        const ack = link.setup({ public_key: spec.publicKey, agent: spec.agent, inference_model: spec.inferenceModel, gateway_address: this.o.guestGatewayUrl, instance_name: spec.name });
+        // The API admits only agents the protocol names, and the agent checks again; a stored spec keeps a plain string.
+        const ack = link.setup({ public_key: spec.publicKey, agent: spec.agent as SetupParams["agent"], inference_model: spec.inferenceModel, gateway_address: this.o.guestGatewayUrl, instance_name: spec.name });
         await Promise.race([
           ack.catch((err) => {
             throw agentRefusal(err) ?? err;

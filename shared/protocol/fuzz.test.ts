@@ -3,11 +3,41 @@ import { decodeAgentMessage, decodeHostMessage, encodeMessage, encodeMessagePayl
 import { encodeFrame, FRAME_HEADER_LEN, FrameDecoder, MAX_FRAME_PAYLOAD } from "./frame.js";
 import { AGENT_SAMPLES, HOST_SAMPLES } from "./testdata/samples.js";
 import { prng } from "./testdata/prng.js";
-import { Encoder } from "cbor-x";
+import { Decoder, Encoder } from "cbor-x";
+import { z } from "zod";
+import { MESSAGE_SCHEMAS, validateAgentMessage, validateHostMessage } from "./messages.js";
 
 const SEED = Number(process.env.CVM_FUZZ_SEED ?? 20261124);
 const samples = [...Object.values(HOST_SAMPLES), ...Object.values(AGENT_SAMPLES)];
 const raw = new Encoder({ useRecords: false, mapsAsObjects: true, variableMapSize: true, tagUint8Array: false });
+const rawDecoder = new Decoder({ useRecords: false, mapsAsObjects: true });
+
+/** Values near the protocol's bounds and of the wrong kind, to put in place of a field. */
+const EDGES: unknown[] = [
+  null, true, 0, -1, 1.5, NaN, Infinity, 2 ** 53, 0xffff_ffff, 2 ** 32, 99, 600, 2n ** 64n, "", "a", "a b", "x".repeat(4097),
+  "http://u:p@h/", "2026-01-01T00:00:00Z", "healthy", "GET", "ready", Buffer.alloc(0), Buffer.alloc(16), Buffer.alloc(65),
+  new Date(0), new Set([1]), [], [1, 2, 3, 4], {}, { "content-type": "x" }, { Upper: "x" }, Array.from({ length: 17 }, (_, i) => `h${i}`),
+];
+
+/** One structural change: a field replaced, removed or added, somewhere in the message. */
+function mutate(r: ReturnType<typeof prng>, v: unknown): unknown {
+  if (v === null || typeof v !== "object" || v instanceof Uint8Array) return EDGES[r.int(EDGES.length)];
+  if (Array.isArray(v)) {
+    const a = [...v];
+    if (a.length > 0 && r.int(3) > 0) a[r.int(a.length)] = mutate(r, a[r.int(a.length)]);
+    else if (r.int(2) === 0) a.push(EDGES[r.int(EDGES.length)]);
+    else a.pop();
+    return a;
+  }
+  const o = { ...(v as Record<string, unknown>) };
+  const keys = Object.keys(o);
+  const k = keys[r.int(keys.length)];
+  const what = r.int(6);
+  if (what === 0 || k === undefined) o[`x${r.int(3)}`] = EDGES[r.int(EDGES.length)];
+  else if (what === 1) delete o[k];
+  else o[k] = mutate(r, o[k]);
+  return o;
+}
 
 function randomValue(r: ReturnType<typeof prng>, depth = 0): unknown {
   const k = r.int(depth > 3 ? 6 : 9);
@@ -53,6 +83,42 @@ describe(`protocol fuzz (seed ${SEED})`, () => {
       }
     }
     expect(rejected).toBeGreaterThan(15_000);
+  });
+
+  test("the compiled validators accept and return exactly what their schemas do, on 20,000 mutated messages", () => {
+    // z.compile hands rejections to the runtime parser but returns its own successes as they are, so a
+    // compiler bug would be a check silently skipped on guest input: hold it to the schemas it came from.
+    const r = prng(SEED + 2);
+    const directions = [
+      { samples: Object.values(HOST_SAMPLES), schema: MESSAGE_SCHEMAS.host, validate: validateHostMessage },
+      { samples: Object.values(AGENT_SAMPLES), schema: MESSAGE_SCHEMAS.agent, validate: validateAgentMessage },
+    ];
+    let accepted = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const d = directions[i % 2]!;
+      let m: unknown = d.samples[r.int(d.samples.length)];
+      for (let j = r.int(3); j >= 0; j--) m = mutate(r, m);
+      const value = rawDecoder.decode(raw.encode(m));
+      const runtime = d.schema.safeParse(value);
+      let compiled: unknown;
+      try {
+        compiled = d.validate(value);
+      } catch {
+        compiled = undefined;
+      }
+      expect(compiled !== undefined, JSON.stringify(m, (_k, x) => (typeof x === "bigint" ? `${x}n` : x))).toBe(runtime.success);
+      if (runtime.success) {
+        accepted++;
+        expect(compiled).toEqual(runtime.data);
+      }
+    }
+    // Some mutations must survive, or only the rejecting half would have been compared.
+    expect(accepted).toBeGreaterThan(250);
+  });
+
+  test("both message schemas compile: a schema the compiler refuses would quietly run at runtime speed", () => {
+    expect(() => z.compile(MESSAGE_SCHEMAS.host, { strict: true })).not.toThrow();
+    expect(() => z.compile(MESSAGE_SCHEMAS.agent, { strict: true })).not.toThrow();
   });
 
   test("random byte streams with embedded, torn and truncated frames: decoder recovers every intact frame", () => {

@@ -53,6 +53,47 @@ describe("message validation", () => {
     if (!res.ok) expect(res.reason).toMatch(reason);
   });
 
+  const hello = AGENT_SAMPLES.hello_ready as Extract<(typeof AGENT_SAMPLES)[string], { type: "hello" }>;
+  const heartbeat = { uptime_s: 1, load: [0, 0, 0], mem_total_bytes: 1, mem_available_bytes: 1, openclaw: "healthy" };
+  const event = { imr: 3, digest: "a".repeat(96), event_type: "t", event: "e" };
+
+  // Bounds and shapes the hand-written validators enforced, held now that the types and checks come from one schema.
+  test.each([
+    ["an over-long bye reason", { type: "bye", body: { reason: "x".repeat(513) } }, /^invalid message: bye.reason: is longer than 512$/],
+    ["an over-long progress message", { type: "progress", body: { stage: "s", message: "x".repeat(4097) } }, /progress.message: is longer than 4096/],
+    ["an over-long header value", { type: "gw_request", body: { stream: 1, method: "GET", path: "/v1/models", headers: { accept: "x".repeat(1025) }, body: Buffer.alloc(0), end: true } }, /gw_request.headers.accept: is longer than 1024/],
+    ["an end flag as text", { type: "gw_request_body", body: { stream: 1, data: Buffer.alloc(0), end: "yes" } }, /gw_request_body.end: must be a boolean/],
+    ["a counter sent as text", { type: "heartbeat", body: { ...heartbeat, mem_total_bytes: "1" } }, /heartbeat.mem_total_bytes: must be a non-negative integer/],
+    ["a counter above 2^53", { type: "egress", body: { bytes: 2 ** 53, packets: 1, sampled_at: "2026-01-01T00:00:00Z" } }, /egress.bytes: must be a non-negative integer/],
+    ["four load averages", { type: "heartbeat", body: { ...heartbeat, load: [0, 0, 0, 0] } }, /heartbeat.load: has more than 3 items/],
+    ["two load averages", { type: "heartbeat", body: { ...heartbeat, load: [0, 0] } }, /heartbeat.load: must have 3 items/],
+    ["an extra key in a nested map", { ...hello, body: { ...hello.body, state: { ...hello.body.state, ready: { ...hello.body.state.ready!, shell: "/bin/sh" } } } }, /hello.state.ready: unknown key "shell"/],
+    ["an extra key beside a bad value", { type: "egress", x: 1, body: { bytes: -1, packets: 1, sampled_at: "2026-01-01T00:00:00Z" } }, /message: unknown key "x"/],
+    ["an event log over its bound", { type: "quote_reply", re: 1, body: { available: false, reason: "x", event_log: Array(257).fill(event) } }, /event_log: has more than 256 items/],
+    ["an event with a bad digest", { type: "quote_reply", re: 1, body: { available: false, reason: "x", event_log: [event, { ...event, digest: "A".repeat(96) }] } }, /quote_reply.event_log\[1\].digest: has an invalid format/],
+    ["a quote reply whose availability is text", { type: "quote_reply", re: 1, body: { available: "yes", reason: "x", event_log: [] } }, /quote_reply.available: must be a boolean/],
+    ["a cancel of stream 2^32", { type: "gw_cancel", body: { stream: 2 ** 32 } }, /gw_cancel.stream: must be at most 4294967295/],
+  ])("agent → host: still rejects %s", (_name, value, reason) => {
+    const res = decodeAgentMessage(enc(value));
+    expect(res.ok).toBe(false);
+    if (!res.ok) expect(res.reason).toMatch(reason);
+  });
+
+  test.each([
+    ["a Date as the prepare body", { type: "prepare", id: 1, body: new Date(0) }, /prepare: must be a map/],
+    ["a Set as gateway headers", { type: "gw_response", body: { stream: 1, status: 200, headers: new Set(["a"]), body: Buffer.alloc(0), end: true } }, /gw_response.headers: must be a map/],
+    ["an over-long public key", { type: "setup", id: 1, body: { ...setup.body, public_key: "k".repeat(8193) } }, /setup.public_key: is longer than 8192/],
+  ])("host → agent: still rejects %s", (_name, value, reason) => {
+    const res = decodeHostMessage(enc(value));
+    expect(res.ok).toBe(false);
+    if (!res.ok) expect(res.reason).toMatch(reason);
+  });
+
+  test("a saved setup read back as JSON cannot carry a __proto__ key", () => {
+    const saved = JSON.parse(JSON.stringify(setup.body).replace("{", '{"__proto__":{"agent":"x"},'));
+    expect(() => validateSetupParams(saved, "saved setup")).toThrow(/^saved setup: unknown key "__proto__"$/);
+  });
+
   test("malformed CBOR and trailing bytes are reported, not thrown", () => {
     expect(decodeHostMessage(Buffer.from([0xa1, 0x61]))).toMatchObject({ ok: false, reason: expect.stringMatching(/malformed CBOR/) });
     const good = encodeMessagePayload(HOST_SAMPLES.hello!);

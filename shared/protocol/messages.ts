@@ -2,10 +2,14 @@
  * The host–agent message set, in one place for both sides.
  *
  * Every message is a CBOR map `{type, id?, re?, body}`: requests (host → agent) carry `id`, replies
- * carry `re` (the request's id), events carry neither. Keys are snake_case on the wire. Validators are
- * strict: unknown types, unknown keys, wrong types and out-of-range values are all rejected with a
- * reason, which the receiving side logs before closing the session.
+ * carry `re` (the request's id), events carry neither. Keys are snake_case on the wire. Each message
+ * is one zod schema; its TypeScript type is inferred from it, so what a side may send and what the
+ * other side accepts cannot drift apart. Validation is strict, because everything from a guest is
+ * attacker input: unknown types, unknown keys, wrong types and out-of-range values are all rejected
+ * with a reason, which the receiving side logs before closing the session.
  */
+import { z } from "zod";
+
 
 /**
  * Protocol versions this build speaks, best first. Version 2 is version 1 plus the inference gateway
@@ -52,117 +56,241 @@ export type AgentPhase = (typeof AGENT_PHASES)[number];
 export const OPENCLAW_HEALTH = ["healthy", "unhealthy", "stopped"] as const;
 export type OpenClawHealth = (typeof OPENCLAW_HEALTH)[number];
 
-export interface HostHello {
-  versions: number[];
-  host_version: string;
+// ---------------------------------------------------------------------------------------------------
+// Building blocks. Each carries the reason a receiver logs, worded for the operator reading that log.
+
+export class ValidationError extends Error {
+  override name = "ValidationError";
 }
 
-export interface Ready {
-  ssh_host_keys: string[];
-  openclaw_version: string;
-  node_version: string;
+const MAX_STRING = 4096;
+const MAX_KEY_LINE = 8192;
+export const MAX_REQUEST_ID = 0xffff_ffff;
+const MAX_EVENT_LOG_ENTRIES = 256;
+const MAX_QUOTE_BYTES = 64 * 1024;
+
+const TOKEN = /^[A-Za-z0-9._:@\/+-]+$/;
+const PRINTABLE = /^[\x20-\x7e]*$/;
+const HEX_SHA256 = /^[0-9a-f]{64}$/;
+const HEX_SHA384 = /^[0-9a-f]{96}$/;
+/** ISO 8601 UTC as produced by Date.toISOString(). */
+const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
+const HEADER_NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
+/** Path plus query: visible ASCII only (clients percent-encode everything else). */
+const HTTP_PATH = /^\/[\x21-\x7e]*$/;
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== "object" || v === null || Array.isArray(v) || v instanceof Uint8Array) return false;
+  const proto = Object.getPrototypeOf(v);
+  return proto === Object.prototype || proto === null;
 }
 
-export interface Failed {
-  code: FailureCode;
-  message: string;
+/** A map with exactly these keys; anything else is reported as an unknown key. */
+function map<S extends z.ZodRawShape>(shape: S) {
+  return z.strictObject(shape, {
+    error: (iss) => (iss.code === "unrecognized_keys" ? `unknown key ${JSON.stringify(String(iss.keys[0]).slice(0, 64))}` : "must be a map"),
+  });
 }
+
+/**
+ * zod takes any object for a map and finds no keys in a decoded Date, Set or typed array, so a map
+ * that may be empty is refused unless it is a plain object before zod looks inside.
+ */
+const plainMap = () => z.unknown().check(z.refine(isPlainObject, { error: "must be a map", abort: true }));
+
+function str(opts: { min?: number; max?: number; pattern?: RegExp } = {}) {
+  const max = opts.max ?? MAX_STRING;
+  // Length first and aborting, so an over-long string is never run through the pattern.
+  let s = z.string({ error: "must be a string" }).max(max, { error: `is longer than ${max}`, abort: true });
+  if (opts.min) s = s.min(opts.min, { error: "is too short", abort: true });
+  return opts.pattern ? s.regex(opts.pattern, "has an invalid format") : s;
+}
+
+function uint(max = Number.MAX_SAFE_INTEGER) {
+  return z.int({ error: "must be a non-negative integer" }).min(0, "must be a non-negative integer").max(max, `must be at most ${max}`);
+}
+
+function finite() {
+  return z.number({ error: "must be a finite number" }).min(0, "must be at least 0");
+}
+
+const bool = () => z.boolean({ error: "must be a boolean" });
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
+  return z.enum(values, { error: `must be one of ${values.join(", ")}` });
+}
+
+/** A CBOR byte string, handed on as a Buffer that views the decoded bytes. */
+function bytes(min: number, max: number) {
+  return z
+    .instanceof(Uint8Array, { error: "must be a byte string" })
+    .refine((v) => v.length >= min && v.length <= max, `must be ${min}..${max} bytes`)
+    .transform((v): Buffer => (Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.length)));
+}
+
+function array<T extends z.ZodType>(item: T, max: number) {
+  // zod checks the length before the items, so a huge array costs one issue, not one per item.
+  return z.array(item, { error: "must be an array" }).max(max, `has more than ${max} items`);
+}
+
+const requestId = () => uint(MAX_REQUEST_ID);
+const streamId = () => uint(MAX_REQUEST_ID).min(1, "must be at least 1");
+
+// ---------------------------------------------------------------------------------------------------
+// Bodies
+
+const HostHello = map({
+  versions: array(uint(0xffff), 16).min(1, "must not be empty"),
+  host_version: str({ max: 128, pattern: PRINTABLE }),
+});
+export type HostHello = z.infer<typeof HostHello>;
+
+const Ready = map({
+  ssh_host_keys: array(str({ min: 1, max: MAX_KEY_LINE, pattern: PRINTABLE }), 16),
+  openclaw_version: str({ max: 64, pattern: PRINTABLE }),
+  node_version: str({ max: 64, pattern: PRINTABLE }),
+});
+export type Ready = z.infer<typeof Ready>;
+
+const Failed = map({ code: oneOf(FAILURE_CODES), message: str() });
+export type Failed = z.infer<typeof Failed>;
 
 /** A pool guest's tenant-less preparation is done: OpenClaw runs with a neutral configuration. */
-export interface Prepared {
-  openclaw_version: string;
-  node_version: string;
+const Prepared = map({
+  openclaw_version: str({ max: 64, pattern: PRINTABLE }),
+  node_version: str({ max: 64, pattern: PRINTABLE }),
   /** How long the preparation took in the agent, milliseconds. */
-  prepare_ms: number;
-}
+  prepare_ms: uint(),
+});
+export type Prepared = z.infer<typeof Prepared>;
 
 /** `prepare` takes no parameters: nothing about a tenant is known before the claim. */
-export interface PrepareParams {}
+const PrepareParams = plainMap().pipe(map({}));
+export type PrepareParams = z.infer<typeof PrepareParams>;
 
 /** What a (re)connecting host needs to know to pick up where the agent is. */
-export interface AgentStateSummary {
-  phase: AgentPhase;
+const AgentStateSummary = map({
+  phase: oneOf(AGENT_PHASES),
   /** SHA-256 (hex) of the accepted setup parameters, so a host can tell whether its setup is the one applied. */
-  setup_digest: string | null;
+  setup_digest: str({ pattern: HEX_SHA256 }).nullable(),
   /** Last progress stage reported. */
-  stage: string | null;
-  ready: Ready | null;
-  failed: Failed | null;
+  stage: str({ max: 64, pattern: TOKEN }).nullable(),
+  ready: Ready.nullable(),
+  failed: Failed.nullable(),
   /**
    * Set once a `prepare` completed in this boot (stays set after the claim). Version ≥ 3 only: an
    * agent leaves the key out of its hello in older sessions, and a missing key decodes as null.
    */
-  prepared: Prepared | null;
-}
+  prepared: Prepared.nullable().default(null),
+});
+export type AgentStateSummary = z.infer<typeof AgentStateSummary>;
 
-export interface AgentHello {
-  version: number;
-  agent_version: string;
-  boot_id: string;
-  image_id: string | null;
-  state: AgentStateSummary;
-}
+const AgentHello = map({
+  version: uint(0xffff),
+  agent_version: str({ max: 128, pattern: PRINTABLE }),
+  boot_id: str({ min: 1, max: 64, pattern: TOKEN }),
+  image_id: str({ min: 1, max: 128, pattern: TOKEN }).nullable(),
+  state: AgentStateSummary,
+});
+export type AgentHello = z.infer<typeof AgentHello>;
 
-export interface SetupParams {
-  public_key: string;
-  agent: string;
-  inference_model: string;
-  gateway_address: string;
-  instance_name: string;
-}
+/** An http(s) URL without credentials; the agent hands it to OpenClaw as the inference endpoint. */
+const gatewayAddress = str({ min: 1, max: 512, pattern: PRINTABLE }).superRefine((s, ctx) => {
+  let url: URL;
+  try {
+    url = new URL(s);
+  } catch {
+    ctx.addIssue("must be an absolute URL");
+    return;
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") ctx.addIssue("must be an http(s) URL");
+  else if (url.username || url.password) ctx.addIssue("must not carry credentials");
+});
 
-export interface SetupAck {
+/** Shape checks only; the agent parses the key itself so a bad key becomes `ssh_key_rejected`. */
+const SetupParams = map({
+  public_key: str({ min: 1, max: MAX_KEY_LINE }),
+  agent: oneOf(["openclaw"]),
+  inference_model: str({ min: 1, max: 200, pattern: TOKEN }),
+  gateway_address: gatewayAddress,
+  instance_name: str({ min: 1, max: 63, pattern: /^[a-z0-9][a-z0-9-]*$/ }),
+});
+export type SetupParams = z.infer<typeof SetupParams>;
+
+const SetupAck = map({
   /** True when an identical setup had already been accepted in this boot. */
-  already_applied: boolean;
-}
+  already_applied: bool(),
+});
+export type SetupAck = z.infer<typeof SetupAck>;
 
-export interface ErrorReply {
-  code: ErrorCode;
-  message: string;
-}
+const ErrorReply = map({ code: oneOf(ERROR_CODES), message: str() });
+export type ErrorReply = z.infer<typeof ErrorReply>;
 
-export interface QuoteRequest {
-  nonce: Buffer;
-}
+const QuoteRequest = map({ nonce: bytes(16, 64) });
+export type QuoteRequest = z.infer<typeof QuoteRequest>;
 
-export interface Rtmr3Event {
-  imr: 3;
+const Rtmr3Event = map({
+  imr: z.literal(3, { error: "must be 3" }),
   /** SHA-384 of utf8(event_type + ":" + event), hex. */
-  digest: string;
-  event_type: string;
-  event: string;
-}
+  digest: str({ pattern: HEX_SHA384 }),
+  event_type: str({ min: 1, max: 64, pattern: TOKEN }),
+  event: str({ max: MAX_STRING, pattern: PRINTABLE }),
+});
+export type Rtmr3Event = z.infer<typeof Rtmr3Event>;
 
-export type QuoteReply =
-  | { available: true; quote: Buffer; report_data: Buffer; event_log: Rtmr3Event[] }
-  | { available: false; reason: string; event_log: Rtmr3Event[] };
+const eventLog = () => array(Rtmr3Event, MAX_EVENT_LOG_ENTRIES);
+const QuoteReply = z.discriminatedUnion(
+  "available",
+  [
+    map({ available: z.literal(true), quote: bytes(48, MAX_QUOTE_BYTES), report_data: bytes(64, 64), event_log: eventLog() }),
+    map({ available: z.literal(false), reason: str({ min: 1 }), event_log: eventLog() }),
+  ],
+  { error: (iss) => (iss.code === "invalid_union" ? "must be a boolean" : "must be a map") },
+);
+export type QuoteReply = z.infer<typeof QuoteReply>;
 
-export interface Progress {
-  stage: string;
-  message: string;
-}
+const Progress = map({ stage: str({ min: 1, max: 64, pattern: TOKEN }), message: str() });
+export type Progress = z.infer<typeof Progress>;
 
-export interface Heartbeat {
-  uptime_s: number;
-  load: [number, number, number];
-  mem_total_bytes: number;
-  mem_available_bytes: number;
-  openclaw: OpenClawHealth;
-}
+const Heartbeat = map({
+  uptime_s: finite(),
+  load: z.tuple([finite(), finite(), finite()], {
+    error: (iss) => (iss.code === "too_big" ? "has more than 3 items" : iss.code === "too_small" ? "must have 3 items" : "must be an array"),
+  }),
+  mem_total_bytes: uint(),
+  mem_available_bytes: uint(),
+  openclaw: oneOf(OPENCLAW_HEALTH),
+});
+export type Heartbeat = z.infer<typeof Heartbeat>;
 
-export interface EgressSample {
-  bytes: number;
-  packets: number;
+const EgressSample = map({
+  bytes: uint(),
+  packets: uint(),
   /** ISO 8601 UTC with milliseconds. */
-  sampled_at: string;
-}
+  sampled_at: str({ max: 32, pattern: ISO_UTC }),
+});
+export type EgressSample = z.infer<typeof EgressSample>;
 
-export interface Bye {
-  reason: string;
-}
+const Bye = map({ reason: str({ max: 512, pattern: PRINTABLE }) });
+export type Bye = z.infer<typeof Bye>;
 
-/** Lower-case header name → value. */
-export type GatewayHeaders = Record<string, string>;
+/**
+ * Lower-case header name → value. The count and the names are checked on the map as received, before
+ * zod builds its copy: zod's record would silently drop a `__proto__` key instead of refusing it.
+ */
+const GatewayHeaders = z
+  .unknown()
+  .check(
+    z.superRefine((v, ctx) => {
+      if (!isPlainObject(v)) return void ctx.addIssue({ code: "custom", message: "must be a map", abort: true });
+      const keys = Object.keys(v);
+      if (keys.length > MAX_GATEWAY_HEADERS) return void ctx.addIssue({ code: "custom", message: `has more than ${MAX_GATEWAY_HEADERS} entries`, abort: true });
+      const bad = keys.find((k) => !HEADER_NAME.test(k));
+      if (bad !== undefined) ctx.addIssue({ code: "custom", message: `header name ${JSON.stringify(bad.slice(0, 64))} is not a lower-case token`, abort: true });
+    }),
+  )
+  .pipe(z.record(z.string(), str({ max: 1024, pattern: PRINTABLE })));
+export type GatewayHeaders = z.infer<typeof GatewayHeaders>;
 
 /**
  * Inference gateway streams (protocol ≥ 2). The agent opens a stream per HTTP request its loopback
@@ -171,447 +299,177 @@ export type GatewayHeaders = Record<string, string>;
  * frames; the frame with `end: true` completes the stream. Which instance a stream belongs to is
  * never in a message: it is the channel the host dialled.
  */
-export interface GatewayRequestOpen {
-  stream: number;
-  method: GatewayMethod;
+const GatewayRequestOpen = map({
+  stream: streamId(),
+  method: oneOf(GATEWAY_METHODS),
   /** Path and query as the guest client sent them, e.g. `/v1/chat/completions`. */
-  path: string;
-  headers: GatewayHeaders;
+  path: str({ min: 1, max: 2048, pattern: HTTP_PATH }),
+  headers: GatewayHeaders,
   /** The request body, or its first part when `end` is false. */
-  body: Buffer;
-  end: boolean;
-}
+  body: bytes(0, MAX_GATEWAY_CHUNK),
+  end: bool(),
+});
+export type GatewayRequestOpen = z.infer<typeof GatewayRequestOpen>;
 
-export interface GatewayBodyChunk {
-  stream: number;
-  data: Buffer;
-  end: boolean;
-}
+const GatewayBodyChunk = map({ stream: streamId(), data: bytes(0, MAX_GATEWAY_CHUNK), end: bool() });
+export type GatewayBodyChunk = z.infer<typeof GatewayBodyChunk>;
 
 /** The guest client went away: the host stops working on the stream. */
-export interface GatewayCancel {
-  stream: number;
-}
+const GatewayCancel = map({ stream: streamId() });
+export type GatewayCancel = z.infer<typeof GatewayCancel>;
 
-export interface GatewayResponseHead {
-  stream: number;
-  status: number;
-  headers: GatewayHeaders;
-  body: Buffer;
-  end: boolean;
-}
+const GatewayResponseHead = map({
+  stream: streamId(),
+  status: uint(599).min(100, "must be an HTTP status (100..599)"),
+  headers: GatewayHeaders,
+  body: bytes(0, MAX_GATEWAY_CHUNK),
+  end: bool(),
+});
+export type GatewayResponseHead = z.infer<typeof GatewayResponseHead>;
 
 /** The host abandoned a stream mid-way: the agent cuts the client's connection instead of ending it cleanly. */
-export interface GatewayReset {
-  stream: number;
-  reason: string;
-}
+const GatewayReset = map({ stream: streamId(), reason: str({ max: 512, pattern: PRINTABLE }) });
+export type GatewayReset = z.infer<typeof GatewayReset>;
 
-export type HostMessage =
-  | { type: "hello"; id: number; body: HostHello }
-  | { type: "setup"; id: number; body: SetupParams }
-  | { type: "prepare"; id: number; body: PrepareParams }
-  | { type: "quote"; id: number; body: QuoteRequest }
-  | { type: "gw_response"; body: GatewayResponseHead }
-  | { type: "gw_response_body"; body: GatewayBodyChunk }
-  | { type: "gw_reset"; body: GatewayReset }
-  | { type: "bye"; body: Bye };
+// ---------------------------------------------------------------------------------------------------
+// Envelopes
 
-export type AgentMessage =
-  | { type: "hello"; re: number; body: AgentHello }
-  | { type: "ack"; re: number; body: SetupAck }
-  | { type: "quote_reply"; re: number; body: QuoteReply }
-  | { type: "error"; re: number; body: ErrorReply }
-  | { type: "progress"; body: Progress }
-  | { type: "ready"; body: Ready }
-  | { type: "prepared"; body: Prepared }
-  | { type: "failed"; body: Failed }
-  | { type: "heartbeat"; body: Heartbeat }
-  | { type: "egress"; body: EgressSample }
-  | { type: "gw_request"; body: GatewayRequestOpen }
-  | { type: "gw_request_body"; body: GatewayBodyChunk }
-  | { type: "gw_cancel"; body: GatewayCancel }
-  | { type: "bye"; body: Bye };
+const request = <T extends string, B extends z.ZodType>(type: T, body: B) => map({ type: z.literal(type), id: requestId(), body });
+const reply = <T extends string, B extends z.ZodType>(type: T, body: B) => map({ type: z.literal(type), re: requestId(), body });
+const event = <T extends string, B extends z.ZodType>(type: T, body: B) => map({ type: z.literal(type), body });
+
+/** The reason for a message whose `type` is not in the set, quoting (a bounded piece of) what came. */
+const unknownType = (direction: string) => (iss: z.core.$ZodRawIssue) =>
+  iss.code === "invalid_union"
+    ? `unknown ${direction} message type ${JSON.stringify(String((iss.input as { type?: unknown } | undefined)?.type).slice(0, 32))}`
+    : "must be a map";
+
+const HostMessage = z.discriminatedUnion(
+  "type",
+  [
+    request("hello", HostHello),
+    request("setup", SetupParams),
+    request("prepare", PrepareParams),
+    request("quote", QuoteRequest),
+    event("gw_response", GatewayResponseHead),
+    event("gw_response_body", GatewayBodyChunk),
+    event("gw_reset", GatewayReset),
+    event("bye", Bye),
+  ],
+  { error: unknownType("host") },
+);
+export type HostMessage = z.infer<typeof HostMessage>;
+
+const AgentMessage = z.discriminatedUnion(
+  "type",
+  [
+    reply("hello", AgentHello),
+    reply("ack", SetupAck),
+    reply("quote_reply", QuoteReply),
+    reply("error", ErrorReply),
+    event("progress", Progress),
+    event("ready", Ready),
+    event("prepared", Prepared),
+    event("failed", Failed),
+    event("heartbeat", Heartbeat),
+    event("egress", EgressSample),
+    event("gw_request", GatewayRequestOpen),
+    event("gw_request_body", GatewayBodyChunk),
+    event("gw_cancel", GatewayCancel),
+    event("bye", Bye),
+  ],
+  { error: unknownType("agent") },
+);
+export type AgentMessage = z.infer<typeof AgentMessage>;
 
 export type GatewayAgentMessage = Extract<AgentMessage, { type: "gw_request" | "gw_request_body" | "gw_cancel" }>;
 export type GatewayHostMessage = Extract<HostMessage, { type: "gw_response" | "gw_response_body" | "gw_reset" }>;
+export type AnyMessage = HostMessage | AgentMessage;
 
 /** Whether a message belongs to a gateway stream (only valid in a session of version ≥ GATEWAY_PROTOCOL_VERSION). */
 export function isGatewayMessage(m: AnyMessage): m is GatewayAgentMessage | GatewayHostMessage {
   return m.type.startsWith("gw_");
 }
 
-export type AnyMessage = HostMessage | AgentMessage;
+/**
+ * The schemas as written, for the test that holds the compiled validators to them. Nothing else
+ * should parse with these: they are several times slower than the compiled ones.
+ */
+export const MESSAGE_SCHEMAS = { host: HostMessage, agent: AgentMessage } as const;
+
+/*
+ * The host validates every frame of every guest within per-guest budgets, and zod's runtime parser
+ * costs 2-3x the hand-written checks this replaced. z.compile generates a parser that runs the same
+ * checks and hands anything it rejects to the runtime parser, so the reasons are the runtime's. Where
+ * it cannot compile (or code generation is disallowed) it keeps the runtime parser by itself; a test
+ * insists that these two do compile. Compiled on first use: each side only ever receives one kind, and
+ * compiling costs tens of milliseconds at start-up.
+ */
+let compiledHost: typeof HostMessage | undefined;
+let compiledAgent: typeof AgentMessage | undefined;
 
 // ---------------------------------------------------------------------------------------------------
-// Validation
+// Validation: the schemas above, with zod's first issue turned into the `path: reason` callers log.
 
-export class ValidationError extends Error {
-  override name = "ValidationError";
+/**
+ * Runs a schema and throws its first issue as a ValidationError. `pathOf` names where the issue is
+ * (a body's issues are named after the message type, as `hello.state.phase`). A required key that is
+ * absent is reported on the map that lacks it (`setup: missing public_key`), as a reader expects.
+ */
+function parse<T>(schema: z.ZodType<T>, v: unknown, pathOf: (v: unknown, path: readonly PropertyKey[]) => string): T {
+  const res = schema.safeParse(v);
+  if (res.success) return res.data;
+  const issue = firstReason(v, res.error.issues);
+  const { path } = issue;
+  if (path.length > 0 && isAbsent(v, path)) throw new ValidationError(`${pathOf(v, path.slice(0, -1))}: missing ${String(path.at(-1))}`);
+  throw new ValidationError(`${pathOf(v, path)}: ${issue.message}`);
 }
 
-type Obj = Record<string, unknown>;
-
-const MAX_STRING = 4096;
-const MAX_KEY_LINE = 8192;
-export const MAX_REQUEST_ID = 0xffff_ffff;
-const MAX_EVENT_LOG_ENTRIES = 256;
-const MAX_QUOTE_BYTES = 64 * 1024;
-
-function fail(path: string, what: string): never {
-  throw new ValidationError(`${path}: ${what}`);
+/**
+ * zod lists a map's own problems after those of its fields; a reader learns more from the outermost
+ * one, and from a stray or absent key before a bad value (`message: unknown key "re"` rather than
+ * what that key did to the body).
+ */
+function firstReason(v: unknown, issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue {
+  // Depth of the key at fault: an unknown key sits one level below the map zod reports it on.
+  const rank = (i: z.core.$ZodIssue) =>
+    i.code === "unrecognized_keys" ? (i.path.length + 1) * 3 : i.path.length * 3 + (i.path.length > 0 && isAbsent(v, i.path) ? 1 : 2);
+  return issues.reduce((best, i) => (rank(i) < rank(best) ? i : best));
 }
 
-function isPlainObject(v: unknown): v is Obj {
-  if (typeof v !== "object" || v === null || Array.isArray(v) || Buffer.isBuffer(v) || v instanceof Uint8Array) return false;
-  const proto = Object.getPrototypeOf(v);
-  return proto === Object.prototype || proto === null;
-}
-
-function object(v: unknown, path: string, required: readonly string[], optional: readonly string[] = []): Obj {
-  if (!isPlainObject(v)) fail(path, "must be a map");
-  for (const k of Object.keys(v)) {
-    if (!required.includes(k) && !optional.includes(k)) fail(path, `unknown key ${JSON.stringify(k.slice(0, 64))}`);
+/** Whether the last key of `path` is absent from the map the rest of `path` leads to in `v`. */
+function isAbsent(v: unknown, path: readonly PropertyKey[]): boolean {
+  let parent = v;
+  for (const k of path.slice(0, -1)) {
+    if (typeof parent !== "object" || parent === null) return false;
+    parent = (parent as Record<PropertyKey, unknown>)[k];
   }
-  for (const k of required) if (!Object.hasOwn(v, k)) fail(path, `missing ${k}`);
-  return v;
+  return isPlainObject(parent) && !Object.hasOwn(parent, path.at(-1)!);
 }
 
-function str(v: unknown, path: string, opts: { min?: number; max?: number; pattern?: RegExp } = {}): string {
-  if (typeof v !== "string") fail(path, "must be a string");
-  const max = opts.max ?? MAX_STRING;
-  if (v.length < (opts.min ?? 0)) fail(path, "is too short");
-  if (v.length > max) fail(path, `is longer than ${max}`);
-  if (opts.pattern && !opts.pattern.test(v)) fail(path, "has an invalid format");
-  return v;
-}
-
-function nullableStr(v: unknown, path: string, opts: { min?: number; max?: number; pattern?: RegExp } = {}): string | null {
-  return v === null ? null : str(v, path, opts);
-}
-
-function uint(v: unknown, path: string, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) fail(path, "must be a non-negative integer");
-  if (v > max) fail(path, `must be at most ${max}`);
-  return v;
-}
-
-function finite(v: unknown, path: string, min = 0): number {
-  if (typeof v !== "number" || !Number.isFinite(v)) fail(path, "must be a finite number");
-  if (v < min) fail(path, `must be at least ${min}`);
-  return v;
-}
-
-function bool(v: unknown, path: string): boolean {
-  if (typeof v !== "boolean") fail(path, "must be a boolean");
-  return v;
-}
-
-function bytes(v: unknown, path: string, min: number, max: number): Buffer {
-  if (!(v instanceof Uint8Array)) fail(path, "must be a byte string");
-  if (v.length < min || v.length > max) fail(path, `must be ${min}..${max} bytes`);
-  return Buffer.from(v.buffer, v.byteOffset, v.length);
-}
-
-function oneOf<T extends string>(v: unknown, path: string, allowed: readonly T[]): T {
-  if (typeof v !== "string" || !(allowed as readonly string[]).includes(v)) fail(path, `must be one of ${allowed.join(", ")}`);
-  return v as T;
-}
-
-function array(v: unknown, path: string, max: number): unknown[] {
-  if (!Array.isArray(v)) fail(path, "must be an array");
-  if (v.length > max) fail(path, `has more than ${max} items`);
-  return v;
-}
-
-const TOKEN = /^[A-Za-z0-9._:@\/+-]+$/;
-const PRINTABLE = /^[\x20-\x7e]*$/;
-const HEX_SHA256 = /^[0-9a-f]{64}$/;
-const HEX_SHA384 = /^[0-9a-f]{96}$/;
-/** ISO 8601 UTC as produced by Date.toISOString(). */
-const ISO_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
-
-function validateHostHello(v: unknown, p: string): HostHello {
-  const o = object(v, p, ["versions", "host_version"]);
-  const versions = array(o.versions, `${p}.versions`, 16).map((x, i) => uint(x, `${p}.versions[${i}]`, 0xffff));
-  if (versions.length === 0) fail(`${p}.versions`, "must not be empty");
-  return { versions, host_version: str(o.host_version, `${p}.host_version`, { max: 128, pattern: PRINTABLE }) };
-}
-
-function validateReady(v: unknown, p: string): Ready {
-  const o = object(v, p, ["ssh_host_keys", "openclaw_version", "node_version"]);
-  const keys = array(o.ssh_host_keys, `${p}.ssh_host_keys`, 16).map((k, i) =>
-    str(k, `${p}.ssh_host_keys[${i}]`, { min: 1, max: MAX_KEY_LINE, pattern: PRINTABLE }),
-  );
-  return {
-    ssh_host_keys: keys,
-    openclaw_version: str(o.openclaw_version, `${p}.openclaw_version`, { max: 64, pattern: PRINTABLE }),
-    node_version: str(o.node_version, `${p}.node_version`, { max: 64, pattern: PRINTABLE }),
-  };
-}
-
-function validateFailed(v: unknown, p: string): Failed {
-  const o = object(v, p, ["code", "message"]);
-  return { code: oneOf(o.code, `${p}.code`, FAILURE_CODES), message: str(o.message, `${p}.message`) };
-}
-
-function validatePrepared(v: unknown, p: string): Prepared {
-  const o = object(v, p, ["openclaw_version", "node_version", "prepare_ms"]);
-  return {
-    openclaw_version: str(o.openclaw_version, `${p}.openclaw_version`, { max: 64, pattern: PRINTABLE }),
-    node_version: str(o.node_version, `${p}.node_version`, { max: 64, pattern: PRINTABLE }),
-    prepare_ms: uint(o.prepare_ms, `${p}.prepare_ms`),
-  };
-}
-
-function validateState(v: unknown, p: string): AgentStateSummary {
-  // `prepared` is optional on the wire: agents leave it out of version 1 and 2 sessions.
-  const o = object(v, p, ["phase", "setup_digest", "stage", "ready", "failed"], ["prepared"]);
-  return {
-    phase: oneOf(o.phase, `${p}.phase`, AGENT_PHASES),
-    setup_digest: nullableStr(o.setup_digest, `${p}.setup_digest`, { pattern: HEX_SHA256 }),
-    stage: nullableStr(o.stage, `${p}.stage`, { max: 64, pattern: TOKEN }),
-    ready: o.ready === null ? null : validateReady(o.ready, `${p}.ready`),
-    failed: o.failed === null ? null : validateFailed(o.failed, `${p}.failed`),
-    prepared: o.prepared === undefined || o.prepared === null ? null : validatePrepared(o.prepared, `${p}.prepared`),
-  };
-}
-
-function validateAgentHello(v: unknown, p: string): AgentHello {
-  const o = object(v, p, ["version", "agent_version", "boot_id", "image_id", "state"]);
-  return {
-    version: uint(o.version, `${p}.version`, 0xffff),
-    agent_version: str(o.agent_version, `${p}.agent_version`, { max: 128, pattern: PRINTABLE }),
-    boot_id: str(o.boot_id, `${p}.boot_id`, { min: 1, max: 64, pattern: TOKEN }),
-    image_id: nullableStr(o.image_id, `${p}.image_id`, { min: 1, max: 128, pattern: TOKEN }),
-    state: validateState(o.state, `${p}.state`),
-  };
-}
-
-/** Shape checks only; the agent parses the key itself so a bad key becomes `ssh_key_rejected`. */
-export function validateSetupParams(v: unknown, p = "setup"): SetupParams {
-  const o = object(v, p, ["public_key", "agent", "inference_model", "gateway_address", "instance_name"]);
-  const gateway = str(o.gateway_address, `${p}.gateway_address`, { min: 1, max: 512, pattern: PRINTABLE });
-  let url: URL;
-  try {
-    url = new URL(gateway);
-  } catch {
-    fail(`${p}.gateway_address`, "must be an absolute URL");
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") fail(`${p}.gateway_address`, "must be an http(s) URL");
-  if (url.username || url.password) fail(`${p}.gateway_address`, "must not carry credentials");
-  return {
-    public_key: str(o.public_key, `${p}.public_key`, { min: 1, max: MAX_KEY_LINE }),
-    agent: oneOf(o.agent, `${p}.agent`, ["openclaw"]),
-    inference_model: str(o.inference_model, `${p}.inference_model`, { min: 1, max: 200, pattern: TOKEN }),
-    gateway_address: gateway,
-    instance_name: str(o.instance_name, `${p}.instance_name`, { min: 1, max: 63, pattern: /^[a-z0-9][a-z0-9-]*$/ }),
-  };
-}
-
-function validateRtmr3Event(v: unknown, p: string): Rtmr3Event {
-  const o = object(v, p, ["imr", "digest", "event_type", "event"]);
-  if (o.imr !== 3) fail(`${p}.imr`, "must be 3");
-  return {
-    imr: 3,
-    digest: str(o.digest, `${p}.digest`, { pattern: HEX_SHA384 }),
-    event_type: str(o.event_type, `${p}.event_type`, { min: 1, max: 64, pattern: TOKEN }),
-    event: str(o.event, `${p}.event`, { max: MAX_STRING, pattern: PRINTABLE }),
-  };
-}
-
-function validateQuoteReply(v: unknown, p: string): QuoteReply {
-  if (!isPlainObject(v)) fail(p, "must be a map");
-  const eventLog = (x: unknown) => array(x, `${p}.event_log`, MAX_EVENT_LOG_ENTRIES).map((e, i) => validateRtmr3Event(e, `${p}.event_log[${i}]`));
-  if (v.available === true) {
-    const o = object(v, p, ["available", "quote", "report_data", "event_log"]);
-    return {
-      available: true,
-      quote: bytes(o.quote, `${p}.quote`, 48, MAX_QUOTE_BYTES),
-      report_data: bytes(o.report_data, `${p}.report_data`, 64, 64),
-      event_log: eventLog(o.event_log),
-    };
-  }
-  const o = object(v, p, ["available", "reason", "event_log"]);
-  if (bool(o.available, `${p}.available`) !== false) fail(`${p}.available`, "must be a boolean");
-  return { available: false, reason: str(o.reason, `${p}.reason`, { min: 1 }), event_log: eventLog(o.event_log) };
-}
-
-function validateHeartbeat(v: unknown, p: string): Heartbeat {
-  const o = object(v, p, ["uptime_s", "load", "mem_total_bytes", "mem_available_bytes", "openclaw"]);
-  const load = array(o.load, `${p}.load`, 3).map((x, i) => finite(x, `${p}.load[${i}]`));
-  if (load.length !== 3) fail(`${p}.load`, "must have 3 items");
-  return {
-    uptime_s: finite(o.uptime_s, `${p}.uptime_s`),
-    load: [load[0]!, load[1]!, load[2]!],
-    mem_total_bytes: uint(o.mem_total_bytes, `${p}.mem_total_bytes`),
-    mem_available_bytes: uint(o.mem_available_bytes, `${p}.mem_available_bytes`),
-    openclaw: oneOf(o.openclaw, `${p}.openclaw`, OPENCLAW_HEALTH),
-  };
-}
-
-function validateEgress(v: unknown, p: string): EgressSample {
-  const o = object(v, p, ["bytes", "packets", "sampled_at"]);
-  return {
-    bytes: uint(o.bytes, `${p}.bytes`),
-    packets: uint(o.packets, `${p}.packets`),
-    sampled_at: str(o.sampled_at, `${p}.sampled_at`, { max: 32, pattern: ISO_UTC }),
-  };
-}
-
-function validateBye(v: unknown, p: string): Bye {
-  const o = object(v, p, ["reason"]);
-  return { reason: str(o.reason, `${p}.reason`, { max: 512, pattern: PRINTABLE }) };
-}
-
-const HEADER_NAME = /^[a-z0-9][a-z0-9-]{0,63}$/;
-/** Path plus query: visible ASCII only (clients percent-encode everything else). */
-const HTTP_PATH = /^\/[\x21-\x7e]*$/;
-
-function streamId(v: unknown, p: string): number {
-  const n = uint(v, p, MAX_REQUEST_ID);
-  if (n === 0) fail(p, "must be at least 1");
-  return n;
-}
-
-function gatewayHeaders(v: unknown, p: string): GatewayHeaders {
-  if (!isPlainObject(v)) fail(p, "must be a map");
-  const keys = Object.keys(v);
-  if (keys.length > MAX_GATEWAY_HEADERS) fail(p, `has more than ${MAX_GATEWAY_HEADERS} entries`);
-  const out: GatewayHeaders = {};
-  for (const k of keys) {
-    if (!HEADER_NAME.test(k)) fail(p, `header name ${JSON.stringify(k.slice(0, 64))} is not a lower-case token`);
-    out[k] = str(v[k], `${p}.${k}`, { max: 1024, pattern: PRINTABLE });
-  }
+function joinPath(root: string, path: readonly PropertyKey[]): string {
+  let out = root;
+  for (const k of path) out += typeof k === "number" ? `[${k}]` : `.${String(k)}`;
   return out;
 }
 
-function validateGatewayRequest(v: unknown, p: string): GatewayRequestOpen {
-  const o = object(v, p, ["stream", "method", "path", "headers", "body", "end"]);
-  return {
-    stream: streamId(o.stream, `${p}.stream`),
-    method: oneOf(o.method, `${p}.method`, GATEWAY_METHODS),
-    path: str(o.path, `${p}.path`, { min: 1, max: 2048, pattern: HTTP_PATH }),
-    headers: gatewayHeaders(o.headers, `${p}.headers`),
-    body: bytes(o.body, `${p}.body`, 0, MAX_GATEWAY_CHUNK),
-    end: bool(o.end, `${p}.end`),
-  };
-}
-
-function validateGatewayChunk(v: unknown, p: string): GatewayBodyChunk {
-  const o = object(v, p, ["stream", "data", "end"]);
-  return { stream: streamId(o.stream, `${p}.stream`), data: bytes(o.data, `${p}.data`, 0, MAX_GATEWAY_CHUNK), end: bool(o.end, `${p}.end`) };
-}
-
-function validateGatewayResponse(v: unknown, p: string): GatewayResponseHead {
-  const o = object(v, p, ["stream", "status", "headers", "body", "end"]);
-  const status = uint(o.status, `${p}.status`, 599);
-  if (status < 100) fail(`${p}.status`, "must be an HTTP status (100..599)");
-  return {
-    stream: streamId(o.stream, `${p}.stream`),
-    status,
-    headers: gatewayHeaders(o.headers, `${p}.headers`),
-    body: bytes(o.body, `${p}.body`, 0, MAX_GATEWAY_CHUNK),
-    end: bool(o.end, `${p}.end`),
-  };
-}
-
-function envelope(v: unknown, kind: "request" | "reply" | "event"): Obj {
-  const keys = kind === "request" ? ["type", "id", "body"] : kind === "reply" ? ["type", "re", "body"] : ["type", "body"];
-  const o = object(v, "message", keys);
-  if (kind === "request") uint(o.id, "message.id", MAX_REQUEST_ID);
-  if (kind === "reply") uint(o.re, "message.re", MAX_REQUEST_ID);
-  return o;
+function messagePath(v: unknown, path: readonly PropertyKey[]): string {
+  return path[0] === "body" ? joinPath(String((v as { type: unknown }).type), path.slice(1)) : joinPath("message", path);
 }
 
 /** Validates a decoded value as a message the agent may receive from the host. */
 export function validateHostMessage(v: unknown): HostMessage {
-  if (!isPlainObject(v)) fail("message", "must be a map");
-  const type = v.type;
-  switch (type) {
-    case "hello": {
-      const o = envelope(v, "request");
-      return { type, id: o.id as number, body: validateHostHello(o.body, "hello") };
-    }
-    case "setup": {
-      const o = envelope(v, "request");
-      return { type, id: o.id as number, body: validateSetupParams(o.body, "setup") };
-    }
-    case "prepare": {
-      const o = envelope(v, "request");
-      object(o.body, "prepare", []);
-      return { type, id: o.id as number, body: {} };
-    }
-    case "quote": {
-      const o = envelope(v, "request");
-      const b = object(o.body, "quote", ["nonce"]);
-      return { type, id: o.id as number, body: { nonce: bytes(b.nonce, "quote.nonce", 16, 64) } };
-    }
-    case "gw_response":
-      return { type, body: validateGatewayResponse(envelope(v, "event").body, "gw_response") };
-    case "gw_response_body":
-      return { type, body: validateGatewayChunk(envelope(v, "event").body, "gw_response_body") };
-    case "gw_reset": {
-      const b = object(envelope(v, "event").body, "gw_reset", ["stream", "reason"]);
-      return { type, body: { stream: streamId(b.stream, "gw_reset.stream"), reason: str(b.reason, "gw_reset.reason", { max: 512, pattern: PRINTABLE }) } };
-    }
-    case "bye":
-      return { type, body: validateBye(envelope(v, "event").body, "bye") };
-    default:
-      fail("message.type", `unknown host message type ${JSON.stringify(String(type).slice(0, 32))}`);
-  }
+  return parse((compiledHost ??= z.compile(HostMessage)), v, messagePath);
 }
 
 /** Validates a decoded value as a message the host may receive from the agent. */
 export function validateAgentMessage(v: unknown): AgentMessage {
-  if (!isPlainObject(v)) fail("message", "must be a map");
-  const type = v.type;
-  switch (type) {
-    case "hello": {
-      const o = envelope(v, "reply");
-      return { type, re: o.re as number, body: validateAgentHello(o.body, "hello") };
-    }
-    case "ack": {
-      const o = envelope(v, "reply");
-      const b = object(o.body, "ack", ["already_applied"]);
-      return { type, re: o.re as number, body: { already_applied: bool(b.already_applied, "ack.already_applied") } };
-    }
-    case "quote_reply": {
-      const o = envelope(v, "reply");
-      return { type, re: o.re as number, body: validateQuoteReply(o.body, "quote_reply") };
-    }
-    case "error": {
-      const o = envelope(v, "reply");
-      const b = object(o.body, "error", ["code", "message"]);
-      return { type, re: o.re as number, body: { code: oneOf(b.code, "error.code", ERROR_CODES), message: str(b.message, "error.message") } };
-    }
-    case "progress": {
-      const b = object(envelope(v, "event").body, "progress", ["stage", "message"]);
-      return { type, body: { stage: str(b.stage, "progress.stage", { min: 1, max: 64, pattern: TOKEN }), message: str(b.message, "progress.message") } };
-    }
-    case "ready":
-      return { type, body: validateReady(envelope(v, "event").body, "ready") };
-    case "prepared":
-      return { type, body: validatePrepared(envelope(v, "event").body, "prepared") };
-    case "failed":
-      return { type, body: validateFailed(envelope(v, "event").body, "failed") };
-    case "heartbeat":
-      return { type, body: validateHeartbeat(envelope(v, "event").body, "heartbeat") };
-    case "egress":
-      return { type, body: validateEgress(envelope(v, "event").body, "egress") };
-    case "gw_request":
-      return { type, body: validateGatewayRequest(envelope(v, "event").body, "gw_request") };
-    case "gw_request_body":
-      return { type, body: validateGatewayChunk(envelope(v, "event").body, "gw_request_body") };
-    case "gw_cancel": {
-      const b = object(envelope(v, "event").body, "gw_cancel", ["stream"]);
-      return { type, body: { stream: streamId(b.stream, "gw_cancel.stream") } };
-    }
-    case "bye":
-      return { type, body: validateBye(envelope(v, "event").body, "bye") };
-    default:
-      fail("message.type", `unknown agent message type ${JSON.stringify(String(type).slice(0, 32))}`);
-  }
+  return parse((compiledAgent ??= z.compile(AgentMessage)), v, messagePath);
+}
+
+/** Shape checks only; the agent parses the key itself so a bad key becomes `ssh_key_rejected`. */
+export function validateSetupParams(v: unknown, p = "setup"): SetupParams {
+  return parse(SetupParams, v, (_v, path) => joinPath(p, path));
 }
 
 /** Makes a free-form reason fit a `bye` (printable ASCII, bounded), e.g. one quoting bytes from a bad frame. */
