@@ -16,8 +16,10 @@ deps:
 build: deps
 	npm run build --silent
 
+# tsconfig.json emits only the shipped sources; tsconfig.check.json also covers tests, benches and
+# test doubles, so a FakeDriver that drifts from Driver fails here instead of at runtime.
 typecheck: deps
-	npx tsc -p tsconfig.json --noEmit
+	npx tsc -p tsconfig.check.json
 
 # The image carries the compiled agent, so it follows `build`; its recipe caches the slow parts.
 image: build
@@ -28,7 +30,7 @@ run: image
 	CVM_WARM_POOL_SIZE=$${CVM_WARM_POOL_SIZE:-1} node dist/host/main.js
 
 test: image
-	npx tsc -p tsconfig.json --noEmit
+	npx tsc -p tsconfig.check.json
 	npx vitest run
 
 bench: deps
