@@ -32,7 +32,8 @@ function firstUnmet(needs: Needs): string | null {
   if (needs.root && process.getuid?.() !== 0) return "not root";
   for (const [tool, args] of needs.tools ?? []) {
     try {
-      execFileSync(tool, [...args], { stdio: "ignore" });
+      // Bounded: a tool that hangs on its version flag is as unusable as a missing one.
+      execFileSync(tool, [...args], { stdio: "ignore", timeout: 10_000 });
     } catch {
       return `${tool} not installed`;
     }
