@@ -17,11 +17,11 @@ import { NftCommandRunner } from "../host/net/nft-runner.js";
 import { NftEgressFirewall, type EgressInstance } from "../host/net/egress-firewall.js";
 import { parseNftTableListing } from "../host/net/nft-json.js";
 import { readEgressState, sampleFromState } from "../host/net/egress-ruleset.js";
+import { prerequisites } from "../test/support/prerequisites.js";
 
 const N = 1000;
 const SAMPLES = 20;
-const isRoot = process.getuid?.() === 0;
-if (!isRoot) console.warn("egress-sample.bench.ts skipped: needs root (network namespace, taps, nftables)");
+const why = prerequisites("the egress firewall bench", { root: true, tools: [["ip", ["-V"]], ["nft", ["--version"]]] });
 
 /** CPU seconds of reaped children (ip/nft) from /proc/self/stat: cutime + cstime, in clock ticks. */
 function childCpuMs(): number {
@@ -45,7 +45,7 @@ const stats = (xs: number[]) => {
   return `median ${q(0.5).toFixed(1)} ms, p90 ${q(0.9).toFixed(1)} ms, min ${s[0]!.toFixed(1)} ms, max ${s[s.length - 1]!.toFixed(1)} ms`;
 };
 
-test.skipIf(!isRoot)(`egress firewall with ${N} instances: sync, add/remove, sample`, async () => {
+test.skipIf(why !== null)(`egress firewall with ${N} instances: sync, add/remove, sample`, async () => {
   const sfx = randomBytes(3).toString("hex");
   const ns = `cvmeg-bench-${sfx}`;
   const table = "cvm_egress_bench";

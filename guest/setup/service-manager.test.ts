@@ -19,15 +19,34 @@ const spec: ServiceSpec = {
   workingDir: "/home/azureuser",
 };
 
+/**
+ * TEST DOUBLE of systemctl (systemd is not pid 1 on this machine): records its argv, keeps whether the
+ * unit was started, answers is-active from that (exit 3, systemd's "inactive", until then), and fails
+ * `start` when `start-fails` exists, so the tests can see a failure reach the caller.
+ */
+async function fakeSystemctl(dir: string): Promise<string> {
+  const path = join(dir, "FakeSystemctl.sh");
+  await writeFile(
+    path,
+    `#!/bin/sh
+echo "$@" >> ${join(dir, "calls")}
+case "$1" in
+  start) if [ -e ${join(dir, "start-fails")} ]; then echo "Job for $2 failed because the control process exited with error code." >&2; exit 1; fi
+         touch ${join(dir, "active")} ;;
+  is-active) [ -e ${join(dir, "active")} ] || exit 3 ;;
+esac
+`,
+  );
+  await chmod(path, 0o755);
+  return path;
+}
+
 describe("SystemdServiceManager", () => {
-  test("writes a runtime unit and a 0600 env file, then daemon-reload and start (systemctl is a recording test double)", async () => {
+  test("writes a runtime unit and a 0600 env file, then daemon-reload and start; running only once started", async () => {
     dir = await mkdtemp(join(tmpdir(), "systemd-"));
-    // systemd is not pid 1 on this machine; this script stands in for systemctl and records its argv.
-    const fakeSystemctl = join(dir, "FakeSystemctl.sh");
-    await writeFile(fakeSystemctl, `#!/bin/sh\necho "$@" >> ${join(dir, "calls")}\n`);
-    await chmod(fakeSystemctl, 0o755);
     const root = new RootFs(join(dir, "root"));
-    const m = new SystemdServiceManager(root, { unitDir: "/run/systemd/system", envDir: "/run/cvm/env", systemctl: fakeSystemctl });
+    const m = new SystemdServiceManager(root, { unitDir: "/run/systemd/system", envDir: "/run/cvm/env", systemctl: await fakeSystemctl(dir) });
+    expect(await m.isRunning("cvm-openclaw")).toBe(false);
     await m.start(spec);
     const unit = await readFile(join(dir, "root/run/systemd/system/cvm-openclaw.service"), "utf8");
     expect(unit).toContain("User=azureuser");
@@ -39,8 +58,18 @@ describe("SystemdServiceManager", () => {
     const envFile = join(dir, "root/run/cvm/env/cvm-openclaw.env");
     expect(await readFile(envFile, "utf8")).toBe("OPENCLAW_GATEWAY_TOKEN=s3cret\n");
     expect((await stat(envFile)).mode & 0o777).toBe(0o600);
-    expect(await readFile(join(dir, "calls"), "utf8")).toBe("daemon-reload\nstart cvm-openclaw.service\n");
     expect(await m.isRunning("cvm-openclaw")).toBe(true);
+    expect(await readFile(join(dir, "calls"), "utf8")).toBe(
+      "is-active --quiet cvm-openclaw.service\ndaemon-reload\nstart cvm-openclaw.service\nis-active --quiet cvm-openclaw.service\n",
+    );
+  });
+
+  test("a start systemctl refuses rejects with systemctl's stderr, and the service is not running", async () => {
+    dir = await mkdtemp(join(tmpdir(), "systemd-"));
+    await writeFile(join(dir, "start-fails"), "");
+    const m = new SystemdServiceManager(new RootFs(join(dir, "root")), { unitDir: "/run/systemd/system", envDir: "/run/cvm/env", systemctl: await fakeSystemctl(dir) });
+    await expect(m.start(spec)).rejects.toThrow(/start cvm-openclaw\.service failed \(1\): Job for cvm-openclaw\.service failed/);
+    expect(await m.isRunning("cvm-openclaw")).toBe(false);
   });
 
   test("refuses arguments systemd would reinterpret", () => {

@@ -1,4 +1,3 @@
-import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -6,9 +5,9 @@ import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import { RootFs } from "../system/root-fs.js";
 import { AuthorizedKeyInstaller, SshKeyRejected } from "./ssh-key.js";
 import { UseraddAccounts } from "./user-accounts.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
-const missing = process.getuid?.() !== 0 ? "not root" : !existsSync("/usr/sbin/useradd") ? "no useradd" : null;
-if (missing) console.warn(`skipping authorized key tests: ${missing}`);
+const missing = prerequisites("authorized key tests", { root: true, files: ["/usr/sbin/useradd"] });
 
 const ED = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl tenant";
 let dir: string;

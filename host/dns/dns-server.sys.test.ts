@@ -6,13 +6,13 @@ import { createSocket } from "node:dgram";
 import { connect, type Socket } from "node:net";
 import dnsPacket from "dns-packet";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { dig, digMissing } from "../../test/dns/dig.js";
+import { DIG, dig } from "../../test/dns/dig.js";
 import { AuthoritativeZone } from "./authoritative-zone.js";
 import { startDnsServer, type DnsServer } from "./dns-server.js";
 import type { DnsAddresses, DnsRecordSource } from "./records.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
-const skipReason = await digMissing();
-if (skipReason) console.warn(`dns-server.sys.test.ts skipped: ${skipReason}`);
+const skipReason = prerequisites("the embedded DNS server tests", { tools: [DIG] });
 
 /** TEST DOUBLE of the store: "<name>.<slug>" → addresses. */
 class FakeRecordSource implements DnsRecordSource {
@@ -70,7 +70,7 @@ function readFrames(sock: Socket, count: number, waitMs = 2_000): Promise<{ fram
   });
 }
 
-describe.skipIf(skipReason)("embedded DNS server (dig over UDP and TCP)", () => {
+describe.skipIf(skipReason !== null)("embedded DNS server (dig over UDP and TCP)", () => {
   const source = new FakeRecordSource();
   let server: DnsServer;
   let at: { host: string; port: number };

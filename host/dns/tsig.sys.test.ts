@@ -8,13 +8,13 @@ import { createSocket, type Socket } from "node:dgram";
 import dnsPacket from "dns-packet";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { run, RunError } from "../../shared/util/run.js";
-import { digMissing } from "../../test/dns/dig.js";
+import { DIG } from "../../test/dns/dig.js";
 import { extractTsig, signMessage, verifyMessage, type TsigKey } from "./tsig.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
-const skipReason = await digMissing();
-if (skipReason) console.warn(`tsig.sys.test.ts skipped: ${skipReason}`);
+const skipReason = prerequisites("the TSIG tests", { tools: [DIG] });
 
-describe.skipIf(skipReason)("TSIG against dig -y", () => {
+describe.skipIf(skipReason !== null)("TSIG against dig -y", () => {
   const key: TsigKey = { name: "interop-key", secret: randomBytes(32) };
   let sock: Socket;
   let port: number;

@@ -8,7 +8,6 @@ import type { AgentHello, AgentMessage } from "../../shared/protocol/messages.js
 import { AGENT_SAMPLES } from "../../shared/protocol/testdata/samples.js";
 import { serveHostFrames } from "../../test/support/host-frame-server.js";
 import { socatVsockStandIn } from "../../test/support/agent-vm-double.js";
-import { whyNotRunnable } from "../../test/support/sys-tools.js";
 import { AgentLink, StdioBridgeConnector } from "../link/index.js";
 import { NetnsGuestNetwork } from "../net/guest-network.js";
 import type { LaunchSpec } from "../vmm/hypervisor.js";
@@ -20,6 +19,7 @@ import { QemuHypervisor } from "../vmm/qemu-hypervisor.js";
 import { ensureRunDir, runPaths } from "../vmm/run-dir.js";
 import { buildTinyInitramfs, ensureTinyKernel, TINY_AGENT_HELLO } from "../vmm/test/tiny-guest.js";
 import { QemuDriver, type QemuDriverOptions } from "./qemu-driver.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const tag = `${process.pid.toString(36)}${Date.now().toString(36).slice(-3)}`;
@@ -29,10 +29,8 @@ const HELLO = (AGENT_SAMPLES.hello as Extract<AgentMessage, { type: "hello" }>).
 /** Only what the driver's constructor and its agent connector read: no guest is provisioned here. */
 const driverFor = (o: Partial<QemuDriverOptions>) => new QemuDriver({ logger: silent, accel: "tcg", ...o } as QemuDriverOptions);
 
-const whyPlain = whyNotRunnable([["qemu-system-x86_64", ["--version"]], ["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["cpio", ["--version"]], ["busybox", ["--help"]]]);
-if (whyPlain) console.warn(`skipping the plain launch test: ${whyPlain}`);
-const whyTdx = whyNotRunnable([["socat", ["-V"]]]);
-if (whyTdx) console.warn(`skipping the tdx launch test: ${whyTdx}`);
+const whyPlain = prerequisites("the plain launch test", { root: true, tools: [["qemu-system-x86_64", ["--version"]], ["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["cpio", ["--version"]], ["busybox", ["--help"]]] });
+const whyTdx = prerequisites("the tdx launch test", { root: true, tools: [["socat", ["-V"]]] });
 
 /**
  * plain: a real QEMU (TCG) booting the tiny guest from the argv the profile builds; the driver's

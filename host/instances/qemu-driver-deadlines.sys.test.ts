@@ -7,16 +7,15 @@ import { sshKeyPair } from "../../test/support/ssh-keys.js";
 import type { AgentDoubleMode } from "../../test/support/agent-double.js";
 import { AgentVmHypervisorDouble, socatVsockStandIn } from "../../test/support/agent-vm-double.js";
 import { startTestDaemon, type TestDaemon } from "../../test/support/daemon.js";
-import { whyNotRunnable } from "../../test/support/sys-tools.js";
 import { ImageCatalog } from "../images/image-catalog.js";
 import { NftEgressFirewall } from "../net/egress-firewall.js";
 import { NetnsGuestNetwork } from "../net/guest-network.js";
 import { NftCommandRunner } from "../net/nft-runner.js";
 import type { GuestProfile } from "../vmm/hypervisor.js";
 import { QemuDriver } from "./qemu-driver.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
-const why = whyNotRunnable([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["socat", ["-V"]]]);
-if (why) console.warn(`skipping setup-deadline tests: ${why}`);
+const why = prerequisites("setup-deadline tests", { root: true, tools: [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["socat", ["-V"]]] });
 
 const tag = randomBytes(3).toString("hex");
 const ED = sshKeyPair("ed25519").public;

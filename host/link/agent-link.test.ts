@@ -90,7 +90,7 @@ describe("AgentLink", () => {
   });
 
   test("no hello reply → reconnect; silence after hello → reconnect; hello state ready re-emits ready", async () => {
-    const ready: AgentHello = { ...HELLO, state: { phase: "ready", setup_digest: "0".repeat(64), stage: "ready", ready: { ssh_host_keys: ["ssh-ed25519 AAAA"], openclaw_version: "v", node_version: "n" }, failed: null } };
+    const ready: AgentHello = { ...HELLO, state: { phase: "ready", setup_digest: "0".repeat(64), stage: "ready", ready: { ssh_host_keys: ["ssh-ed25519 AAAA"], openclaw_version: "v", node_version: "n" }, failed: null, prepared: null } };
     const { fake, link } = await fixture(
       (m, s, conn) => {
         if (m.type === "hello" && conn >= 2) s.write(encodeMessage({ type: "hello", re: m.id, body: ready }));

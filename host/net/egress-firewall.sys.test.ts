@@ -19,23 +19,11 @@ import { run } from "../../shared/util/run.js";
 import { NftCommandRunner } from "./nft-runner.js";
 import { NftEgressFirewall, type EgressSample, type NftEgressFirewallOptions } from "./egress-firewall.js";
 import { MAX_ENCODED_ID_LENGTH, encodeInstanceId } from "./egress-ruleset.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
 const SCRIPT = fileURLToPath(new URL("./testdata/egress-traffic.mjs", import.meta.url));
 
-async function missingPrerequisite(): Promise<string | undefined> {
-  if (process.getuid?.() !== 0) return "needs root (network namespaces, nftables)";
-  for (const [cmd, args] of [["nft", ["--version"]], ["ip", ["-V"]]] as const) {
-    try {
-      await run(cmd, [...args], { timeoutMs: 5_000 });
-    } catch (err) {
-      return `${cmd} is not usable: ${(err as Error).message}`;
-    }
-  }
-  return undefined;
-}
-
-const skipReason = await missingPrerequisite();
-if (skipReason) console.warn(`egress-firewall.sys.test.ts skipped: ${skipReason}`);
+const skipReason = prerequisites("the egress firewall tests", { root: true, tools: [["nft", ["--version"]], ["ip", ["-V"]]] });
 
 const sfx = randomBytes(3).toString("hex");
 const NS_H = `cvmeg-h-${sfx}`;
@@ -105,7 +93,7 @@ function expectQuotaInvariant(s: EgressSample): void {
   expect(s.quotaUsedBytes).toBe(Math.min(s.limitBytes, s.bytes + s.afterBlockBytes + s.droppedBytes));
 }
 
-describe.skipIf(!!skipReason)("NftEgressFirewall with real nft in throwaway namespaces", () => {
+describe.skipIf(skipReason !== null)("NftEgressFirewall with real nft in throwaway namespaces", () => {
   beforeAll(async () => {
     workDir = mkdtempSync(join(tmpdir(), "cvm-egress-"));
     for (const ns of [NS_H, NS_G, NS_S]) {

@@ -7,8 +7,8 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 
 import { run } from "../../shared/util/run.js";
 import { attachStandIn, type GuestStandIn } from "../../test/support/guest-stand-in.js";
-import { missingTools } from "../../test/support/tools.js";
 import { NetnsGuestNetwork } from "./guest-network.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
 /**
  * CVM_GUEST_NAT=on against a guest that tries every destination it must not reach. "The internet" is a namespace
@@ -16,8 +16,7 @@ import { NetnsGuestNetwork } from "./guest-network.js";
  * A probe on the host end of the veth counts and drops anything else the guest namespace lets out, so no packet
  * leaves the machine even if the filter under test were wrong.
  */
-const why = missingTools([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["bridge", ["-V"]], ["ping", ["-V"]]]);
-if (why) console.warn(`skipping guest NAT tests: ${why}`);
+const why = prerequisites("guest NAT tests", { root: true, tools: [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["bridge", ["-V"]], ["ping", ["-V"]]] });
 
 const tag = randomBytes(3).toString("hex");
 const n = Number.parseInt(tag.slice(0, 4), 16);

@@ -5,12 +5,11 @@ import path from "node:path";
 import { afterAll, describe, expect, test } from "vitest";
 
 import { run } from "../../shared/util/run.js";
-import { missingTools } from "../../test/support/tools.js";
 import { isAlive } from "../vmm/proc.js";
 import { NetnsGuestNetwork } from "./guest-network.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
-const why = missingTools([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["sysctl", ["-V"]]]);
-if (why) console.warn(`skipping guest network tests: ${why}`);
+const why = prerequisites("guest network tests", { root: true, tools: [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["sysctl", ["-V"]]] });
 
 const tag = `${process.pid.toString(36)}${Date.now().toString(36).slice(-3)}`;
 

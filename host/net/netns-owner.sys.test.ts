@@ -6,14 +6,13 @@ import path from "node:path";
 import { afterAll, describe, expect, test } from "vitest";
 
 import { run } from "../../shared/util/run.js";
-import { missingTools } from "../../test/support/tools.js";
 import { isAlive } from "../vmm/proc.js";
 import { NetnsGuestNetwork } from "./guest-network.js";
 import { Netns } from "./netns.js";
 import { isDnsmasq, NetnsOwnedError, NetnsOwnership, nsProcesses } from "./netns-owner.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
-const why = missingTools([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["sysctl", ["-V"]]]);
-if (why) console.warn(`skipping namespace ownership tests: ${why}`);
+const why = prerequisites("namespace ownership tests", { root: true, tools: [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["sysctl", ["-V"]]] });
 
 const tag = `${process.pid.toString(36)}${Date.now().toString(36).slice(-3)}`;
 

@@ -10,8 +10,8 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { run } from "../../shared/util/run.js";
 import { NetnsGuestNetwork } from "./guest-network.js";
 import { attachStandIn, type GuestStandIn } from "../../test/support/guest-stand-in.js";
-import { missingTools } from "../../test/support/tools.js";
 import { linkLocalOf } from "./tap-guard.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
 /**
  * A root tenant against the real tap guard: two guest stand-ins (network namespaces on veths that take the place of
@@ -19,8 +19,7 @@ import { linkLocalOf } from "./tap-guard.js";
  * attacker claims the victim's IPv4 (ARP replies, address + ping), MAC and IPv6 link-local address.
  */
 
-const why = missingTools([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["bridge", ["-V"]], ["busybox", ["--help"]], ["python3", ["-V"]]]);
-if (why) console.warn(`skipping tap guard tests: ${why}`);
+const why = prerequisites("tap guard tests", { root: true, tools: [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["bridge", ["-V"]], ["busybox", ["--help"]], ["python3", ["-V"]]] });
 
 const RAW = fileURLToPath(new URL("./testdata/raw-frame.py", import.meta.url));
 const tag = randomBytes(3).toString("hex");

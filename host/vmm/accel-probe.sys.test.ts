@@ -1,4 +1,3 @@
-import { execFileSync } from "node:child_process";
 import { access, chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -7,16 +6,9 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 
 import { run, RunError } from "../../shared/util/run.js";
 import { probeAccel, probeFirmware } from "./accel-probe.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
-const qemu = (() => {
-  try {
-    execFileSync("qemu-system-x86_64", ["--version"]);
-    return true;
-  } catch {
-    return false;
-  }
-})();
-if (!qemu) console.warn("skipping the real-QEMU accel probe tests: qemu-system-x86_64 not installed");
+const why = prerequisites("the real-QEMU accel probe tests", { tools: [["qemu-system-x86_64", ["--version"]]] });
 
 /**
  * Behaviour with injected inputs: a stand-in KVM device (a temp file) and FakeQemu (TEST DOUBLE: a
@@ -66,7 +58,7 @@ describe("probeAccel decides from what the probe guest did", () => {
   });
 });
 
-describe.skipIf(!qemu)("probeAccel with this host's real QEMU", () => {
+describe.skipIf(why !== null)("probeAccel with this host's real QEMU", () => {
   test("the probe firmware reaches long mode and exits under TCG (so a KVM timeout means KVM, not the payload)", async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), "probe-fw-"));
     try {

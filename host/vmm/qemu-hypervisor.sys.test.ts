@@ -13,13 +13,13 @@ import type { LaunchedVm, LaunchSpec } from "./hypervisor.js";
 import { findQemuByPidfile, isAlive, readCmdline } from "./proc.js";
 import { QemuHypervisor } from "./qemu-hypervisor.js";
 import { openConsole, readSerialTail } from "./serial-console.js";
-import { buildTinyInitramfs, ensureTinyKernel, TINY_AGENT_HELLO, TINY_BANNER, tinyGuestSpec, tinyGuestUnavailable, type TinyKernel } from "./test/tiny-guest.js";
+import { buildTinyInitramfs, ensureTinyKernel, TINY_AGENT_HELLO, TINY_BANNER, tinyGuestNeeds, tinyGuestSpec, type TinyKernel } from "./test/tiny-guest.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const cacheDir = path.join(repo, "var/cache/tiny-guest");
 
-const why = tinyGuestUnavailable([["nft", ["--version"]], ["dnsmasq", ["--version"]], ["socat", ["-V"]]]);
-if (why) console.warn(`skipping QEMU boot tests: ${why}`);
+const why = prerequisites("QEMU boot tests", tinyGuestNeeds([["nft", ["--version"]], ["dnsmasq", ["--version"]], ["socat", ["-V"]]]));
 
 const tag = `${process.pid.toString(36)}${Date.now().toString(36).slice(-3)}`;
 

@@ -1,4 +1,4 @@
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { access, mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -6,18 +6,11 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 
 import { QmpClient, QmpError, type QmpEvent } from "./qmp-client.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
-const qemu = (() => {
-  try {
-    execFileSync("qemu-system-x86_64", ["--version"]);
-    return true;
-  } catch {
-    return false;
-  }
-})();
-if (!qemu) console.warn("skipping QMP tests: qemu-system-x86_64 not installed");
+const why = prerequisites("QMP tests", { tools: [["qemu-system-x86_64", ["--version"]]] });
 
-describe.skipIf(!qemu)("QmpClient against a real QEMU", () => {
+describe.skipIf(why !== null)("QmpClient against a real QEMU", () => {
   let dir: string;
   let sock: string;
   let child: ChildProcess;

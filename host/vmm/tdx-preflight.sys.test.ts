@@ -7,6 +7,7 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 
 import { MIN_TDX_QEMU, parseQemuVersion, tdxPreflight } from "./tdx-preflight.js";
+import { prerequisites } from "../../test/support/prerequisites.js";
 
 test("parses QEMU version banners", () => {
   expect(parseQemuVersion("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\n")).toEqual([7, 2, 22]);
@@ -109,16 +110,10 @@ describe("tdxPreflight with injected inputs", () => {
   });
 });
 
-const realQemu = (() => {
-  try {
-    return execFileSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" });
-  } catch {
-    return null;
-  }
-})();
-if (realQemu === null) console.warn("skipping the real-QEMU preflight check: qemu-system-x86_64 not installed");
+const why = prerequisites("the real-QEMU preflight check", { tools: [["qemu-system-x86_64", ["--version"]]] });
+const realQemu = why === null ? execFileSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" }) : null;
 
-describe.skipIf(realQemu === null)("tdxPreflight with this host's real QEMU", () => {
+describe.skipIf(why !== null)("tdxPreflight with this host's real QEMU", () => {
   test("its verdict on the QEMU is consistent with the QEMU's own banner and object list", async () => {
     const root = await mkdtemp(path.join(os.tmpdir(), "tdx-pre-real-"));
     try {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, chmodSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync, chmodSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
@@ -7,6 +7,11 @@ import { parseTreeListing } from "../../guest/setup/openclaw-tree.js";
 import { compareMeasurements, parseManifest } from "../../shared/tdx/measurements.js";
 import { MIN_TDX_QEMU as PREFLIGHT_MIN_TDX_QEMU } from "../../host/vmm/tdx-preflight.js";
 import { agentDeps, listing, manifest, measure, MIN_TDX_QEMU, mrtd, parseQemuVersion, peImageHash, qemuPatchedKernel, replay } from "./image-tool.mjs";
+import { prerequisites } from "../../test/support/prerequisites.js";
+
+// The packaged OVMF build (Debian ovmf, which install-deps.sh installs).
+const OVMF = "/usr/share/ovmf/OVMF.fd";
+const noOvmf = prerequisites("TDVF metadata checks", { files: [OVMF] });
 
 const sha256 = (b: Buffer | string) => createHash("sha256").update(b).digest("hex");
 const sha384 = (b: Buffer | string) => createHash("sha384").update(b).digest();
@@ -105,10 +110,10 @@ describe("measurements", () => {
   });
 
   const kernelPath = join(import.meta.dirname, "..", "out", "current", "vmlinuz");
-  const haveKernel = existsSync(kernelPath);
-  if (!haveKernel) console.warn(`skipping kernel image checks: ${kernelPath} not built (run images/build.sh)`);
+  // Built by images/build.sh (make image), which `make test` runs first.
+  const noKernel = prerequisites("kernel image checks", { files: [kernelPath] });
 
-  test.skipIf(!haveKernel)("the PE image hash equals the Authenticode digest Debian signed into the kernel", () => {
+  test.skipIf(noKernel !== null)("the PE image hash equals the Authenticode digest Debian signed into the kernel", () => {
     const kernel = readFileSync(kernelPath);
     const pe = kernel.readUInt32LE(0x3c);
     const opt = pe + 24;
@@ -125,7 +130,7 @@ describe("measurements", () => {
     expect(peImageHash(kernel, "sha256").toString("hex")).toBe(signed);
   });
 
-  test.skipIf(!haveKernel)("the QEMU loader rewrite touches only setup-header loader fields", () => {
+  test.skipIf(noKernel !== null)("the QEMU loader rewrite touches only setup-header loader fields", () => {
     const kernel = readFileSync(kernelPath);
     const patched = qemuPatchedKernel(kernel, 3_000_000, 2048 * 1024 * 1024);
     const changed: number[] = [];
@@ -137,8 +142,8 @@ describe("measurements", () => {
     expect(patched.readUInt32LE(0x218) % 4096).toBe(0);
   });
 
-  const ovmf = "/usr/share/ovmf/OVMF.fd";
-  test.skipIf(!existsSync(ovmf))("reads the TDVF metadata of the packaged OVMF build", () => {
+  const ovmf = OVMF;
+  test.skipIf(noOvmf !== null)("reads the TDVF metadata of the packaged OVMF build", () => {
     const r = mrtd(ovmf);
     expect(r.value).toMatch(/^[0-9a-f]{96}$/);
     expect(r.sections.map((s) => s.type)).toEqual(expect.arrayContaining(["BFV", "CFV"]));
@@ -247,8 +252,8 @@ describe("measurements for the host's exact QEMU (small inputs)", () => {
     expect(old.notes.join("\n")).toMatch(/rtmr1: null \(unchecked unless waived\): QEMU 7\.2\.22 cannot launch TDX guests/);
   });
 
-  const ovmf = "/usr/share/ovmf/OVMF.fd";
-  test.skipIf(!existsSync(ovmf))("with --firmware, MRTD is computed from the TDVF and recorded with the firmware digest", async () => {
+  const ovmf = OVMF;
+  test.skipIf(noOvmf !== null)("with --firmware, MRTD is computed from the TDVF and recorded with the firmware digest", async () => {
     const out = await buildManifest({ qemu_version: "10.1.0", firmware: ovmf });
     expect(out.expected_measurements.mrtd).toBe(mrtd(ovmf).value);
     expect(out.measured_for.firmware).toMatchObject({ file: ovmf, sha256: sha256(readFileSync(ovmf)) });

@@ -1,3 +1,4 @@
+import type { webcrypto } from "node:crypto";
 import { createRequire } from "node:module";
 import { beforeAll, describe, expect, test } from "vitest";
 import type { Collateral } from "./collateral.js";
@@ -303,8 +304,8 @@ describe("CRLs and revocation with a test PKI (Intel's keys cannot sign test CRL
   });
 });
 
-async function webcryptoKeys(): Promise<CryptoKeyPair> {
-  return (await globalThis.crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as CryptoKeyPair;
+async function webcryptoKeys(): Promise<webcrypto.CryptoKeyPair> {
+  return (await globalThis.crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"])) as webcrypto.CryptoKeyPair;
 }
 
 describe("warm path", () => {

@@ -10,8 +10,6 @@ import { renderOpenClawConfig } from "../../guest/setup/openclaw.js";
 import {
   agentArgs,
   buildAgent,
-  hasTool,
-  isRoot,
   killStandIn,
   makeGuestRoot,
   once,
@@ -25,9 +23,9 @@ import {
   sshExec,
 } from "./helpers.js";
 import { freePort } from "./helpers.js";
+import { prerequisites } from "../support/prerequisites.js";
 
-const missing = !isRoot ? "not root" : !hasTool("/usr/sbin/sshd") ? "no /usr/sbin/sshd" : !hasTool("/usr/bin/ssh-keygen") ? "no ssh-keygen" : null;
-if (missing) console.warn(`skipping agent system tests: ${missing}`);
+const missing = prerequisites("agent system tests", { root: true, files: ["/usr/sbin/sshd", "/usr/bin/ssh-keygen"] });
 
 describe.skipIf(missing !== null)("cvm-agent process over a Unix socket, with a real sshd", () => {
   let root: GuestRoot;

@@ -13,8 +13,6 @@ import {
   agentArgs,
   buildAgent,
   freePort,
-  hasTool,
-  isRoot,
   killStandIn,
   makeGuestRoot,
   once,
@@ -27,9 +25,9 @@ import {
   type Sshd,
   sshExec,
 } from "./helpers.js";
+import { prerequisites } from "../support/prerequisites.js";
 
-const missing = !isRoot ? "not root" : !hasTool("/usr/sbin/sshd") ? "no /usr/sbin/sshd" : !hasTool("/usr/bin/ssh-keygen") ? "no ssh-keygen" : null;
-if (missing) console.warn(`skipping warm pool agent tests: ${missing}`);
+const missing = prerequisites("warm pool agent tests", { root: true, files: ["/usr/sbin/sshd", "/usr/bin/ssh-keygen"] });
 
 const ev = (type: string, payload: string) => ({ imr: 3, event_type: type, event: payload, digest: eventDigest(type, payload).toString("hex") });
 

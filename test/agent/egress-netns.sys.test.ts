@@ -1,15 +1,14 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { AgentLink, UnixSocketConnector, type EgressSample } from "../../host/link/index.js";
 import { run } from "../../shared/util/run.js";
-import { agentArgs, buildAgent, freePort, isRoot, killStandIn, makeGuestRoot, once, removeRoot, spawnAgent, startSshd, testLogger, type AgentProcess, type GuestRoot } from "./helpers.js";
+import { agentArgs, buildAgent, freePort, killStandIn, makeGuestRoot, once, removeRoot, spawnAgent, startSshd, testLogger, type AgentProcess, type GuestRoot } from "./helpers.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const IP = "/usr/sbin/ip";
 const NFT = "/usr/sbin/nft";
-const missing = !isRoot ? "not root" : !existsSync(IP) ? "no ip(8)" : !existsSync(NFT) ? "no nft(8)" : null;
-if (missing) console.warn(`skipping egress netns test: ${missing}`);
+const missing = prerequisites("egress netns test", { root: true, files: [IP, NFT] });
 
 const tag = String(process.pid % 100000);
 const GUEST_NS = `cvmt-g-${tag}`;

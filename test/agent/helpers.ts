@@ -15,8 +15,6 @@ export const REPO = fileURLToPath(new URL("../..", import.meta.url));
 export const AGENT_MAIN = join(REPO, "dist/agent-test/guest/main.js");
 const STAND_IN = fileURLToPath(new URL("./openclaw-stand-in.mjs", import.meta.url));
 
-export const isRoot = process.getuid?.() === 0;
-export const hasTool = (p: string) => existsSync(p);
 
 export function testLogger(name: string) {
   return pino({ level: process.env.CVM_TEST_LOG ?? "silent", name });

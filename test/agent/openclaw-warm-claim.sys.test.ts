@@ -19,7 +19,8 @@ import type { Prepared, Progress, Ready, SetupParams } from "../../shared/protoc
 import { renderOpenClawConfig } from "../../guest/setup/openclaw.js";
 import { parseTreeListing } from "../../guest/setup/openclaw-tree.js";
 import { run } from "../../shared/util/run.js";
-import { REPO, agentArgs, buildAgent, isRoot, killStandIn, makeGuestRoot, once, removeRoot, spawnAgent, testLogger, type AgentProcess, type GuestRoot } from "./helpers.js";
+import { REPO, agentArgs, buildAgent, killStandIn, makeGuestRoot, once, removeRoot, spawnAgent, testLogger, type AgentProcess, type GuestRoot } from "./helpers.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const IP = "/usr/sbin/ip";
 const CACHE = process.env.CVM_OPENCLAW_CACHE ?? join(REPO, "images/cache");
@@ -50,16 +51,12 @@ function findTree(): { key: string; tar: string; listing: string; digest: string
 
 const node = findNode();
 const tree = findTree();
-const missing = !isRoot
-  ? "not root"
-  : !existsSync(IP)
-    ? "no ip(8)"
-    : !node
-      ? `no cached Node runtime under ${CACHE} (run images/build.sh)`
-      : !tree
-        ? `no cached OpenClaw tree under ${CACHE}/openclaw (run images/build.sh)`
-        : null;
-if (missing) console.warn(`skipping real OpenClaw warm claim test: ${missing}`);
+// The Node runtime and the OpenClaw tree are what images/build.sh caches, which `make test` runs first.
+const missing = prerequisites("real OpenClaw warm claim test", {
+  root: true,
+  files: [IP],
+  other: !node ? `no cached Node runtime under ${CACHE} (run images/build.sh)` : !tree ? `no cached OpenClaw tree under ${CACHE}/openclaw (run images/build.sh)` : null,
+});
 
 const NS = `cvmt-oc-${process.pid % 100000}`;
 

@@ -7,10 +7,10 @@ import { AgentLink, UnixSocketConnector } from "../../host/link/index.js";
 import { encodeMessage } from "../../shared/protocol/codec.js";
 import type { AgentHello, Heartbeat } from "../../shared/protocol/messages.js";
 import { agentArgs, buildAgent, makeGuestRoot, once, removeRoot, spawnAgent, testLogger, type AgentProcess, type GuestRoot } from "./helpers.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const SOCAT = "/usr/bin/socat";
-const missing = !existsSync(SOCAT) ? "no socat" : null;
-if (missing) console.warn(`skipping virtio-serial emulation test: ${missing}`);
+const missing = prerequisites("virtio-serial emulation test", { files: [SOCAT] });
 
 /*
  * QEMU's virtio-serial port is, on the guest side, a character device the agent keeps open, and on the

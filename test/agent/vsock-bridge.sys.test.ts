@@ -7,10 +7,10 @@ import { AgentLink, StdioBridgeConnector, VsockSocatConnector } from "../../host
 import { SocatVsockHostTransport, UnixSocketHostTransport } from "../../guest/link/transports.js";
 import type { AgentHello } from "../../shared/protocol/messages.js";
 import { agentArgs, buildAgent, makeGuestRoot, once, removeRoot, spawnAgent, testLogger, type AgentProcess, type GuestRoot } from "./helpers.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const SOCAT = "/usr/bin/socat";
-const missing = !existsSync(SOCAT) ? "no socat" : null;
-if (missing) console.warn(`skipping vsock bridge tests: ${missing}`);
+const missing = prerequisites("vsock bridge tests", { files: [SOCAT] });
 
 /*
  * What this machine allows: there is no vhost-vsock (no guest to dial) and no vsock loopback, so a

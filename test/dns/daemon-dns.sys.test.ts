@@ -10,16 +10,16 @@ import { TenantStore } from "../../host/store/tenants.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../support/daemon.js";
 import { FakeDriver } from "../support/fake-driver.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
-import { dig, digMissing } from "./dig.js";
+import { DIG, dig } from "./dig.js";
 import { loopbackSsh, until } from "./loopback-driver.js";
+import { prerequisites } from "../support/prerequisites.js";
 
-const skipReason = await digMissing();
-if (skipReason) console.warn(`daemon-dns.sys.test.ts skipped: ${skipReason}`);
+const skipReason = prerequisites("the daemon DNS tests", { tools: [DIG] });
 
 const ED = sshKeyPair("ed25519").public;
 const BASE = "cvm.localhost";
 
-describe.skipIf(skipReason)("instance hostnames in DNS over the daemon's store", () => {
+describe.skipIf(skipReason !== null)("instance hostnames in DNS over the daemon's store", () => {
   const dir = tempDir("cvm-dns-daemon-");
   const fake = new FakeDriver();
   let d: TestDaemon;

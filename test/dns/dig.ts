@@ -16,15 +16,8 @@ export interface DigResult {
   raw: string;
 }
 
-/** True when `dig` can be run; the reason otherwise. */
-export async function digMissing(): Promise<string | undefined> {
-  try {
-    await run("dig", ["-v"], { timeoutMs: 5_000 });
-    return undefined;
-  } catch (err) {
-    return `dig (Debian dnsutils) is not usable: ${(err as Error).message}`;
-  }
-}
+/** `dig` (Debian dnsutils) as a prerequisite: the tool and the flag that makes it answer. */
+export const DIG = ["dig", ["-v"]] as const;
 
 /** One query with the real `dig`, parsed from its default presentation output. */
 export async function dig(server: { host: string; port: number }, name: string, type = "A", extra: string[] = []): Promise<DigResult> {

@@ -20,23 +20,14 @@ import { run } from "../../shared/util/run.js";
 import { startTestDaemon, tempDir } from "../support/daemon.js";
 import { FakeDriver } from "../support/fake-driver.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
-import { dig, digMissing } from "./dig.js";
+import { DIG, dig } from "./dig.js";
 import { loopbackSsh, until } from "./loopback-driver.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const NAMED = "/usr/sbin/named";
 
-async function missingPrerequisite(): Promise<string | undefined> {
-  if (process.getuid?.() !== 0) return "needs root (runs BIND's named)";
-  try {
-    await run(NAMED, ["-v"], { timeoutMs: 5_000 });
-  } catch (err) {
-    return `${NAMED} is not usable (apt-get install bind9): ${(err as Error).message}`;
-  }
-  return digMissing();
-}
-
-const skipReason = await missingPrerequisite();
-if (skipReason) console.warn(`rfc2136-bind.sys.test.ts skipped: ${skipReason}`);
+// Root because named runs as root here; NAMED comes from Debian's bind9.
+const skipReason = prerequisites("the RFC 2136 tests against BIND", { root: true, tools: [[NAMED, ["-v"]], DIG] });
 
 /** A port free on both UDP and TCP at this moment (named binds both). */
 async function freePort(): Promise<number> {
@@ -61,7 +52,7 @@ async function freePort(): Promise<number> {
 
 const ZONE = "cvm.test";
 
-describe.skipIf(skipReason)("Rfc2136Provider against BIND 9", () => {
+describe.skipIf(skipReason !== null)("Rfc2136Provider against BIND 9", () => {
   const dir = mkdtempSync(join(tmpdir(), "cvm-bind-"));
   const secret = randomBytes(32);
   const grantless = randomBytes(32);

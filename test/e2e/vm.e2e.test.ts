@@ -147,11 +147,14 @@ describe("a real VM from create to SSH to delete (QEMU, TCG)", () => {
     const r = await quickstart("delete", { ...qsEnv, INSTANCE_NAME: name });
     expect(r.code, r.out).toBe(0);
     expect(r.out).toContain('"terminated_reason": "deleted_via_api"');
+    let status = "";
     for (let i = 0; i < 60; i++) {
       const rec = (await (await fetch(`${cvmd!.url}/v1/instances/${name}`, { headers: { Authorization: `Bearer ${key}` } })).json()) as { data: { status: string } };
-      if (rec.data.status === "terminated") break;
+      status = rec.data.status;
+      if (status === "terminated") break;
       await new Promise((res) => setTimeout(res, 1000));
     }
+    expect(status, "the instance's status 60 s after the delete").toBe("terminated");
     expect(await qemuPids(instanceId)).toEqual([]);
     const links = await run("ip", ["-n", env.CVM_NETNS!, "-o", "link", "show"]);
     expect(links.stdout).not.toMatch(/\btap/);

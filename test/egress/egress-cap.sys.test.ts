@@ -6,17 +6,16 @@ import { run } from "../../shared/util/run.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../support/daemon.js";
 import { NetnsGuestDriver } from "../support/netns-guest-driver.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const SENDER = fileURLToPath(new URL("../../host/net/testdata/egress-traffic.mjs", import.meta.url));
-const isRoot = process.getuid?.() === 0;
-const hasNft = await run("nft", ["--version"]).then(() => true, () => false);
-if (!isRoot || !hasNft) console.warn(`egress-cap.sys.test: skipped (${!isRoot ? "needs root" : "nft not installed"})`);
+const why = prerequisites("the egress cap test", { root: true, tools: [["nft", ["--version"]]] });
 
 const CAP = 3_000_000;
 const PAYLOAD = 1000; // 1028 bytes counted per packet over IPv4
 const PER_PACKET = PAYLOAD + 28;
 
-describe.skipIf(!isRoot || !hasNft)("5 GB cap, scaled down: exact in the kernel, visible in the API", () => {
+describe.skipIf(why !== null)("5 GB cap, scaled down: exact in the kernel, visible in the API", () => {
   const hostNs = `cvmt-h${process.pid}`;
   const table = `cvm_egress_t${process.pid}`;
   const dir = tempDir();

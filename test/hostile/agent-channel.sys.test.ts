@@ -11,6 +11,7 @@ import { SocketGuestDriver } from "../support/socket-guest-driver.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
 import { startOpsDaemon, type OpsDaemon } from "../ops/helpers.js";
 import { ATTACK_LIMITS, measureAttack, type AttackCost } from "./harness.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 /**
  * A root tenant attacks the real cvmd through the real agent link (issue 15, items 1 and 4): the
@@ -18,12 +19,7 @@ import { ATTACK_LIMITS, measureAttack, type AttackCost } from "./harness.js";
  * tenant's well-behaved guest heartbeats beside it, and a bystander's API requests are timed.
  * Runs real nft in a namespace of its own, so the daemon's real egress monitor samples and persists.
  */
-const isRoot = process.getuid?.() === 0;
-const hasNft = await run("nft", ["--version"]).then(
-  () => true,
-  () => false,
-);
-if (!isRoot || !hasNft) console.warn(`agent-channel.sys.test: skipped (${!isRoot ? "needs root" : "nft not installed"})`);
+const why = prerequisites("the hostile agent channel test", { root: true, tools: [["nft", ["--version"]]] });
 
 interface Guest {
   name: string;
@@ -32,7 +28,7 @@ interface Guest {
   lines: string[];
 }
 
-describe.skipIf(!isRoot || !hasNft)("hostile guest on the agent channel", () => {
+describe.skipIf(why !== null)("hostile guest on the agent channel", () => {
   const tag = randomBytes(3).toString("hex");
   const hostNs = `cvmh-${tag}`;
   const dir = tempDir("cvm-hostile-");

@@ -9,11 +9,12 @@ import type { LaunchSpec } from "../../host/vmm/hypervisor.js";
 import { findQemuByPidfile } from "../../host/vmm/proc.js";
 import { QemuHypervisor } from "../../host/vmm/qemu-hypervisor.js";
 import { readSerialTail } from "../../host/vmm/serial-console.js";
-import { buildTinyInitramfs, ensureTinyKernel, tinyGuestSpec, tinyGuestUnavailable } from "../../host/vmm/test/tiny-guest.js";
+import { buildTinyInitramfs, ensureTinyKernel, tinyGuestNeeds, tinyGuestSpec } from "../../host/vmm/test/tiny-guest.js";
 import { run } from "../../shared/util/run.js";
 import { startOpsDaemon, type OpsDaemon } from "../ops/helpers.js";
 import { FakeDriver } from "../support/fake-driver.js";
 import { ATTACK_LIMITS, measureAttack } from "./harness.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 /**
  * A root tenant floods its serial console (ttyS0) with ten times the log cap, against real QEMU running the tiny test
@@ -24,8 +25,7 @@ import { ATTACK_LIMITS, measureAttack } from "./harness.js";
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const cacheDir = path.join(repo, "var/cache/tiny-guest");
 
-const why = tinyGuestUnavailable();
-if (why) console.warn(`skipping the serial flood test: ${why}`);
+const why = prerequisites("the serial flood test", tinyGuestNeeds());
 
 const tag = `${process.pid.toString(36)}${Date.now().toString(36).slice(-3)}`;
 const CAP = 64 * 1024;

@@ -7,9 +7,10 @@ import { InstanceStore } from "../../host/store/instances.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../support/daemon.js";
 import { FakeDriver } from "../support/fake-driver.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const ED = sshKeyPair("ed25519").public;
-const root = process.getuid?.() === 0;
+const why = prerequisites("lifecycle storage-fault tests (mounting a tmpfs)", { root: true });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Fills the filesystem holding `path` with one file until ENOSPC (bounded by the tmpfs size). */
@@ -36,7 +37,7 @@ function fill(path: string): void {
  * acknowledged with 202 must end `ready`, `failed` or `terminated` (none left `provisioning`/`terminating`), with
  * no guest left behind for those that did not end `ready`.
  */
-describe.skipIf(!root)("storage faults at the moments a guest becomes ready, fails or is released", () => {
+describe.skipIf(why !== null)("storage faults at the moments a guest becomes ready, fails or is released", () => {
   const base = tempDir("cvm-lcfault-");
   const mnt = join(base.path, "mnt");
   const filler = join(mnt, "filler");
@@ -51,7 +52,6 @@ describe.skipIf(!root)("storage faults at the moments a guest becomes ready, fai
     if (mounted) execFileSync("umount", ["-l", mnt]);
     base.remove();
   });
-  if (!root) console.log("skipped: mounting a tmpfs needs root");
 
   const create = async () => {
     const r = await d!.fetch("/v1/instances", { method: "POST", key, headers: { "Content-Type": "application/json" }, body: JSON.stringify({ public_key: ED }) });

@@ -4,11 +4,10 @@ import { Netns } from "../../host/net/netns.js";
 import { isDnsmasq, nsProcesses } from "../../host/net/netns-owner.js";
 import { tempDir } from "../support/daemon.js";
 import { cvmctl, cvmdUntilExit, startCvmd, type CvmdProcess } from "../support/processes.js";
-import { missingTools } from "../support/tools.js";
 import { vmHostEnv } from "../support/vm-host.js";
+import { prerequisites } from "../support/prerequisites.js";
 
-const why = missingTools([["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["qemu-system-x86_64", ["--version"]]]);
-if (why) console.warn(`skipping namespace ownership tests: ${why}`);
+const why = prerequisites("namespace ownership tests", { root: true, tools: [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["qemu-system-x86_64", ["--version"]]] });
 
 /**
  * The real cvmd with the QEMU driver (which builds the guest network at start; no guest is booted)

@@ -7,9 +7,10 @@ import { Database } from "../../host/store/db.js";
 import { tempDir } from "../support/daemon.js";
 import { cvmctl, startCvmd, type CvmdProcess } from "../support/processes.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const ED = sshKeyPair("ed25519").public;
-const root = process.getuid?.() === 0;
+const why = prerequisites("power-loss tests (loop devices and mounts)", { root: true });
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: "utf8" }).trim();
 
 /**
@@ -23,7 +24,7 @@ const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 
  * file's own page cache as durable is the generous side only for a device whose cache lies.
  * The copy is then mounted (ext4 replays its journal as after a crash) and the database opened.
  */
-describe.skipIf(!root)("power loss: no create answered 202 is lost", () => {
+describe.skipIf(why !== null)("power loss: no create answered 202 is lost", () => {
   const tag = randomBytes(4).toString("hex");
   const base = tempDir(`cvm-power-${tag}-`);
   const loops: string[] = [];
@@ -35,7 +36,6 @@ describe.skipIf(!root)("power loss: no create answered 202 is lost", () => {
     for (const l of loops) execFileSync("losetup", ["-d", l]);
     base.remove();
   });
-  if (!root) console.log("skipped: loop devices and mounts need root");
 
   const mountImage = (image: string, at: string) => {
     const loop = sh("losetup", ["-f", "--show", image]);

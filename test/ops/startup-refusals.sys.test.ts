@@ -4,8 +4,9 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { tempDir } from "../support/daemon.js";
 import { cvmdUntilExit } from "../support/processes.js";
+import { prerequisites } from "../support/prerequisites.js";
 
-const root = process.getuid?.() === 0;
+const readOnlyWhy = prerequisites("the read-only data dir refusal (mounting a tmpfs)", { root: true });
 
 // Exit 78 is what the unit does not restart on (RestartPreventExitStatus=78): each of these needs
 // the operator, and the one line on stderr names the setting to look at.
@@ -34,7 +35,7 @@ describe("cvmd refuses, exit 78 naming the setting, what only the operator can m
     await expect78({ CVM_DATA_DIR: join(base.path, "b"), CVM_TLS_CERT: join(base.path, "none.crt"), CVM_TLS_KEY: join(base.path, "none.key") }, /CVM_TLS_(CERT|KEY)=.*none\.(crt|key).*ENOENT/);
   }, 60_000);
 
-  it.skipIf(!root)("a read-only data dir", async () => {
+  it.skipIf(readOnlyWhy !== null)("a read-only data dir", async () => {
     const ro = join(base.path, "ro");
     mkdirSync(ro);
     execFileSync("mount", ["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", ro]);

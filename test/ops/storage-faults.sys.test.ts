@@ -6,9 +6,10 @@ import { Database } from "../../host/store/db.js";
 import { tempDir } from "../support/daemon.js";
 import { cvmctl, startCvmd, type CvmdProcess } from "../support/processes.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const ED = sshKeyPair("ed25519").public;
-const root = process.getuid?.() === 0;
+const why = prerequisites("storage-fault tests (mounting a tmpfs)", { root: true });
 
 /** Fills the filesystem of `dir` with one file until ENOSPC (bounded by the tmpfs size). */
 function fill(path: string): void {
@@ -26,7 +27,7 @@ function fill(path: string): void {
 
 // The real cvmd on a real SQLite file, faults made for real: a 16 MiB tmpfs that fills, and the
 // write lock held by another connection past cvmd's busy timeout.
-describe.skipIf(!root)("storage faults answer 503 unavailable with Retry-After, then clear", () => {
+describe.skipIf(why !== null)("storage faults answer 503 unavailable with Retry-After, then clear", () => {
   const base = tempDir("cvm-fault-");
   const mnt = join(base.path, "mnt");
   let mounted = false;
@@ -36,7 +37,6 @@ describe.skipIf(!root)("storage faults answer 503 unavailable with Retry-After, 
     if (mounted) execFileSync("umount", ["-l", mnt]);
     base.remove();
   });
-  if (!root) console.log("skipped: mounting a tmpfs needs root");
 
   it("a full disk, then a held write lock: every create answers 202 or 503 unavailable (never 500), and 202 once the fault clears", async () => {
     mkdirSync(mnt);

@@ -4,18 +4,11 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { run } from "../../shared/util/run.js";
 import { tempDir } from "../support/daemon.js";
+import { prerequisites } from "../support/prerequisites.js";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
-async function have(cmd: string): Promise<boolean> {
-  return run("sh", ["-c", `command -v ${cmd}`], { timeoutMs: 5000 }).then(
-    () => true,
-    () => false,
-  );
-}
-
-const missing = !(await have("systemd-analyze")) ? "systemd-analyze is not installed (Debian package systemd)" : !(await have("make")) ? "make is not installed" : null;
-if (missing) console.warn(`skipping the systemd unit / make install tests: ${missing}`);
+const missing = prerequisites("the systemd unit / make install tests", { tools: [["systemd-analyze", ["--version"]], ["make", ["--version"]]] });
 
 /** The unit's directives as [key, value] pairs, per section, comments dropped. */
 function directives(unit: string): Array<[string, string]> {

@@ -2,10 +2,10 @@ import { access, chmod, copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 
 import os from "node:os";
 import path from "node:path";
 
-import { execFileSync } from "node:child_process";
 
 import { run } from "../../../shared/util/run.js";
 import type { LaunchSpec } from "../hypervisor.js";
+import type { Needs } from "../../../test/support/prerequisites.js";
 
 /**
  * A tiny test guest: Debian's kernel plus a busybox initramfs built on the fly. Its init loads the virtio modules,
@@ -131,18 +131,9 @@ export async function buildTinyInitramfs(out: string, k: TinyKernel, busybox = "
   }
 }
 
-/** Why the tiny guest cannot boot here (not root, a tool missing), or null; `extra` adds a test's own tools. */
-export function tinyGuestUnavailable(extra: Array<[string, string[]]> = []): string | null {
-  if (process.getuid?.() !== 0) return "not root";
-  const tools: Array<[string, string[]]> = [["qemu-system-x86_64", ["--version"]], ["ip", ["-V"]], ["cpio", ["--version"]], ["busybox", ["--help"]], ...extra];
-  for (const [tool, args] of tools) {
-    try {
-      execFileSync(tool, args, { stdio: "ignore" });
-    } catch {
-      return `${tool} not installed`;
-    }
-  }
-  return null;
+/** What booting the tiny guest needs from the machine; `extra` adds a test's own tools. */
+export function tinyGuestNeeds(extra: Array<[string, string[]]> = []): Needs {
+  return { root: true, tools: [["qemu-system-x86_64", ["--version"]], ["ip", ["-V"]], ["cpio", ["--version"]], ["busybox", ["--help"]], ...extra] };
 }
 
 /** The tiny guest under TCG with `initrd.img` and a 1 MiB `rootfs.img` from `dir`, on the given tap. */
