@@ -38,7 +38,7 @@ describe("reloadVerdict", () => {
 });
 
 describe("OpenClaw configurations", () => {
-  const params = { public_key: "k", agent: "openclaw", inference_model: "llama-3.1-8b", gateway_address: "http://127.0.0.1:18790/v1", instance_name: "abcd1234" };
+  const params = { public_key: "k", agent: "openclaw" as const, inference_model: "llama-3.1-8b", gateway_address: "http://127.0.0.1:18790/v1", instance_name: "abcd1234" };
 
   test("the tenant configuration is byte-for-byte what it was before the warm pool (tenants recompute its digest)", () => {
     // Digest of the text the pre-warm-pool renderOpenClawConfig produced for these parameters.
