@@ -144,7 +144,7 @@ describe.skipIf(why !== null)("storage faults at the moments a guest becomes rea
     }
     expect((await d!.fetch(`/v1/instances/${leaving}`, { method: "DELETE", key })).status).toBe(202);
     const { rows, ms } = await settle(60_000);
-    console.log(`write lock: settled ${ms} ms after the lock was released`);
+    console.log(`write lock: settled ${ms} ms after the lock was released`, JSON.stringify(rows.map((r) => [r.status, r.failure_code])));
     for (const n of fresh) expect(rows.find((r) => r.name === n)?.status).toBe("ready");
     expect(rows.find((r) => r.name === leaving)?.status).toBe("terminated");
     await guestsMatch(rows);
