@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { closeSync, mkdirSync, openSync, rmSync, writeSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { Database } from "../../host/store/db.js";
@@ -7,25 +7,13 @@ import { InstanceStore } from "../../host/store/instances.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../support/daemon.js";
 import { FakeDriver } from "../support/fake-driver.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { fillFilesystem } from "../support/waiting.js";
 import { prerequisites } from "../support/prerequisites.js";
 
 const ED = sshKeyPair("ed25519").public;
 const why = prerequisites("lifecycle storage-fault tests (mounting a tmpfs)", { root: true });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Fills the filesystem holding `path` with one file until ENOSPC (bounded by the tmpfs size). */
-function fill(path: string): void {
-  const fd = openSync(path, "w");
-  const block = Buffer.alloc(64 * 1024);
-  try {
-    for (let i = 0; i < 10_000; i++) writeSync(fd, block);
-    throw new Error("the tmpfs did not fill");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /**
  * Issue 21, must-show 1: storage faults while guests come and go. The real daemon (engine, store, HTTP) on a real
@@ -97,7 +85,7 @@ describe.skipIf(why !== null)("storage faults at the moments a guest becomes rea
     const doomed = (await create()).body.data.name as string;
     expect((await d.fetch(`/v1/instances/${doomed}`, { method: "DELETE", key })).status).toBe(202);
 
-    fill(filler);
+    fillFilesystem(filler);
     const during = [];
     for (let i = 0; i < 10; i++) during.push(await create());
     const refused = during.filter((r) => r.status === 503);

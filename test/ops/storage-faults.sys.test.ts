@@ -1,29 +1,17 @@
 import { execFileSync } from "node:child_process";
-import { mkdirSync, openSync, rmSync, writeSync, closeSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { Database } from "../../host/store/db.js";
 import { tempDir } from "../support/daemon.js";
 import { cvmctl, startCvmd, type CvmdProcess } from "../support/processes.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { fillFilesystem } from "../support/waiting.js";
 import { prerequisites } from "../support/prerequisites.js";
 
 const ED = sshKeyPair("ed25519").public;
 const why = prerequisites("storage-fault tests (mounting a tmpfs)", { root: true });
 
-/** Fills the filesystem of `dir` with one file until ENOSPC (bounded by the tmpfs size). */
-function fill(path: string): void {
-  const fd = openSync(path, "w");
-  const block = Buffer.alloc(64 * 1024);
-  try {
-    for (let i = 0; i < 10_000; i++) writeSync(fd, block);
-    throw new Error("the tmpfs did not fill");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOSPC") throw err;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 // The real cvmd on a real SQLite file, faults made for real: a 16 MiB tmpfs that fills, and the
 // write lock held by another connection past cvmd's busy timeout.
@@ -58,7 +46,7 @@ describe.skipIf(why !== null)("storage faults answer 503 unavailable with Retry-
 
     // 1. Disk full.
     const filler = join(mnt, "filler");
-    fill(filler);
+    fillFilesystem(filler);
     const during: Array<Awaited<ReturnType<typeof create>>> = [];
     for (let i = 0; i < 40; i++) during.push(await create());
     for (const r of during) {

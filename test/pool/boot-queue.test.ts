@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { FakeDriver } from "../support/fake-driver.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../support/daemon.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { until } from "../support/waiting.js";
 
 /*
  * Cold boots beyond CVM_MAX_CONCURRENT_BOOTS wait in a queue instead of starving each other (issue 21,
@@ -14,15 +15,6 @@ const ED = sshKeyPair("ed25519").public;
 const create = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ public_key: ED }) };
 type Event = { type: string; message: string; at: string };
 
-async function until<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`condition not reached in ${ms} ms; last value ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe("boot queue (FakeDriver test double guests, real daemon and SQLite)", () => {
   const cleanups: Array<() => Promise<void> | void> = [];

@@ -3,6 +3,7 @@ import { FakeDriver } from "../support/fake-driver.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../support/daemon.js";
 import { cvmctl } from "../support/processes.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { until } from "../support/waiting.js";
 
 /*
  * The warm pool's bookkeeping (claim, refill, capacity, resize, drain, adoption) against the real
@@ -13,15 +14,6 @@ import { sshKeyPair } from "../support/ssh-keys.js";
 const ED = sshKeyPair("ed25519").public;
 const create = { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ public_key: ED }) };
 
-async function until<T>(fn: () => Promise<T>, ok: (v: T) => boolean, ms = 5000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`condition not reached in ${ms} ms; last value ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe("warm pool (FakeDriver test double guests, real daemon and SQLite)", () => {
   const cleanups: Array<() => Promise<void> | void> = [];
