@@ -3,7 +3,8 @@ import { run } from "./program.js";
 
 // Parsing and help never load the configuration or open the database, so these run in-process; the
 // data dir points nowhere to make sure of it.
-const ENV = { CVM_DATA_DIR: "/nonexistent/cvmctl-test" };
+// A data dir under a path that does not exist: a command that wrongly runs fails instead of creating it.
+const ENV = { CVM_DATA_DIR: "/proc/cvmctl-test-no-such-dir" };
 
 async function cvmctl(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const out: string[] = [];

@@ -23,6 +23,8 @@ function commandTree(ctx: CliContext, done: (code: number) => void): { program: 
     .description("Operator CLI of cvmd. Works on the data dir's database while cvmd runs.")
     // Our own `help` command below takes a command path (`help tenant create`); commander's takes one word.
     .helpCommand(false)
+    // A command's options belong to it alone: without this, `pool resize 2 --json` was read as `pool --json`.
+    .enablePositionalOptions()
     .addHelpText("after", "\nEnvironment: CVM_DATA_DIR (default ./var) selects the database; CVM_CONFIG_FILE and the other CVM_* settings as for cvmd.");
 
   const tenant = group("tenant", "tenants");
