@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
 import type { InstanceStatus } from "../../shared/api/types.js";
 import type { Clock } from "../clock.js";
@@ -52,8 +53,6 @@ export interface EngineDeps {
   pool?: WarmPool;
   /** Cold boots beyond the host's concurrent-boot limit wait here instead of starving each other. */
   boots?: BootQueue;
-  /** First and longest wait between retries of a store write or a teardown (tests shorten them). */
-  retryMs?: { base: number; max: number };
 }
 
 const IDEMPOTENCY_WINDOW_MS = 24 * 3600_000;
@@ -61,20 +60,9 @@ const TERMINATED_RETENTION_MS = 30 * 24 * 3600_000;
 const RETRY_BASE_MS = 1_000;
 const RETRY_MAX_MS = 60_000;
 
-/** Resolves after `ms`, or rejects with the signal's reason as soon as it is aborted. */
-function pause(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    signal.throwIfAborted();
-    const t = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
+/** The wait before retry `attempt` (1, 2, …): `firstMs` doubling, capped at RETRY_MAX_MS. */
+function retryDelay(attempt: number, firstMs: number): number {
+  return Math.min(RETRY_MAX_MS, firstMs * 2 ** Math.min(attempt - 1, 16));
 }
 
 /**
@@ -235,8 +223,6 @@ export class LifecycleEngine {
    * nobody left to settle it. Any other error, and shutdown, end the retries.
    */
   private async durably<T>(what: string, id: string, op: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    const base = this.d.retryMs?.base ?? RETRY_BASE_MS;
-    const max = this.d.retryMs?.max ?? RETRY_MAX_MS;
     const stop = signal ? AbortSignal.any([this.stopping.signal, signal]) : this.stopping.signal;
     const started = Date.now();
     for (let attempt = 1; ; attempt++) {
@@ -249,7 +235,7 @@ export class LifecycleEngine {
         if (!trouble || stop.aborted) throw err;
         // A full disk fails every write at once: one line when it starts, then one every ten attempts.
         if (attempt === 1 || attempt % 10 === 0) this.d.logger.warn({ instance_id: id, code: trouble.code, attempt }, `could not ${what} (${trouble.message}); retrying`);
-        await pause(Math.min(max, base * 2 ** Math.min(attempt - 1, 16)), stop);
+        await sleep(retryDelay(attempt, RETRY_BASE_MS), undefined, { signal: stop });
       }
     }
   }
@@ -445,18 +431,16 @@ export class LifecycleEngine {
   private async teardown(inst: Instance): Promise<void> {
     this.inflight.get(inst.id)?.abort(new Error("instance deleted"));
     const log = this.d.logger.child({ instance: inst.name, instance_id: inst.id });
-    const base = this.d.retryMs?.base ?? RETRY_BASE_MS;
-    const max = this.d.retryMs?.max ?? RETRY_MAX_MS;
     try {
       for (let attempt = 1; ; attempt++) {
         try {
           await this.release(inst);
           break;
         } catch (err) {
-          const delay = Math.min(max, base * 5 * 2 ** Math.min(attempt - 1, 16));
+          const delay = retryDelay(attempt, 5 * RETRY_BASE_MS);
           log.error({ err, attempt, retry_in_ms: delay }, "teardown failed; retrying");
           if (attempt === 1) this.context(inst, new AbortController()).event("teardown_retry", `teardown failed (${describeCause(err)}); retrying with backoff`);
-          await pause(delay, this.stopping.signal);
+          await sleep(delay, undefined, { signal: this.stopping.signal });
         }
       }
       await this.durably("record that the instance's resources are released", inst.id, async () => {
