@@ -39,3 +39,11 @@ test("nothing failed, nothing said", () => {
   a.flush();
   expect(events).toEqual([]);
 });
+
+test("a reason as long as a guest can make it is cut before it reaches an event", () => {
+  const { events, a } = runs();
+  a.failed(`banner ${"x".repeat(100_000)}`, 1_000);
+  a.flush();
+  expect(events).toHaveLength(1);
+  expect(events[0]!.length).toBeLessThan(400);
+});

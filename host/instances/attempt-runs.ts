@@ -3,6 +3,8 @@
  * for the same reason become one event ("ssh attempts 3–17 (4–60 s): <reason>"), so a two-minute loop leaves a
  * handful of events, and the reason that kept it failing is there even when another one ended it.
  */
+const MAX_REASON = 300;
+
 export class AttemptRuns {
   private attempts = 0;
   private emitted = 0;
@@ -17,6 +19,8 @@ export class AttemptRuns {
 
   /** One failed attempt; `atMs` is when it ended, counted from the loop's start. */
   failed(reason: string, atMs: number): void {
+    // A reason can quote what the guest's sshd sent; it goes into an event row, so it is bounded here.
+    if (reason.length > MAX_REASON) reason = `${reason.slice(0, MAX_REASON - 1)}…`;
     this.attempts++;
     const r = this.run;
     if (r && (r.reason === reason || this.emitted >= this.maxEvents - 1)) {
