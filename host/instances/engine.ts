@@ -209,7 +209,11 @@ export class LifecycleEngine {
       event: (type, message) => {
         log.info({ event: type }, message);
         // An event is told, not relied on: lost to a full disk or a held lock it is a warning, not an error.
-        this.d.db.tx(() => this.d.instances.appendEvent(inst.id, type, null, null, message, this.d.clock.now())).catch((err) => (storageTrouble(err) ? log.warn({ code: storageTrouble(err)!.code, event: type }, "could not record event") : log.error({ err }, "could not record event")));
+        this.d.db.tx(() => this.d.instances.appendEvent(inst.id, type, null, null, message, this.d.clock.now())).catch((err) => {
+          const trouble = storageTrouble(err);
+          if (trouble) log.warn({ code: trouble.code, event: type }, "could not record event");
+          else log.error({ err }, "could not record event");
+        });
       },
       // Without its runtime the instance's guest could be neither found after a restart nor torn down: worth waiting for.
       saveRuntime: (runtime) => this.durably("record the guest's runtime", inst.id, () => this.d.db.tx(() => this.d.instances.setRuntime(inst.id, runtime)), ac.signal),
