@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build image run test test-fast bench clean typecheck install
+.PHONY: help deps build image run test test-fast bench clean typecheck structure install
 
 help:
 	@echo "make run        install dependencies, build, start cvmd (data in ./var)"
@@ -32,13 +32,19 @@ image: build
 run: $(if $(filter none,$(CVM_DRIVER)),build,image)
 	CVM_WARM_POOL_SIZE=$${CVM_WARM_POOL_SIZE:-1} node dist/host/main.js
 
-test: image
+# The rooms and their rules (.dependency-cruiser.cjs, docs/architecture.md) and no copy-pasted
+# code outside tests and benches (.jscpd.json: any clone of 5+ lines and 50+ tokens fails).
+structure: deps
+	npx depcruise host guest shared images test bench --config .dependency-cruiser.cjs
+	npx jscpd
+
+test: image structure
 	npx tsc -p tsconfig.check.json
 	npx vitest run
 
 # The loop while working: no image build and no VM E2E tests. Tests needing an image (the boot
 # check, the kernel checks) use one already built, or skip saying so.
-test-fast: build
+test-fast: build structure
 	npx tsc -p tsconfig.check.json
 	npx vitest run --exclude 'test/e2e/**'
 
