@@ -75,8 +75,6 @@ export async function locateOpenClawPackage(root: RootFs, manifest: OpenClawMani
   throw new ManifestError(`no openclaw package under ${manifest.dir}`);
 }
 
-export const OPENCLAW_GATEWAY_PORT = 18789;
-
 /**
  * OpenClaw's configuration, a pure function of the setup parameters and the port, so the tenant can
  * recompute its digest from what they asked for and compare it with the `openclaw-config` event.

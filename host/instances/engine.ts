@@ -119,7 +119,7 @@ export class LifecycleEngine {
       }
       throw new Error("could not find a free instance name after 20 attempts");
     });
-    if (outcome.kind === "created") this.track(this.provision(outcome.instance, "create"));
+    if (outcome.kind === "created") this.track(this.provision(outcome.instance));
     return outcome;
   }
 
@@ -244,7 +244,7 @@ export class LifecycleEngine {
     }
   }
 
-  private async provision(inst: Instance, mode: "create"): Promise<void> {
+  private async provision(inst: Instance): Promise<void> {
     const ac = new AbortController();
     this.inflight.set(inst.id, ac);
     let info: ReadyInfo | undefined;
@@ -273,9 +273,7 @@ export class LifecycleEngine {
       }
       await this.markReady(inst.id, info);
     } catch (err) {
-      await this.failProvisioning(inst.id, ac, err, mode);
-      // The driver tears down what fails inside it; a failure after it handed over a running guest leaves that to us.
-      if (info !== undefined && !ac.signal.aborted) await this.destroyAfterFailure(inst);
+      await this.failProvisioning(inst, ac, err, info !== undefined);
     } finally {
       this.inflight.delete(inst.id);
       this.d.capacity?.settle(inst.id);
@@ -310,7 +308,7 @@ export class LifecycleEngine {
     if (inst.status === "provisioning" && inst.runtime === null) {
       // No guest was ever started for it (it was queued or admitted when cvmd stopped): start it now.
       this.d.logger.info({ instance: inst.name, instance_id: inst.id }, "resuming a create that had not booted before the restart");
-      this.track(this.provision(inst, "create"));
+      this.track(this.provision(inst));
       return;
     }
     const ac = new AbortController();
@@ -321,7 +319,7 @@ export class LifecycleEngine {
     try {
       res = await this.d.driver.adopt(await this.spec(inst), this.context(inst, ac));
     } catch (err) {
-      await this.failProvisioning(inst.id, ac, err, "create");
+      await this.failProvisioning(inst, ac, err, false);
       done();
       return;
     }
@@ -341,8 +339,7 @@ export class LifecycleEngine {
           info = await ready;
           if (inst.status === "provisioning") await this.markReady(inst.id, info);
         } catch (err) {
-          await this.failProvisioning(inst.id, ac, err, "create");
-          if (info !== undefined && !ac.signal.aborted) await this.destroyAfterFailure(inst);
+          await this.failProvisioning(inst, ac, err, info !== undefined);
         } finally {
           done();
         }
@@ -350,7 +347,16 @@ export class LifecycleEngine {
     );
   }
 
-  private async failProvisioning(id: string, ac: AbortController, err: unknown, _mode: string): Promise<void> {
+  /**
+   * Records why provisioning failed. The driver tears down what fails inside it; a failure after it
+   * handed over a running guest (`handedOver`) leaves the teardown to us.
+   */
+  private async failProvisioning(inst: Instance, ac: AbortController, err: unknown, handedOver: boolean): Promise<void> {
+    await this.recordProvisioningFailure(inst.id, ac, err);
+    if (handedOver && !ac.signal.aborted) await this.destroyAfterFailure(inst);
+  }
+
+  private async recordProvisioningFailure(id: string, ac: AbortController, err: unknown): Promise<void> {
     const log = this.d.logger.child({ instance_id: id });
     try {
       await this.durably("record a provisioning failure", id, async () => {

@@ -263,14 +263,6 @@ export class GatewayStreams {
     for (const f of this.sendQueue.splice(0)) this.sent(f);
   }
 
-  /** Request bytes and queued response bytes the session holds (tests, metrics). */
-  get bufferedBytes(): number {
-    let n = 0;
-    for (const s of this.open.values()) n += s.charged;
-    for (const f of this.sendQueue) n += f.release;
-    return n;
-  }
-
   private addBody(s: OpenStream, data: Buffer, end: boolean): void {
     if (data.length > 0) {
       s.bytes += data.length;

@@ -238,11 +238,6 @@ export class QemuHypervisor implements Hypervisor {
     for (const id of [...this.serial.keys()]) void this.stopCapture(id);
   }
 
-  /** The serial capture of a running guest, for tests and status. */
-  serialCapture(instanceId: string): SerialCapture | undefined {
-    return this.serial.get(instanceId);
-  }
-
   private async captureSerial(instanceId: string, p: RunPaths): Promise<void> {
     await this.stopCapture(instanceId);
     const cap = await SerialCapture.start({

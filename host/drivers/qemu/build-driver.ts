@@ -21,7 +21,6 @@ import { run } from "../../../shared/util/run.js";
 export interface BuiltDriver {
   driver: Driver;
   firewall?: NftEgressFirewall;
-  qemu?: QemuDriver;
 }
 
 /**
@@ -93,5 +92,5 @@ export async function buildQemuDriver(vm: VmConfig, dataDir: string, log: Logger
     guestGatewayUrl: vm.guestGatewayUrl,
     timeouts: vm.timeouts,
   });
-  return { driver: qemu, firewall, qemu };
+  return { driver: qemu, firewall };
 }

@@ -79,11 +79,14 @@ async function setup(answer: (nonce: Buffer) => AgentMessage | null) {
     await driver.close();
     await server.close();
   });
-  const adopted = await driver.adopt(spec({ ...RUNTIME, imageId: "cvm-img" }), { signal: ac.signal, event: () => undefined, saveRuntime: async () => undefined });
+  // The driver says in the instance's events when the agent's hello arrived: from then on its channel is open.
+  let helloSeen!: () => void;
+  const hello = new Promise<void>((resolve) => (helloSeen = resolve));
+  const event = (type: string) => type === "agent" && helloSeen();
+  const adopted = await driver.adopt(spec({ ...RUNTIME, imageId: "cvm-img" }), { signal: ac.signal, event, saveRuntime: async () => undefined });
   if (!adopted.alive) throw new Error(`not adopted: ${adopted.reason}`);
   adopted.ready.catch(() => undefined);
-  const link = driver.link("i1")!;
-  await new Promise<void>((resolve) => (link.hello ? resolve() : link.once("hello", () => resolve())));
+  await hello;
   return { driver, nonces };
 }
 

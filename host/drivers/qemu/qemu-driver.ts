@@ -1,9 +1,9 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
 import { ImageError, type ImageCatalog } from "../../images/image-catalog.js";
-import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready, type SetupParams } from "../../link/index.js";
+import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type QuoteReply, type Ready, type SetupParams } from "../../link/index.js";
 import type { EgressFirewall } from "../../net/egress-firewall.js";
-import type { GuestAttachment, GuestNetwork } from "../../net/guest-network.js";
+import type { GuestNetwork } from "../../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "../../vmm/boot-phases.js";
 import { allocateCid } from "../../vmm/cid.js";
 import { VmmError, type Accel, type GuestProfile, type Hypervisor, type LaunchRecord } from "../../vmm/hypervisor.js";
@@ -72,13 +72,6 @@ interface Runtime {
   hostKeys?: string[];
 }
 
-/** Runtime facts of a live guest, for status endpoints and operators. */
-export interface GuestFacts {
-  hello: AgentHello | null;
-  heartbeat: Heartbeat | null;
-  heartbeatAt: Date | null;
-}
-
 const USER = "azureuser";
 const DEFAULT_POOL_EGRESS_LIMIT = 5 * 1024 ** 3;
 
@@ -119,7 +112,6 @@ export class QemuDriver implements Driver {
   private readonly links = new Map<string, AgentLink>();
   /** Guest id → the instance it bills to; a pool guest before its claim owns itself. */
   private readonly owners = new Map<string, string>();
-  private readonly facts = new Map<string, GuestFacts>();
   private readonly cids = new Set<number>();
   private readonly destroying = new Set<string>();
   private exitListener?: (id: string, reason: string) => void;
@@ -152,14 +144,6 @@ export class QemuDriver implements Driver {
 
   onExit(listener: (instanceId: string, reason: string) => void): void {
     this.exitListener = listener;
-  }
-
-  guestFacts(guestId: string): GuestFacts | undefined {
-    return this.facts.get(guestId);
-  }
-
-  link(guestId: string): AgentLink | undefined {
-    return this.links.get(guestId);
   }
 
   readonly warm: WarmGuestDriver = {
@@ -419,13 +403,6 @@ export class QemuDriver implements Driver {
       idleTimeoutMs: 60_000,
       securityLog: this.services.securityLog,
     });
-    const facts: GuestFacts = { hello: null, heartbeat: null, heartbeatAt: null };
-    this.facts.set(guestId, facts);
-    link.on("hello", (h) => (facts.hello = h));
-    link.on("heartbeat", (h) => {
-      facts.heartbeat = h;
-      facts.heartbeatAt = new Date();
-    });
     link.on("egress", (s: EgressSample) => {
       // An unclaimed pool guest's samples belong to no one (and the agent restarts its count at the claim).
       const owner = this.owners.get(guestId);
@@ -519,7 +496,6 @@ export class QemuDriver implements Driver {
     this.unsubscribe.delete(guestId);
     const link = this.links.get(guestId);
     this.links.delete(guestId);
-    this.facts.delete(guestId);
     this.owners.delete(guestId);
     this.recordedChannels.delete(guestId);
     this.unclaimed.delete(guestId);
