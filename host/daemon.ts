@@ -7,7 +7,7 @@ import { ConfigError, type Config } from "./config.js";
 import type { Driver } from "./drivers/driver.js";
 import { LifecycleEngine } from "./instances/engine.js";
 import { BootQueue } from "./instances/boot-queue.js";
-import { Capacity, type GuestSize } from "./instances/capacity.js";
+import { Capacity } from "./instances/capacity.js";
 import { WarmPool } from "./instances/warm-pool.js";
 import { UnavailableDriver } from "./drivers/unavailable-driver.js";
 import { PoolGuestStore, SettingsStore } from "./store/pool-guests.js";
@@ -45,8 +45,6 @@ export interface DaemonDeps {
   egressFirewall?: EgressFirewall;
   /** Quote verifier; tests give one that pins a test PKI root. Default: Intel's root, one warm cache. */
   quoteVerifier?: QuoteVerifier;
-  /** Memory and vCPUs of one guest (CVM_VM_MEMORY_MIB / CVM_VM_VCPUS), for the capacity budget. */
-  guestSize?: GuestSize;
 }
 
 export interface RunningDaemon {
@@ -171,7 +169,7 @@ async function launch(config: Config, deps: DaemonDeps, { tls, collateral }: Pre
   stack.defer(() => dns.close());
   if (dns.server) log.info({ listen: `${config.dns.listen?.host}:${dns.server.port}` }, "dns server up");
   // A driver that cannot provision holds nothing: its creates fail with driver_unavailable, not for capacity.
-  const capacity = deps.driver instanceof UnavailableDriver ? undefined : new Capacity(config.capacity, deps.guestSize ?? { memoryMiB: 2048, vcpus: 2 }, instances);
+  const capacity = deps.driver instanceof UnavailableDriver ? undefined : new Capacity(config.capacity, { memoryMiB: config.vm.memoryMiB, vcpus: config.vm.vcpus }, instances);
   const poolGuests = new PoolGuestStore(db);
   const boots = new BootQueue(config.maxConcurrentBoots);
   const pool =

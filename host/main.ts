@@ -25,10 +25,8 @@ async function main(): Promise<void> {
   const securityLog = logger.child({ stream: "security" });
 
   let built: BuiltDriver;
-  let guestSize: { memoryMiB: number; vcpus: number } | undefined;
   try {
     const vm = config.driver === "none" ? null : config.vm;
-    guestSize = vm ? { memoryMiB: vm.memoryMiB, vcpus: vm.vcpus } : undefined;
     const upstreams = config.catalogue.models.map((m) => m.upstream.base_url);
     built = vm ? await buildQemuDriver(vm, config.dataDir, logger, upstreams) : { driver: new UnavailableDriver("CVM_DRIVER=none") };
   } catch (err) {
@@ -40,7 +38,7 @@ async function main(): Promise<void> {
   // Handlers go in before start-up so a signal that arrives while we start is still a clean stop.
   // One registry for the process: components built here (driver, warm pool, attestation) report into it too.
   const metrics = new Metrics({ processMetrics: config.metricsListen !== null, version: packageVersion() });
-  const daemon = startDaemon(config, { driver, logger, securityLog, metrics, egressFirewall: built.firewall, guestSize });
+  const daemon = startDaemon(config, { driver, logger, securityLog, metrics, egressFirewall: built.firewall });
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -26,8 +26,9 @@ export interface LaunchSpec {
   /** Ignored for `tdx`, which always runs under KVM. */
   accel: Accel;
   image: GuestImage;
-  memoryMiB?: number;
-  vcpus?: number;
+  /** Guest size; its defaults are the configuration's (CVM_VM_MEMORY_MIB, CVM_VM_VCPUS), not this layer's. */
+  memoryMiB: number;
+  vcpus: number;
   /** vsock CID the host assigned; used by vhost-vsock under `tdx`, recorded (for the link layer) under `plain`. */
   cid: number;
   nic: { tap: string; mac: string };

@@ -18,10 +18,11 @@ describe("profile table", () => {
     const paths = runPaths("/var/lib/cvm", "inst-1");
     const image = { kernel: "/k", initrd: "/i", cmdline: "x", disks: [] };
     const nic = { tap: "tap2", mac: "52:54:0a:4d:00:02" };
-    const plain = buildQemuArgs({ instanceId: "inst-1", profile: "plain", accel: "tcg", image, cid: 7, nic }, paths);
+    const size = { memoryMiB: 512, vcpus: 1 };
+    const plain = buildQemuArgs({ instanceId: "inst-1", profile: "plain", accel: "tcg", ...size, image, cid: 7, nic }, paths);
     expect(agentChannelsInArgv(plain)).toEqual([{ kind: "unix", path: "/var/lib/cvm/vms/inst-1/agent.sock" }]);
     expect(PROFILES.plain.endpoint({ cid: 7 }, paths)).toEqual({ kind: "unix", path: paths.agent });
-    const tdx = buildQemuArgs({ instanceId: "inst-1", profile: "tdx", accel: "tcg", image, cid: 42, nic, tdx: { firmware: "/fw" } }, paths);
+    const tdx = buildQemuArgs({ instanceId: "inst-1", profile: "tdx", accel: "tcg", ...size, image, cid: 42, nic, tdx: { firmware: "/fw" } }, paths);
     expect(agentChannelsInArgv(tdx)).toEqual([{ kind: "vsock", cid: 42, port: 1024 }]);
     expect(PROFILES.tdx.endpoint({ cid: 42 }, paths)).toEqual({ kind: "vsock", cid: 42, port: AGENT_CHANNELS.tdx.port });
   });

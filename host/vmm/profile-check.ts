@@ -52,6 +52,8 @@ function probeSpec(p: Profile): LaunchSpec {
     instanceId: "profile-check",
     profile: p.name,
     accel: "tcg",
+    memoryMiB: 512,
+    vcpus: 1,
     image: { kernel: "/probe/vmlinuz", initrd: "/probe/initrd", cmdline: "console=ttyS0", disks: [{ id: "root", path: "/probe/root.img" }] },
     cid: PROBE_CID,
     nic: { tap: "probe0", mac: "52:54:00:00:00:01" },

@@ -24,7 +24,7 @@ export interface Profile {
   /** Throws VmmError("invalid_spec") for what this profile needs and the spec lacks. */
   validate(spec: LaunchSpec): void;
   /** Accelerator, CPU, machine and confidential-computing objects, placed right after -name. */
-  machineArgs(spec: LaunchSpec, memoryMiB: number): string[];
+  machineArgs(spec: LaunchSpec): string[];
   /** The devices carrying the agent channel, placed last before -pidfile. */
   channelArgs(spec: LaunchSpec, paths: RunPaths): string[];
   /** What the host dials to reach the agent of a guest launched with `channelArgs`. */
@@ -64,11 +64,11 @@ const tdx: Profile = Object.freeze({
   // -object tdx-guest,id=tdx0, -machine ...,confidential-guest-support=tdx0, TDVF loaded with -bios because TDX has
   // no read-only memslots (so no pflash); "kernel-irqchip must be split". The quote-generation-socket property is a
   // QAPI SocketAddress (qapi/qom.json TdxGuestProperties, since 10.1); a nested struct needs the JSON form of -object.
-  machineArgs: (spec: LaunchSpec, memoryMiB: number) => [
+  machineArgs: (spec: LaunchSpec) => [
     "-accel", "kvm", "-cpu", "host",
     "-object", JSON.stringify({ "qom-type": "tdx-guest", id: "tdx0", "quote-generation-socket": qgsJson(spec.tdx!.qgs ?? DEFAULT_QGS) }),
     // Guest RAM from a memfd backend named on -machine: QEMU pairs it with KVM guest_memfd for the private half.
-    "-object", `memory-backend-memfd,id=mem0,size=${memoryMiB}M`,
+    "-object", `memory-backend-memfd,id=mem0,size=${spec.memoryMiB}M`,
     "-machine", "q35,kernel-irqchip=split,confidential-guest-support=tdx0,memory-backend=mem0",
     "-bios", spec.tdx!.firmware,
   ],

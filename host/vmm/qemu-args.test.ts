@@ -14,7 +14,7 @@ const image = {
     { id: "verity", path: "/img/rootfs.verity" },
   ],
 };
-const base: LaunchSpec = { instanceId: "inst-1", profile: "plain", accel: "tcg", image, cid: 7, nic: { tap: "tap2", mac: "52:54:0a:4d:00:02" } };
+const base: LaunchSpec = { instanceId: "inst-1", profile: "plain", accel: "tcg", memoryMiB: 2048, vcpus: 2, image, cid: 7, nic: { tap: "tap2", mac: "52:54:0a:4d:00:02" } };
 
 /** Values following each occurrence of an option. */
 function opt(argv: string[], name: string): string[] {
@@ -62,7 +62,7 @@ describe("plain profile", () => {
     expect(blk.map((d) => d.drive)).toEqual(["disk-root", "disk-verity"]);
   });
 
-  test("memory, cpus, no graphics, no reboot; defaults 2048 MiB", () => {
+  test("memory, cpus, no graphics, no reboot", () => {
     expect(opt(argv, "-m")).toEqual(["2048"]);
     expect(opt(argv, "-smp")).toEqual(["2"]);
     expect(argv).toEqual(expect.arrayContaining(["-nodefaults", "-no-user-config", "-no-reboot", "-daemonize"]));

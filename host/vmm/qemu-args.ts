@@ -5,9 +5,6 @@ import type { RunPaths } from "./run-dir.js";
 
 export { qemuOptValue };
 
-export const DEFAULT_MEMORY_MIB = 2048;
-export const DEFAULT_VCPUS = 2;
-
 const TAP_NAME = /^[A-Za-z0-9_.-]{1,15}$/; // IFNAMSIZ - 1
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const DISK_ID = /^[A-Za-z0-9_-]{1,20}$/; // virtio-blk serials are at most 20 bytes
@@ -20,10 +17,8 @@ function validate(spec: LaunchSpec, profiles: ProfileTable): void {
   if (!MAC.test(spec.nic.mac)) bad(`mac ${JSON.stringify(spec.nic.mac)} must be lowercase aa:bb:cc:dd:ee:ff`);
   if (parseInt(spec.nic.mac.slice(0, 2), 16) & 1) bad(`mac ${spec.nic.mac} is a multicast address`);
   if (!Number.isInteger(spec.cid) || spec.cid < 3 || spec.cid > 0xfffffffe) bad(`cid ${spec.cid} must be an integer in [3, 2^32-2]`);
-  const mem = spec.memoryMiB ?? DEFAULT_MEMORY_MIB;
-  if (!Number.isInteger(mem) || mem < 64) bad(`memoryMiB ${mem} must be an integer >= 64`);
-  const cpus = spec.vcpus ?? DEFAULT_VCPUS;
-  if (!Number.isInteger(cpus) || cpus < 1 || cpus > 288) bad(`vcpus ${cpus} must be an integer in [1, 288]`);
+  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 64) bad(`memoryMiB ${spec.memoryMiB} must be an integer >= 64`);
+  if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 288) bad(`vcpus ${spec.vcpus} must be an integer in [1, 288]`);
   if (spec.image.cmdline.includes("\n")) bad("kernel command line must be a single line");
   const ids = new Set<string>();
   for (const d of spec.image.disks) {
@@ -49,13 +44,11 @@ function validate(spec: LaunchSpec, profiles: ProfileTable): void {
 export function buildQemuArgs(spec: LaunchSpec, paths: RunPaths, profiles: ProfileTable = PROFILES): string[] {
   validate(spec, profiles);
   const profile = profiles[spec.profile];
-  const mem = spec.memoryMiB ?? DEFAULT_MEMORY_MIB;
-  const cpus = spec.vcpus ?? DEFAULT_VCPUS;
   const a: string[] = [];
   a.push("-name", `cvm-${spec.instanceId}`);
 
-  a.push(...profile.machineArgs(spec, mem));
-  a.push("-m", String(mem), "-smp", String(cpus));
+  a.push(...profile.machineArgs(spec));
+  a.push("-m", String(spec.memoryMiB), "-smp", String(spec.vcpus));
   a.push("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot");
 
   // -kernel/-initrd/-append/-bios/-pidfile take their value verbatim (no option parsing), so no comma escaping there.

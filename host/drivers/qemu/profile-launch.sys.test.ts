@@ -137,7 +137,7 @@ describe.skipIf(whyTdx !== null)("tdx profile: the driver dials vsock CID N (via
     const paths = runPaths(dir, id);
     await ensureRunDir(paths);
     const argv = buildQemuArgs(
-      { instanceId: id, profile: "tdx", accel: "kvm", cid, image: { kernel: "/k", initrd: "/i", cmdline: "console=ttyS0", disks: [] }, nic: { tap: "tap0", mac: "52:54:00:00:00:02" }, tdx: { firmware: "/fw/OVMF.tdx.fd" } },
+      { instanceId: id, profile: "tdx", accel: "kvm", memoryMiB: 512, vcpus: 1, cid, image: { kernel: "/k", initrd: "/i", cmdline: "console=ttyS0", disks: [] }, nic: { tap: "tap0", mac: "52:54:00:00:00:02" }, tdx: { firmware: "/fw/OVMF.tdx.fd" } },
       paths,
     );
     const created = agentChannelsInArgv(argv);

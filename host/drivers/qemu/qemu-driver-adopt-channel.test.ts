@@ -34,7 +34,7 @@ async function adoptUnder(driverProfile: GuestProfile, launchedAs: GuestProfile)
   const cid = 9;
   const paths = runPaths(dir, id);
   await ensureRunDir(paths);
-  const argv = buildQemuArgs({ instanceId: id, profile: launchedAs, accel: "tcg", cid, image: { kernel: "/k", initrd: "/i", cmdline: "x", disks: [] }, nic: { tap: "tap0", mac: "52:54:00:00:00:02" }, tdx: { firmware: "/fw" } }, paths);
+  const argv = buildQemuArgs({ instanceId: id, profile: launchedAs, accel: "tcg", memoryMiB: 512, vcpus: 1, cid, image: { kernel: "/k", initrd: "/i", cmdline: "x", disks: [] }, nic: { tap: "tap0", mac: "52:54:00:00:00:02" }, tdx: { firmware: "/fw" } }, paths);
   const record: LaunchRecord = { version: 1, instanceId: id, profile: launchedAs, accel: "tcg", cid, tap: "tap0", mac: "52:54:00:00:00:02", netns: null, argv, recordedAt: new Date().toISOString(), serialOffset: 0 };
   const network = { detach: async () => undefined };
   const firewall = { remove: async () => undefined };
