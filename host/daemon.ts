@@ -184,6 +184,7 @@ async function launch(config: Config, deps: DaemonDeps, { tls, collateral }: Pre
         boots,
         clock,
         logger: log.child({ component: "pool" }),
+        egressLimitBytes: config.egressLimitBytes,
         defaultSize: config.warmPool.defaultSize,
         onWarmCount: (n) => metrics.setWarmPoolSize(n),
       })

@@ -70,6 +70,14 @@ export interface PoolGuestSpec {
   runtime: Record<string, unknown> | null;
 }
 
+/**
+ * A pool guest to boot. It runs under the instance cap (CVM_EGRESS_LIMIT_BYTES) from its first frame:
+ * the claim swaps its rules for the claiming instance's, with fresh counters and the same limit.
+ */
+export interface PoolGuestBoot extends PoolGuestSpec {
+  egressLimitBytes: number;
+}
+
 export interface PoolGuestContext {
   /** Aborted when the guest is drained or cvmd shuts down. */
   signal: AbortSignal;
@@ -89,7 +97,7 @@ export interface WarmGuestDriver {
   /** The image new guests boot from now (verified against its manifest), or null when there is none. */
   currentImageId(): Promise<string | null>;
   /** Boots a pool guest and resolves once its agent reports `prepared`; resolves with the image it booted. */
-  boot(guest: PoolGuestSpec, ctx: PoolGuestContext): Promise<{ imageId: string }>;
+  boot(guest: PoolGuestBoot, ctx: PoolGuestContext): Promise<{ imageId: string }>;
   /** Re-attaches a pool guest after a cvmd restart. */
   adopt(guest: PoolGuestSpec, ctx: PoolGuestContext): Promise<AdoptPoolResult>;
   /**

@@ -19,6 +19,8 @@ export interface WarmPoolOptions {
   boots?: BootQueue;
   clock: Clock;
   logger: Logger;
+  /** CVM_EGRESS_LIMIT_BYTES: a pool guest is capped like the instance it will become. */
+  egressLimitBytes: number;
   /** CVM_WARM_POOL_SIZE: the size of an image's pool until an operator sets one with `cvmctl pool resize`. */
   defaultSize: number;
   /** Reports the number of warm guests (metrics). */
@@ -262,7 +264,7 @@ export class WarmPool {
       const slot = this.o.boots ? await this.o.boots.acquire("pool", ac.signal) : null;
       try {
         this.log.info({ pool_guest: id, queued_ms: slot?.waitedMs ?? 0 }, "booting pool guest");
-        return await this.o.driver.boot({ id, runtime: null }, this.context(id, ac));
+        return await this.o.driver.boot({ id, runtime: null, egressLimitBytes: this.o.egressLimitBytes }, this.context(id, ac));
       } finally {
         slot?.release();
       }

@@ -76,6 +76,14 @@ describe("warm pool (FakeDriver test double guests, real daemon and SQLite)", ()
     expect(status.images[0]).toMatchObject({ claimed: 2, warm: 2 });
   });
 
+  it("boots pool guests under the instance egress cap (CVM_EGRESS_LIMIT_BYTES), the one their claim keeps", async () => {
+    const { d, driver, key } = await daemon({ CVM_WARM_POOL_SIZE: "1", CVM_EGRESS_LIMIT_BYTES: "123456789" });
+    await until(() => warmCount(d), (n) => n === 1);
+    expect([...driver.poolGuests.values()].map((g) => g.egressLimitBytes)).toEqual([123456789]);
+    const a = await createReady(d, key);
+    expect(a.inst.egress_limit_bytes).toBe(123456789);
+  });
+
   it("cold-starts with an empty pool and says so in the events", async () => {
     const { d, driver, key } = await daemon({ CVM_WARM_POOL_SIZE: "0" });
     const a = await createReady(d, key);

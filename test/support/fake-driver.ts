@@ -30,7 +30,7 @@ export class FakeDriver implements Driver {
   private exitListener?: (id: string, reason: string) => void;
 
   /** Pool guests, by pool id; like `guests`, they outlive a daemon object. */
-  readonly poolGuests = new Map<string, { imageId: string; prepared: boolean }>();
+  readonly poolGuests = new Map<string, { imageId: string; prepared: boolean; egressLimitBytes: number }>();
   readonly destroyedPoolGuests: string[] = [];
   readonly claims: Array<{ instanceId: string; guestId: string }> = [];
   /** The image pool guests boot from; null: no image. */
@@ -44,7 +44,7 @@ export class FakeDriver implements Driver {
       const imageId = this.imageId;
       if (!imageId) throw new ProvisionError("image_unavailable");
       await ctx.saveRuntime({ fake: true });
-      this.poolGuests.set(g.id, { imageId, prepared: false });
+      this.poolGuests.set(g.id, { imageId, prepared: false, egressLimitBytes: g.egressLimitBytes });
       await this.sleep(this.preparedAfterMs, ctx.signal);
       this.poolGuests.get(g.id)!.prepared = true;
       return { imageId };

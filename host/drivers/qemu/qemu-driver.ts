@@ -21,6 +21,7 @@ import {
   type DriverContext,
   type HostServices,
   type InstanceSpec,
+  type PoolGuestBoot,
   type PoolGuestContext,
   type PoolGuestSpec,
   type ReadyInfo,
@@ -46,8 +47,6 @@ export interface QemuDriverOptions {
   tdx?: { firmware: string };
   /** Where the agent exposes the inference gateway inside the guest (OpenClaw's provider baseUrl). */
   guestGatewayUrl: string;
-  /** The cap a pool guest runs under before its claim (its counters are dropped at the claim). */
-  poolEgressLimitBytes?: number;
   /**
    * One deadline per phase, each failing with its own code: QEMU start → agent hello (`boot_timeout`),
    * setup sent → acknowledged and acknowledged → ready (`agent_timeout`), ready → SSH handshake (`ssh_unreachable`).
@@ -73,7 +72,6 @@ interface Runtime {
 }
 
 const USER = "azureuser";
-const DEFAULT_POOL_EGRESS_LIMIT = 5 * 1024 ** 3;
 
 /** A promise that rejects when `signal` aborts (never resolves), for racing against slow steps. */
 function abortion(signal: AbortSignal): Promise<never> {
@@ -512,10 +510,10 @@ export class QemuDriver implements Driver {
 
   // ---- warm pool ----
 
-  private async bootPoolGuest(g: PoolGuestSpec, ctx: PoolGuestContext): Promise<{ imageId: string }> {
+  private async bootPoolGuest(g: PoolGuestBoot, ctx: PoolGuestContext): Promise<{ imageId: string }> {
     const log = this.o.logger.child({ pool_guest: g.id });
     this.unclaimed.add(g.id);
-    const { runtime, watch, started } = await this.launch(g.id, this.o.poolEgressLimitBytes ?? DEFAULT_POOL_EGRESS_LIMIT, ctx, log);
+    const { runtime, watch, started } = await this.launch(g.id, g.egressLimitBytes, ctx, log);
     try {
       await this.prepareGuest(g.id, runtime.cid, ctx, log, started, watch);
       return { imageId: runtime.imageId };
