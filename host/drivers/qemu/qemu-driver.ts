@@ -71,6 +71,27 @@ interface Runtime {
   hostKeys?: string[];
 }
 
+/**
+ * What this cvmd holds for one guest, from its launch (or adoption) until its release. Keyed by guest
+ * id: the instance's id for a cold start, the pool guest's id for a warm-pool guest, which keeps it
+ * (run dir, QEMU, tap) after an instance claims it.
+ */
+interface GuestRecord {
+  /** No other guest is launched with this vsock CID while the record lives. */
+  cid: number;
+  /** Whom its model calls and egress samples are billed to: the instance; a pool guest before its claim owns itself. */
+  owner: string;
+  /** False for a pool guest until an instance claims it: no gateway, no egress attribution, exits reported to the pool. */
+  claimed: boolean;
+  /** Its agent channel, once opened. */
+  link?: AgentLink;
+  /** destroy() is stopping it: its exit is expected, not reported. */
+  destroying: boolean;
+  /** An adopted guest whose recorded argv created another channel than this profile's (cvmd restarted with another profile). */
+  recordedChannel?: AgentEndpoint;
+  unsubscribeExit?: () => void;
+}
+
 const USER = "azureuser";
 
 /** A promise that rejects when `signal` aborts (never resolves), for racing against slow steps. */
@@ -106,21 +127,12 @@ function agentRefusal(err: unknown): ProvisionError | null {
  */
 export class QemuDriver implements Driver {
   readonly name: string;
-  /** Keyed by guest id (= instance id for cold starts, the pool guest's id for claimed guests). */
-  private readonly links = new Map<string, AgentLink>();
-  /** Guest id → the instance it bills to; a pool guest before its claim owns itself. */
-  private readonly owners = new Map<string, string>();
-  private readonly cids = new Set<number>();
-  private readonly destroying = new Set<string>();
+  /** Guest id → what this cvmd holds for that guest. */
+  private readonly guests = new Map<string, GuestRecord>();
   private exitListener?: (id: string, reason: string) => void;
   private poolExitListener?: (guestId: string, reason: string) => void;
-  /** Pool guests not claimed yet: no gateway, no egress attribution, exits reported to the pool. */
-  private readonly unclaimed = new Set<string>();
-  private readonly unsubscribe = new Map<string, () => void>();
   private services: HostServices = {};
   private readonly profile: Profile;
-  /** Adopted guests whose recorded argv created another channel than this profile's (cvmd restarted with another profile). */
-  private readonly recordedChannels = new Map<string, AgentEndpoint>();
 
   /** Throws when the profile's argv and agent channel disagree: cvmd must not start with such a driver. */
   constructor(private readonly o: QemuDriverOptions) {
@@ -130,14 +142,22 @@ export class QemuDriver implements Driver {
 
   bindHostServices(s: HostServices): void {
     this.services = s;
-    for (const [id, link] of this.links) link.onGatewayRequest(this.gatewayFor(id));
+    for (const g of this.guests.values()) g.link?.onGatewayRequest(this.gatewayFor(g));
   }
 
   /** No tenant, no model calls: an unclaimed pool guest gets no gateway at all. */
-  private gatewayFor(guestId: string) {
-    const owner = this.owners.get(guestId);
-    if (owner === undefined || this.unclaimed.has(guestId)) return null;
-    return this.services.gateway?.handlerFor(owner) ?? null;
+  private gatewayFor(g: GuestRecord) {
+    if (!g.claimed) return null;
+    return this.services.gateway?.handlerFor(g.owner) ?? null;
+  }
+
+  /** Holds `guestId` from here until its release; a guest held already keeps its record (its link, its exit watch). */
+  private hold(guestId: string, g: Pick<GuestRecord, "cid" | "owner" | "claimed">): GuestRecord {
+    const held = this.guests.get(guestId);
+    if (held) return Object.assign(held, g);
+    const record: GuestRecord = { ...g, destroying: false };
+    this.guests.set(guestId, record);
+    return record;
   }
 
   onExit(listener: (instanceId: string, reason: string) => void): void {
@@ -156,24 +176,27 @@ export class QemuDriver implements Driver {
     boot: (g, ctx) => this.bootPoolGuest(g, ctx),
     adopt: (g, ctx) => this.adoptPoolGuest(g, ctx),
     claim: (spec, g, ctx) => this.claimPoolGuest(spec, g, ctx),
-    destroy: (g) => this.destroyGuest(g.id, g.id, g.runtime as Runtime | null),
+    destroy: (g) => this.destroyGuest(g.id, g.id),
   };
 
   async create(spec: InstanceSpec, ctx: DriverContext): Promise<ReadyInfo> {
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id });
-    const { runtime, watch, started } = await this.launch(spec.id, spec.egressLimitBytes, ctx, log);
+    const { runtime, guest, watch, started } = await this.launch(spec.id, spec.egressLimitBytes, true, ctx, log);
     try {
-      return await this.bringUp(spec, runtime, ctx, log, started, watch);
+      return await this.bringUp(spec, runtime, guest, ctx, log, started, watch);
     } catch (err) {
-      await this.release(spec.id, spec.id, runtime, log, { keepRunDir: true });
+      await this.release(spec.id, spec.id, log, { keepRunDir: true });
       throw this.asProvisionError(err, ctx.signal);
     } finally {
       watch.stop();
     }
   }
 
-  /** Image check, network, egress rules, QEMU: everything up to a running guest, for both paths. */
-  private async launch(guestId: string, egressLimitBytes: number, ctx: DriverContext | PoolGuestContext, log: Logger): Promise<{ runtime: Runtime; watch: BootPhaseWatch; started: number }> {
+  /**
+   * Image check, network, egress rules, QEMU: everything up to a running guest, for both paths. A
+   * pool guest (`claimed` false) owns itself until its claim; a cold start belongs to its instance.
+   */
+  private async launch(guestId: string, egressLimitBytes: number, claimed: boolean, ctx: DriverContext | PoolGuestContext, log: Logger): Promise<{ runtime: Runtime; guest: GuestRecord; watch: BootPhaseWatch; started: number }> {
     let image;
     try {
       image = await this.o.images.current();
@@ -182,8 +205,8 @@ export class QemuDriver implements Driver {
       throw err;
     }
     const att = await this.o.network.attach({ instanceId: guestId });
-    const cid = allocateCid(this.cids);
-    this.cids.add(cid);
+    const cid = allocateCid([...this.guests.values()].map((g) => g.cid));
+    const guest = this.hold(guestId, { cid, owner: guestId, claimed });
     const runtime: Runtime = { tap: att.tap, mac: att.mac, ip: att.ip, netns: att.netns, cid, ssh: att.ssh, imageId: image.id };
     await ctx.saveRuntime({ ...runtime });
     // The cap is in the kernel before the guest can send its first frame.
@@ -208,11 +231,11 @@ export class QemuDriver implements Driver {
       });
       ctx.event("vm", `QEMU running (pid ${vm.pid}, started in ${vm.startMs} ms)`);
       this.reportPhases(watch, ctx);
-      this.watchExit(guestId);
-      return { runtime, watch, started };
+      this.watchExit(guestId, guest);
+      return { runtime, guest, watch, started };
     } catch (err) {
       watch.stop();
-      await this.release(guestId, guestId, runtime, log, { keepRunDir: true });
+      await this.release(guestId, guestId, log, { keepRunDir: true });
       throw this.asProvisionError(err, ctx.signal);
     }
   }
@@ -235,43 +258,42 @@ export class QemuDriver implements Driver {
   async adopt(spec: InstanceSpec, ctx: DriverContext): Promise<AdoptResult> {
     const rt = spec.runtime as Runtime | null;
     const guestId = rt?.guestId ?? spec.id;
-    const res = await this.adoptRunning(guestId, spec.id, rt, { keepRunDir: true });
+    const res = await this.adoptRunning(guestId, spec.id, true, rt, { keepRunDir: true });
     if (!res.alive) return res;
-    this.owners.set(guestId, spec.id);
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id });
-    this.rememberRecordedChannel(guestId, res.record, log);
+    this.rememberRecordedChannel(guestId, res.guest, res.record, log);
     const paths = runPaths(this.o.dataDir, guestId);
     const watch = watchBootPhases(paths.serialLog, { fromOffset: res.record.serialOffset });
-    const ready = this.bringUp(spec, res.rt, ctx, log, performance.now(), watch).finally(() => watch.stop());
+    const ready = this.bringUp(spec, res.rt, res.guest, ctx, log, performance.now(), watch).finally(() => watch.stop());
     return { alive: true, ready };
   }
 
   /** Takes back a guest that survived a cvmd restart, or releases what is left of one that did not. */
-  private async adoptRunning(guestId: string, ownerId: string, rt: Runtime | null, opts: { keepRunDir: boolean }) {
+  private async adoptRunning(guestId: string, ownerId: string, claimed: boolean, rt: Runtime | null, opts: { keepRunDir: boolean }) {
     const res = await this.o.hypervisor.adopt(guestId);
     if (!res.adopted) {
-      if (rt) await this.release(guestId, ownerId, rt, this.o.logger, opts).catch(() => undefined);
+      if (rt) await this.release(guestId, ownerId, this.o.logger, opts).catch(() => undefined);
       return { alive: false as const, reason: `${res.reason}: ${res.detail}` };
     }
     if (!rt) return { alive: false as const, reason: "no runtime record for a running guest" };
-    this.cids.add(rt.cid);
-    this.watchExit(guestId);
-    return { alive: true as const, record: res.record, rt };
+    const guest = this.hold(guestId, { cid: rt.cid, owner: ownerId, claimed });
+    this.watchExit(guestId, guest);
+    return { alive: true as const, record: res.record, rt, guest };
   }
 
   async destroy(spec: InstanceSpec): Promise<void> {
-    const rt = spec.runtime as Runtime | null;
-    await this.destroyGuest(rt?.guestId ?? spec.id, spec.id, rt);
+    await this.destroyGuest((spec.runtime as Runtime | null)?.guestId ?? spec.id, spec.id);
   }
 
-  private async destroyGuest(guestId: string, ownerId: string, rt: Runtime | null): Promise<void> {
-    this.destroying.add(guestId);
+  private async destroyGuest(guestId: string, ownerId: string): Promise<void> {
+    const guest = this.guests.get(guestId);
+    if (guest) guest.destroying = true;
     try {
       // Stopping a guest that is not running answers `already-stopped`, so teardown is idempotent; a throw is real.
       await this.o.hypervisor.stop(guestId, { graceMs: 5_000 });
-      await this.release(guestId, ownerId, rt, this.o.logger, { keepRunDir: false });
+      await this.release(guestId, ownerId, this.o.logger, { keepRunDir: false });
     } finally {
-      this.destroying.delete(guestId);
+      if (guest) guest.destroying = false;
     }
   }
 
@@ -282,7 +304,7 @@ export class QemuDriver implements Driver {
 
   async attest(spec: InstanceSpec, nonce: Buffer): Promise<AttestationEvidence> {
     const rt = spec.runtime as Runtime | null;
-    const link = this.links.get(rt?.guestId ?? spec.id);
+    const link = this.guests.get(rt?.guestId ?? spec.id)?.link;
     if (!rt || !link) throw new AttestationUnavailableError("cvmd has no channel to this instance's agent (yet)");
     if (!rt.hostKeys?.length) throw new AttestationUnavailableError("the SSH host keys of this instance are not recorded yet");
     let reply: QuoteReply;
@@ -304,14 +326,15 @@ export class QemuDriver implements Driver {
   }
 
   async close(): Promise<void> {
-    for (const u of this.unsubscribe.values()) u();
-    await Promise.all([...this.links.values()].map((l) => l.close()));
-    this.links.clear();
+    const guests = [...this.guests.values()];
+    for (const g of guests) g.unsubscribeExit?.();
+    await Promise.all(guests.map((g) => g.link?.close()));
+    for (const g of guests) g.link = undefined;
   }
 
   /** hello → setup → ready → SSH check; shared by create and by adoption of a guest still provisioning. */
-  private async bringUp(spec: InstanceSpec, rt: Runtime, ctx: DriverContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<ReadyInfo> {
-    const link = this.openLink(rt.guestId ?? spec.id, rt.cid, spec.id, log);
+  private async bringUp(spec: InstanceSpec, rt: Runtime, guest: GuestRecord, ctx: DriverContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<ReadyInfo> {
+    const link = this.openLink(rt.guestId ?? spec.id, guest, log);
     const abort = abortion(ctx.signal);
 
     const hello = await this.helloOrBootTimeout(link, abort, ctx.signal, watch);
@@ -364,7 +387,7 @@ export class QemuDriver implements Driver {
 
   /** How this driver reaches a guest's agent: the profile row's endpoint, which the constructor checked its argv creates. */
   agentConnector(guestId: string, cid: number): AgentConnector {
-    const endpoint = this.recordedChannels.get(guestId) ?? this.profile.endpoint({ cid }, runPaths(this.o.dataDir, guestId));
+    const endpoint = this.guests.get(guestId)?.recordedChannel ?? this.profile.endpoint({ cid }, runPaths(this.o.dataDir, guestId));
     return connectorFor(endpoint, { socat: this.o.socat });
   }
 
@@ -372,7 +395,7 @@ export class QemuDriver implements Driver {
    * An adopted guest is reached where its own QEMU command line put the agent channel: after a
    * restart with another CVM_PROFILE, dialing the new profile's channel would reach nothing.
    */
-  private rememberRecordedChannel(guestId: string, record: LaunchRecord, log: Logger): void {
+  private rememberRecordedChannel(guestId: string, guest: GuestRecord, record: LaunchRecord, log: Logger): void {
     let found: AgentEndpoint[] = [];
     try {
       found = agentChannelsInArgv(record.argv);
@@ -381,19 +404,19 @@ export class QemuDriver implements Driver {
     }
     if (found.length !== 1 || isDeepStrictEqual(found[0], this.profile.endpoint({ cid: record.cid }, runPaths(this.o.dataDir, guestId)))) return;
     log.warn({ launched_as: record.profile, profile: this.o.profile, channel: found[0] }, "adopted guest was launched under another profile; dialing the channel its command line created");
-    this.recordedChannels.set(guestId, found[0]);
+    guest.recordedChannel = found[0];
   }
 
-  /** The guest's channel; `ownerId` is whom its model calls and egress samples are billed to. */
-  private openLink(guestId: string, cid: number, ownerId: string, log: Logger): AgentLink {
-    this.owners.set(guestId, ownerId);
-    const existing = this.links.get(guestId);
-    if (existing) {
-      existing.onGatewayRequest(this.gatewayFor(guestId));
-      return existing;
+  /** The guest's channel; its model calls and egress samples are billed to the record's owner. */
+  private openLink(guestId: string, guest: GuestRecord, log: Logger): AgentLink {
+    // Released meanwhile (a delete racing the bring-up): held again, so that the caller's failure path closes the link.
+    if (!this.guests.has(guestId)) this.guests.set(guestId, guest);
+    if (guest.link) {
+      guest.link.onGatewayRequest(this.gatewayFor(guest));
+      return guest.link;
     }
     const link = new AgentLink({
-      connector: this.agentConnector(guestId, cid),
+      connector: this.agentConnector(guestId, guest.cid),
       logger: log,
       instanceId: guestId,
       hostVersion: "cvmd",
@@ -403,13 +426,13 @@ export class QemuDriver implements Driver {
     });
     link.on("egress", (s: EgressSample) => {
       // An unclaimed pool guest's samples belong to no one (and the agent restarts its count at the claim).
-      const owner = this.owners.get(guestId);
-      if (owner === undefined || this.unclaimed.has(guestId)) return;
-      this.services.onGuestEgress?.(owner, { bytes: s.bytes, packets: s.packets, sampledAt: new Date(s.sampled_at) });
+      const g = this.guests.get(guestId);
+      if (!g?.claimed) return;
+      this.services.onGuestEgress?.(g.owner, { bytes: s.bytes, packets: s.packets, sampledAt: new Date(s.sampled_at) });
     });
     // The channel is the instance's identity: this link's model calls are billed to its owner.
-    link.onGatewayRequest(this.gatewayFor(guestId));
-    this.links.set(guestId, link);
+    link.onGatewayRequest(this.gatewayFor(guest));
+    guest.link = link;
     link.start();
     return link;
   }
@@ -475,36 +498,31 @@ export class QemuDriver implements Driver {
     }
   }
 
-  private watchExit(guestId: string): void {
-    if (!("events" in this.o.hypervisor) || this.unsubscribe.has(guestId)) return;
+  private watchExit(guestId: string, guest: GuestRecord): void {
+    if (!("events" in this.o.hypervisor) || guest.unsubscribeExit) return;
     const hv = this.o.hypervisor as Hypervisor & { events(id: string, cb: (e: { event: string }) => void): Promise<() => void> };
     hv.events(guestId, (e) => {
-      if (e.event !== "SHUTDOWN" || this.destroying.has(guestId)) return;
-      if (this.unclaimed.has(guestId)) this.poolExitListener?.(guestId, "guest shut down");
-      else this.exitListener?.(this.owners.get(guestId) ?? guestId, "guest shut down");
+      if (e.event !== "SHUTDOWN" || guest.destroying) return;
+      if (!guest.claimed) this.poolExitListener?.(guestId, "guest shut down");
+      else this.exitListener?.(guest.owner, "guest shut down");
     }).then(
-      (u) => this.unsubscribe.set(guestId, u),
+      (u) => (guest.unsubscribeExit = u),
       () => undefined,
     );
   }
 
   /** Frees what a guest held. `ownerId` names its egress rules (the instance's after a claim). */
-  private async release(guestId: string, ownerId: string, rt: Runtime | null, log: Logger, opts: { keepRunDir: boolean }): Promise<void> {
-    this.unsubscribe.get(guestId)?.();
-    this.unsubscribe.delete(guestId);
-    const link = this.links.get(guestId);
-    this.links.delete(guestId);
-    this.owners.delete(guestId);
-    this.recordedChannels.delete(guestId);
-    this.unclaimed.delete(guestId);
-    await link?.close();
+  private async release(guestId: string, ownerId: string, log: Logger, opts: { keepRunDir: boolean }): Promise<void> {
+    const guest = this.guests.get(guestId);
+    this.guests.delete(guestId);
+    guest?.unsubscribeExit?.();
+    await guest?.link?.close();
     const inspect = await this.o.hypervisor.inspect(guestId).catch(() => null);
     if (inspect?.state === "running") await this.o.hypervisor.stop(guestId, { graceMs: 0 }).catch((err) => log.warn({ err }, "could not stop QEMU"));
     await this.o.firewall.remove(ownerId).catch((err) => log.warn({ err }, "could not remove egress rules"));
     // A claim interrupted between installing the instance's rules and removing the pool guest's.
     if (ownerId !== guestId) await this.o.firewall.remove(guestId).catch((err) => log.warn({ err }, "could not remove pre-claim egress rules"));
     await this.o.network.detach(guestId).catch((err) => log.warn({ err }, "could not detach guest network"));
-    if (rt) this.cids.delete(rt.cid);
     if (!opts.keepRunDir) await this.o.hypervisor.purge(guestId).catch(() => undefined);
   }
 
@@ -512,14 +530,13 @@ export class QemuDriver implements Driver {
 
   private async bootPoolGuest(g: PoolGuestBoot, ctx: PoolGuestContext): Promise<{ imageId: string }> {
     const log = this.o.logger.child({ pool_guest: g.id });
-    this.unclaimed.add(g.id);
-    const { runtime, watch, started } = await this.launch(g.id, g.egressLimitBytes, ctx, log);
+    const { runtime, guest, watch, started } = await this.launch(g.id, g.egressLimitBytes, false, ctx, log);
     try {
-      await this.prepareGuest(g.id, runtime.cid, ctx, log, started, watch);
+      await this.prepareGuest(g.id, guest, ctx, log, started, watch);
       return { imageId: runtime.imageId };
     } catch (err) {
       // Aborted: a drain tears the guest down itself, and at shutdown the next cvmd adopts it.
-      if (!ctx.signal.aborted) await this.release(g.id, g.id, runtime, log, { keepRunDir: false });
+      if (!ctx.signal.aborted) await this.release(g.id, g.id, log, { keepRunDir: false });
       throw this.asProvisionError(err, ctx.signal);
     } finally {
       watch.stop();
@@ -528,17 +545,16 @@ export class QemuDriver implements Driver {
 
   private async adoptPoolGuest(g: PoolGuestSpec, ctx: PoolGuestContext): Promise<AdoptPoolResult> {
     const rt = g.runtime as Runtime | null;
-    const res = await this.adoptRunning(g.id, g.id, rt, { keepRunDir: false });
+    const res = await this.adoptRunning(g.id, g.id, false, rt, { keepRunDir: false });
     if (!res.alive) return res;
-    this.unclaimed.add(g.id);
     const log = this.o.logger.child({ pool_guest: g.id });
-    this.rememberRecordedChannel(g.id, res.record, log);
-    return { alive: true, prepared: this.prepareGuest(g.id, res.rt.cid, ctx, log, performance.now()) };
+    this.rememberRecordedChannel(g.id, res.guest, res.record, log);
+    return { alive: true, prepared: this.prepareGuest(g.id, res.guest, ctx, log, performance.now()) };
   }
 
   /** hello → prepare → prepared: everything that does not depend on a tenant. */
-  private async prepareGuest(guestId: string, cid: number, ctx: PoolGuestContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<void> {
-    const link = this.openLink(guestId, cid, guestId, log);
+  private async prepareGuest(guestId: string, guest: GuestRecord, ctx: PoolGuestContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<void> {
+    const link = this.openLink(guestId, guest, log);
     const abort = abortion(ctx.signal);
     const hello = await this.helloOrBootTimeout(link, abort, ctx.signal, watch);
     ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (phase ${hello.state.phase})`);
@@ -591,12 +607,12 @@ export class QemuDriver implements Driver {
       // Instance rules first, so the guest is never without a cap; a frame in between counts twice at most.
       await this.o.firewall.add({ id: spec.id, tap: rt.tap, limitBytes: spec.egressLimitBytes });
       await this.o.firewall.remove(g.id);
-      this.unclaimed.delete(g.id);
-      this.owners.set(g.id, spec.id);
-      this.links.get(g.id)?.onGatewayRequest(this.gatewayFor(g.id));
-      return await this.bringUp(spec, rt, ctx, log, performance.now());
+      // From here its model calls and egress are the instance's (a guest claimed before the pool took it back after a restart is held from here).
+      const guest = this.hold(g.id, { cid: rt.cid, owner: spec.id, claimed: true });
+      guest.link?.onGatewayRequest(this.gatewayFor(guest));
+      return await this.bringUp(spec, rt, guest, ctx, log, performance.now());
     } catch (err) {
-      await this.release(g.id, spec.id, rt, log, { keepRunDir: true });
+      await this.release(g.id, spec.id, log, { keepRunDir: true });
       throw this.asProvisionError(err, ctx.signal);
     }
   }
