@@ -87,6 +87,29 @@ export interface StopResult {
   elapsedMs: number;
 }
 
+/**
+ * How a guest ended. QEMU runs daemonized, not as cvmd's child, so there is no exit status to read:
+ * the kind comes from the reason in QEMU's SHUTDOWN event, or from the process being gone without one.
+ */
+export type GuestExitKind =
+  /** The guest powered itself off. */
+  | "poweroff"
+  /** The guest rebooted or reset itself (a triple fault too): under -no-reboot that ends QEMU. */
+  | "reset"
+  /** The guest panicked, or QEMU stopped on an error of its own. */
+  | "crash"
+  /** The host ended it through the monitor (QMP quit or system_reset) or QEMU's UI. */
+  | "stopped"
+  /** QEMU was signalled: SIGTERM, SIGINT or SIGHUP (with a SHUTDOWN event), or SIGKILL and anything else that left none. */
+  | "killed";
+
+export interface GuestExit {
+  instanceId: string;
+  kind: GuestExitKind;
+  /** QEMU's SHUTDOWN reason (`guest-shutdown`, `guest-panic`, `host-qmp-quit`, ...), or what was seen instead. */
+  detail: string;
+}
+
 export interface Hypervisor {
   launch(spec: LaunchSpec): Promise<LaunchedVm>;
   stop(instanceId: string, opts?: StopOptions): Promise<StopResult>;
@@ -96,6 +119,12 @@ export interface Hypervisor {
   list(): Promise<string[]>;
   /** Removes the run dir of a stopped instance (logs included). */
   purge(instanceId: string): Promise<void>;
+  /**
+   * `exit`: a guest this hypervisor launched or adopted has ended, whatever ended it (its own stop()
+   * included: a listener that stops guests knows which ones it is stopping).
+   */
+  on(event: "exit", listener: (exit: GuestExit) => void): void;
+  off(event: "exit", listener: (exit: GuestExit) => void): void;
 }
 
 export type VmmErrorCode = "invalid_spec" | "already_running" | "launch_failed" | "not_running" | "qmp_error";

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { run } from "../../shared/util/run.js";
 import { NetnsGuestNetwork, type GuestAttachment } from "../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "./boot-phases.js";
-import type { LaunchedVm, LaunchSpec } from "./hypervisor.js";
+import type { GuestExit, LaunchedVm, LaunchSpec } from "./hypervisor.js";
 import { findQemuByPidfile, isAlive, readCmdline } from "../proc.js";
 import { QemuHypervisor } from "./qemu-hypervisor.js";
 import { openConsole, readSerialTail } from "./serial-console.js";
@@ -234,7 +234,9 @@ describe.skipIf(why !== null)("QemuHypervisor boots a tiny guest under TCG in th
     await rm(p.dir, { recursive: true });
   });
 
-  test("stop: asks (powerdown), then QMP quit; the process is gone", async () => {
+  test("stop: asks (powerdown), then QMP quit; the process is gone, and its exit is reported", async () => {
+    const exits: GuestExit[] = [];
+    hv.on("exit", (e) => exits.push(e));
     const r = await hv.stop(id, { graceMs: 300 });
     // busybox init has no ACPI handler, so the polite request is ignored and quit does it.
     expect(r.stoppedBy).toBe("quit");
@@ -243,6 +245,7 @@ describe.skipIf(why !== null)("QemuHypervisor boots a tiny guest under TCG in th
     expect(await hv.inspect(id)).toMatchObject({ state: "stopped" });
     expect(await hv.adopt(id)).toMatchObject({ adopted: false, reason: "dead" });
     expect(await hv.stop(id)).toMatchObject({ stoppedBy: "already-stopped" });
+    await expect.poll(() => exits).toEqual([{ instanceId: id, kind: "stopped", detail: "host-qmp-quit" }]);
   });
 
   test("stop escalates to signals when the monitor does not answer", async () => {
@@ -260,6 +263,18 @@ describe.skipIf(why !== null)("QemuHypervisor boots a tiny guest under TCG in th
     }
     await fast.purge("wedged-1");
     await gn.detach("wedged-1");
+  });
+
+  test("a QEMU killed without a SHUTDOWN event is reported as killed; a purge afterwards reports nothing more", async () => {
+    const att3 = await gn.attach({ instanceId: "killed-1" });
+    const exits: GuestExit[] = [];
+    hv.on("exit", (e) => exits.push(e));
+    const v3 = await hv.launch({ ...spec, instanceId: "killed-1", cid: 5, nic: { tap: att3.tap, mac: att3.mac } });
+    process.kill(v3.pid, "SIGKILL");
+    await expect.poll(() => exits, { timeout: 10_000 }).toEqual([{ instanceId: "killed-1", kind: "killed", detail: "QEMU ended without a SHUTDOWN event" }]);
+    await hv.purge("killed-1");
+    await gn.detach("killed-1");
+    expect(exits).toHaveLength(1);
   });
 
   test("detach removes the tap and the forward", async () => {

@@ -1,3 +1,4 @@
+import { EventEmitter } from "node:events";
 import { readdir, rm, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 
@@ -7,6 +8,7 @@ import { run, RunError } from "../../shared/util/run.js";
 import {
   VmmError,
   type AdoptResult,
+  type GuestExit,
   type Hypervisor,
   type LaunchedVm,
   type LaunchRecord,
@@ -16,6 +18,7 @@ import {
   type VmInspection,
 } from "./hypervisor.js";
 import { findQemuByPidfile, isAlive, isQemuFor, readCmdline, signal, waitForExit } from "../proc.js";
+import { guestExitFrom, vanished } from "./guest-exit.js";
 import { PROFILES, type ProfileTable } from "./profiles.js";
 import { buildQemuArgs } from "./qemu-args.js";
 import { QmpClient } from "./qmp-client.js";
@@ -44,11 +47,16 @@ export interface QemuHypervisorOptions {
   logger?: Logger;
 }
 
-/** Runs each guest as a daemonized QEMU, optionally inside a network namespace, and finds it again after a restart. */
+/**
+ * Runs each guest as a daemonized QEMU, optionally inside a network namespace, and finds it again
+ * after a restart. Its monitor connection to a guest (opened by launch, adopt, inspect) is also how
+ * it learns that the guest ended: QEMU's SHUTDOWN event, or the connection closing with the process gone.
+ */
 export class QemuHypervisor implements Hypervisor {
   private readonly o: Required<QemuHypervisorOptions>;
   private readonly qmp = new Map<string, QmpClient>();
   private readonly serial = new Map<string, SerialCapture>();
+  private readonly exits = new EventEmitter<{ exit: [GuestExit] }>();
 
   constructor(opts: QemuHypervisorOptions) {
     this.o = Object.freeze({
@@ -225,11 +233,12 @@ export class QemuHypervisor implements Hypervisor {
     await rm(p.dir, { recursive: true, force: true });
   }
 
-  /** Subscribes to QMP events (SHUTDOWN, RESET, ...) of a running guest. */
-  async events(instanceId: string, onEvent: (e: { event: string; data?: Record<string, unknown> }) => void): Promise<() => void> {
-    const q = await this.client(instanceId, this.paths(instanceId));
-    q.on("event", onEvent);
-    return () => q.off("event", onEvent);
+  on(event: "exit", listener: (exit: GuestExit) => void): void {
+    this.exits.on(event, listener);
+  }
+
+  off(event: "exit", listener: (exit: GuestExit) => void): void {
+    this.exits.off(event, listener);
   }
 
   /** Closes monitor and serial connections without touching the guests (cvmd shutdown). */
@@ -282,11 +291,36 @@ export class QemuHypervisor implements Hypervisor {
     const existing = this.qmp.get(instanceId);
     if (existing && !existing.isClosed) return existing;
     const q = await QmpClient.connect(p.qmp, { timeoutMs: this.o.qmpTimeoutMs });
+    let ended = false;
+    q.on("event", (e) => {
+      const exit = guestExitFrom(instanceId, e);
+      if (!exit || ended) return;
+      ended = true;
+      this.exits.emit("exit", exit);
+    });
     q.on("close", () => {
-      if (this.qmp.get(instanceId) === q) this.qmp.delete(instanceId);
+      // Not ours any more: dropped on purpose (stop, purge, adopt, close), which says nothing about the guest.
+      if (this.qmp.get(instanceId) !== q) return;
+      this.qmp.delete(instanceId);
+      if (!ended) void this.monitorLost(instanceId, p);
     });
     this.qmp.set(instanceId, q);
     return q;
+  }
+
+  /** The monitor closed with no SHUTDOWN event before: QEMU died without one, or only the connection broke. */
+  private async monitorLost(instanceId: string, p: RunPaths): Promise<void> {
+    try {
+      if ((await this.livePid(p)) !== null) {
+        // Still running: watched again through a new connection.
+        await this.client(instanceId, p);
+        return;
+      }
+    } catch {
+      // A monitor that does not answer: whether the process is there decides.
+    }
+    if ((await this.livePid(p)) === null) this.exits.emit("exit", vanished(instanceId));
+    else this.o.logger.warn({ instance_id: instanceId }, "lost the QEMU monitor of a running guest; its exit will go unnoticed");
   }
 
   private dropClient(instanceId: string): void {

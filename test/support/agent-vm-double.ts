@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { EventEmitter } from "node:events";
 import { chmod, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { AdoptResult, Hypervisor, LaunchedVm, LaunchSpec, StopResult, VmInspection } from "../../host/vmm/hypervisor.js";
+import type { AdoptResult, GuestExit, Hypervisor, LaunchedVm, LaunchSpec, StopResult, VmInspection } from "../../host/vmm/hypervisor.js";
 import { agentChannelsInArgv } from "../../host/vmm/profile-check.js";
 import { buildQemuArgs } from "../../host/vmm/qemu-args.js";
 import { ensureRunDir, runPaths, writeLaunchRecord } from "../../host/vmm/run-dir.js";
@@ -47,10 +48,20 @@ interface Guest {
  * TEST DOUBLE of the hypervisor for guests whose agent misbehaves: it builds the real QEMU argv and
  * run dir for the launch, reads the agent channel back out of that argv and, instead of QEMU, starts
  * the agent double process listening at the channel's far end (the chardev socket for plain, the
- * vsock stand-in for the CID in the argv for tdx). The process is "the VM": stop kills it.
+ * vsock stand-in for the CID in the argv for tdx). The process is "the VM": stop kills it, and its
+ * exit is the guest's (with the exit code or signal a child process has and QEMU's does not).
  */
 export class AgentVmHypervisorDouble implements Hypervisor {
   readonly guests = new Map<string, Guest>();
+  private readonly exits = new EventEmitter<{ exit: [GuestExit] }>();
+
+  on(event: "exit", listener: (exit: GuestExit) => void): void {
+    this.exits.on(event, listener);
+  }
+
+  off(event: "exit", listener: (exit: GuestExit) => void): void {
+    this.exits.off(event, listener);
+  }
 
   constructor(private readonly o: { dataDir: string; mode: AgentDoubleMode; vsockPath(cid: number, port: number): string }) {}
 
@@ -84,6 +95,9 @@ export class AgentVmHypervisorDouble implements Hypervisor {
       });
     });
     await writeFile(p.pidfile, `${child.pid}\n`);
+    child.once("exit", (code, sig) =>
+      this.exits.emit("exit", { instanceId: spec.instanceId, kind: sig ? "killed" : "poweroff", detail: sig ? `signal ${sig}` : `exit code ${code}` }),
+    );
     this.guests.set(spec.instanceId, g);
     return { instanceId: spec.instanceId, pid: child.pid!, runDir: p.dir, record, startMs: performance.now() - started };
   }

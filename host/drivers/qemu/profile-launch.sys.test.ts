@@ -27,7 +27,7 @@ const silent = pino({ level: process.env.CVM_TEST_LOG ?? "silent" });
 const HELLO = (AGENT_SAMPLES.hello as Extract<AgentMessage, { type: "hello" }>).body;
 
 /** Only what the driver's constructor and its agent connector read: no guest is provisioned here. */
-const driverFor = (o: Partial<QemuDriverOptions>) => new QemuDriver({ logger: silent, accel: "tcg", ...o } as QemuDriverOptions);
+const driverFor = (o: Partial<QemuDriverOptions> & { dataDir: string }) => new QemuDriver({ logger: silent, accel: "tcg", hypervisor: new QemuHypervisor({ dataDir: o.dataDir }), ...o } as QemuDriverOptions);
 
 const whyPlain = prerequisites("the plain launch test", { root: true, tools: [["qemu-system-x86_64", ["--version"]], ["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["cpio", ["--version"]], ["busybox", ["--help"]]] });
 const whyTdx = prerequisites("the tdx launch test", { root: true, tools: [["socat", ["-V"]]] });

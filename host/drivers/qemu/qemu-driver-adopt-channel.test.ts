@@ -25,6 +25,8 @@ function adoptingHypervisor(record: LaunchRecord): Hypervisor {
     adopt: async (id: string): Promise<AdoptResult> => ({ adopted: true, instanceId: id, pid: 4242, status: "running", record }),
     inspect: async (id: string) => ({ instanceId: id, state: "stopped" as const }),
     stop: async () => ({ stoppedBy: "already-stopped" as const, elapsedMs: 0 }),
+    on: () => undefined,
+    off: () => undefined,
   } as unknown as Hypervisor;
 }
 

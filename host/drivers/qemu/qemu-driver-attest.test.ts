@@ -35,6 +35,8 @@ function adoptingHypervisor(): Hypervisor {
       record: { version: 1, instanceId: id, profile: "plain", accel: "tcg", cid: 9, tap: "tap0", mac: "52:54:00:00:00:02", netns: null, argv: [], recordedAt: new Date().toISOString(), serialOffset: 0 },
     }),
     stop: async () => ({ stoppedBy: "already-stopped" as const, elapsedMs: 0 }),
+    on: () => undefined,
+    off: () => undefined,
   } as unknown as Hypervisor;
 }
 

@@ -6,7 +6,7 @@ import type { EgressFirewall } from "../../net/egress-firewall.js";
 import type { GuestNetwork } from "../../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "../../vmm/boot-phases.js";
 import { allocateCid } from "../../vmm/cid.js";
-import { VmmError, type Accel, type GuestProfile, type Hypervisor, type LaunchRecord } from "../../vmm/hypervisor.js";
+import { VmmError, type Accel, type GuestExit, type GuestProfile, type Hypervisor, type LaunchRecord } from "../../vmm/hypervisor.js";
 import { agentChannelsInArgv, assertProfileConsistent } from "../../vmm/profile-check.js";
 import { PROFILES, type AgentEndpoint, type Profile, type ProfileTable } from "../../vmm/profiles.js";
 import { runPaths } from "../../vmm/run-dir.js";
@@ -89,7 +89,6 @@ interface GuestRecord {
   destroying: boolean;
   /** An adopted guest whose recorded argv created another channel than this profile's (cvmd restarted with another profile). */
   recordedChannel?: AgentEndpoint;
-  unsubscribeExit?: () => void;
 }
 
 const USER = "azureuser";
@@ -138,7 +137,20 @@ export class QemuDriver implements Driver {
   constructor(private readonly o: QemuDriverOptions) {
     this.profile = assertProfileConsistent(o.profile, o.profiles ?? PROFILES);
     this.name = `qemu (${o.profile}, ${o.profile === "tdx" ? "kvm" : o.accel})`;
+    o.hypervisor.on("exit", this.onGuestExit);
   }
+
+  /**
+   * A guest that ends on its own is reported to whom it belongs: its instance, or the pool before a
+   * claim. One being destroyed, or released already (release stops what it finds running), was expected to.
+   */
+  private readonly onGuestExit = (exit: GuestExit): void => {
+    const guest = this.guests.get(exit.instanceId);
+    if (!guest || guest.destroying) return;
+    const reason = `guest exited (${exit.kind}: ${exit.detail})`;
+    if (guest.claimed) this.exitListener?.(guest.owner, reason);
+    else this.poolExitListener?.(exit.instanceId, reason);
+  };
 
   bindHostServices(s: HostServices): void {
     this.services = s;
@@ -151,7 +163,7 @@ export class QemuDriver implements Driver {
     return this.services.gateway?.handlerFor(g.owner) ?? null;
   }
 
-  /** Holds `guestId` from here until its release; a guest held already keeps its record (its link, its exit watch). */
+  /** Holds `guestId` from here until its release; a guest held already keeps its record (its link). */
   private hold(guestId: string, g: Pick<GuestRecord, "cid" | "owner" | "claimed">): GuestRecord {
     const held = this.guests.get(guestId);
     if (held) return Object.assign(held, g);
@@ -231,7 +243,6 @@ export class QemuDriver implements Driver {
       });
       ctx.event("vm", `QEMU running (pid ${vm.pid}, started in ${vm.startMs} ms)`);
       this.reportPhases(watch, ctx);
-      this.watchExit(guestId, guest);
       return { runtime, guest, watch, started };
     } catch (err) {
       watch.stop();
@@ -277,7 +288,6 @@ export class QemuDriver implements Driver {
     }
     if (!rt) return { alive: false as const, reason: "no runtime record for a running guest" };
     const guest = this.hold(guestId, { cid: rt.cid, owner: ownerId, claimed });
-    this.watchExit(guestId, guest);
     return { alive: true as const, record: res.record, rt, guest };
   }
 
@@ -326,8 +336,8 @@ export class QemuDriver implements Driver {
   }
 
   async close(): Promise<void> {
+    this.o.hypervisor.off("exit", this.onGuestExit);
     const guests = [...this.guests.values()];
-    for (const g of guests) g.unsubscribeExit?.();
     await Promise.all(guests.map((g) => g.link?.close()));
     for (const g of guests) g.link = undefined;
   }
@@ -498,24 +508,10 @@ export class QemuDriver implements Driver {
     }
   }
 
-  private watchExit(guestId: string, guest: GuestRecord): void {
-    if (!("events" in this.o.hypervisor) || guest.unsubscribeExit) return;
-    const hv = this.o.hypervisor as Hypervisor & { events(id: string, cb: (e: { event: string }) => void): Promise<() => void> };
-    hv.events(guestId, (e) => {
-      if (e.event !== "SHUTDOWN" || guest.destroying) return;
-      if (!guest.claimed) this.poolExitListener?.(guestId, "guest shut down");
-      else this.exitListener?.(guest.owner, "guest shut down");
-    }).then(
-      (u) => (guest.unsubscribeExit = u),
-      () => undefined,
-    );
-  }
-
   /** Frees what a guest held. `ownerId` names its egress rules (the instance's after a claim). */
   private async release(guestId: string, ownerId: string, log: Logger, opts: { keepRunDir: boolean }): Promise<void> {
     const guest = this.guests.get(guestId);
     this.guests.delete(guestId);
-    guest?.unsubscribeExit?.();
     await guest?.link?.close();
     const inspect = await this.o.hypervisor.inspect(guestId).catch(() => null);
     if (inspect?.state === "running") await this.o.hypervisor.stop(guestId, { graceMs: 0 }).catch((err) => log.warn({ err }, "could not stop QEMU"));
