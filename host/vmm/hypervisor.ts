@@ -127,7 +127,12 @@ export interface Hypervisor {
   off(event: "exit", listener: (exit: GuestExit) => void): void;
 }
 
-export type VmmErrorCode = "invalid_spec" | "already_running" | "launch_failed" | "not_running" | "qmp_error";
+/**
+ * What went wrong, for callers to match on (never on the message): `invalid_spec` a launch spec or
+ * run dir this host cannot use, `already_running` a launch or purge of a guest that runs,
+ * `launch_failed` a QEMU that did not start or resume, `stop_failed` a QEMU that outlived SIGKILL.
+ */
+export type VmmErrorCode = "invalid_spec" | "already_running" | "launch_failed" | "stop_failed";
 
 export class VmmError extends Error {
   constructor(

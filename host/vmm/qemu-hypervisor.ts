@@ -204,7 +204,7 @@ export class QemuHypervisor implements Hypervisor {
     if (!result) {
       signal(pid, "SIGKILL");
       if (!(await waitForExit(pid, this.o.escalateAfterMs, this.o.procRoot))) {
-        throw new VmmError("not_running", `pid ${pid} survived SIGKILL for ${this.o.escalateAfterMs} ms`);
+        throw new VmmError("stop_failed", `pid ${pid} survived SIGKILL for ${this.o.escalateAfterMs} ms`);
       }
       result = done("sigkill");
     }
