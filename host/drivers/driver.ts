@@ -13,7 +13,10 @@ export interface InstanceSpec {
   agent: string;
   inferenceModel: string;
   egressLimitBytes: number;
-  /** What the driver recorded for this instance before (pid, CID, tap...), for adoption and teardown. */
+  /**
+   * What the driver recorded for this instance before (pid, CID, tap...), for adoption and teardown.
+   * Opaque above the driver: the engine stores and copies it, never reads or extends it.
+   */
   runtime: Record<string, unknown> | null;
 }
 
@@ -64,7 +67,10 @@ export type AdoptResult =
   /** `ready` settles when a provisioning guest finishes (or at once for one that was ready). */
   | { alive: true; ready: Promise<ReadyInfo> };
 
-/** A warm-pool guest as the driver sees it: its own id (run dir, tap, pre-claim egress rules) and runtime. */
+/**
+ * A warm-pool guest as the driver sees it: its own id (run dir, tap, pre-claim egress rules) and
+ * runtime. A claim copies that runtime to the instance as it is, so it must name the guest itself.
+ */
 export interface PoolGuestSpec {
   id: string;
   runtime: Record<string, unknown> | null;

@@ -289,7 +289,7 @@ export class LifecycleEngine {
     if (!claimed) return undefined;
     const g = claimed.guest;
     ctx.event("claim", `claimed warm guest ${g.id} (image ${g.imageId}, warm for ${Math.round(claimed.warmForMs / 1000)} s): claim-time setup only`);
-    return this.d.driver.warm!.claim({ ...spec, runtime: { ...g.runtime, guestId: g.id } }, { id: g.id, runtime: g.runtime }, ctx);
+    return this.d.driver.warm!.claim({ ...spec, runtime: g.runtime }, { id: g.id, runtime: g.runtime }, ctx);
   }
 
   /** Waits for the boot queue's turn, saying so in the events when there is a wait. */

@@ -138,10 +138,11 @@ export class WarmPool {
     const imageId = await this.o.driver.currentImageId();
     if (imageId === null) return null;
     const now = this.o.clock.now();
-    // The instance names the guest in the same transaction, so capacity never loses sight of it.
+    // The instance takes the guest's runtime (which names the guest) in the same transaction, so
+    // capacity never loses sight of it and a restart finds the guest through the instance.
     const guest = await this.o.db.tx(async () => {
       const g = await this.o.guests.claimOldest(imageId, instanceId, now);
-      if (g?.runtime) await this.o.instances.setRuntime(instanceId, { ...g.runtime, guestId: g.id });
+      if (g?.runtime) await this.o.instances.setRuntime(instanceId, g.runtime);
       return g;
     });
     if (!guest) return null;

@@ -63,12 +63,19 @@ interface Runtime {
   ssh: { host: string; port: number };
   imageId: string;
   /**
-   * The guest's own id when it differs from the instance's: a warm-pool guest keeps the id it booted
-   * under (run dir, QEMU record, tap) after an instance claims it.
+   * The guest's own id, which names its run dir, QEMU record, tap and pre-claim egress rules: the
+   * instance's id for a cold start, while a warm-pool guest keeps the id it booted under after a
+   * claim. The engine copies a runtime without reading it, so the driver records this itself. Rows
+   * written before it always did lack it where it was the row's own id.
    */
   guestId?: string;
   /** SSH host keys the agent reported at ready and SSH confirmed; attestation binds its quotes to them. */
   hostKeys?: string[];
+}
+
+/** The guest an instance's runtime names. */
+function guestOf(spec: InstanceSpec): string {
+  return (spec.runtime as Runtime | null)?.guestId ?? spec.id;
 }
 
 /**
@@ -219,7 +226,7 @@ export class QemuDriver implements Driver {
     const att = await this.o.network.attach({ instanceId: guestId });
     const cid = allocateCid([...this.guests.values()].map((g) => g.cid));
     const guest = this.hold(guestId, { cid, owner: guestId, claimed });
-    const runtime: Runtime = { tap: att.tap, mac: att.mac, ip: att.ip, netns: att.netns, cid, ssh: att.ssh, imageId: image.id };
+    const runtime: Runtime = { tap: att.tap, mac: att.mac, ip: att.ip, netns: att.netns, cid, ssh: att.ssh, imageId: image.id, guestId };
     await ctx.saveRuntime({ ...runtime });
     // The cap is in the kernel before the guest can send its first frame.
     await this.o.firewall.add({ id: guestId, tap: att.tap, limitBytes: egressLimitBytes });
@@ -267,9 +274,8 @@ export class QemuDriver implements Driver {
   }
 
   async adopt(spec: InstanceSpec, ctx: DriverContext): Promise<AdoptResult> {
-    const rt = spec.runtime as Runtime | null;
-    const guestId = rt?.guestId ?? spec.id;
-    const res = await this.adoptRunning(guestId, spec.id, true, rt, { keepRunDir: true });
+    const guestId = guestOf(spec);
+    const res = await this.adoptRunning(guestId, spec.id, true, spec.runtime as Runtime | null, { keepRunDir: true });
     if (!res.alive) return res;
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id });
     this.rememberRecordedChannel(guestId, res.guest, res.record, log);
@@ -292,7 +298,7 @@ export class QemuDriver implements Driver {
   }
 
   async destroy(spec: InstanceSpec): Promise<void> {
-    await this.destroyGuest((spec.runtime as Runtime | null)?.guestId ?? spec.id, spec.id);
+    await this.destroyGuest(guestOf(spec), spec.id);
   }
 
   private async destroyGuest(guestId: string, ownerId: string): Promise<void> {
@@ -308,13 +314,13 @@ export class QemuDriver implements Driver {
   }
 
   async inspect(spec: InstanceSpec) {
-    const i = await this.o.hypervisor.inspect((spec.runtime as Runtime | null)?.guestId ?? spec.id);
+    const i = await this.o.hypervisor.inspect(guestOf(spec));
     return { running: i.state === "running", detail: { pid: i.pid, status: i.status } };
   }
 
   async attest(spec: InstanceSpec, nonce: Buffer): Promise<AttestationEvidence> {
     const rt = spec.runtime as Runtime | null;
-    const link = this.guests.get(rt?.guestId ?? spec.id)?.link;
+    const link = this.guests.get(guestOf(spec))?.link;
     if (!rt || !link) throw new AttestationUnavailableError("cvmd has no channel to this instance's agent (yet)");
     if (!rt.hostKeys?.length) throw new AttestationUnavailableError("the SSH host keys of this instance are not recorded yet");
     let reply: QuoteReply;
@@ -344,12 +350,13 @@ export class QemuDriver implements Driver {
 
   /** hello → setup → ready → SSH check; shared by create and by adoption of a guest still provisioning. */
   private async bringUp(spec: InstanceSpec, rt: Runtime, guest: GuestRecord, ctx: DriverContext, log: Logger, started: number, watch?: BootPhaseWatch): Promise<ReadyInfo> {
-    const link = this.openLink(rt.guestId ?? spec.id, guest, log);
+    const guestId = rt.guestId ?? spec.id;
+    const link = this.openLink(guestId, guest, log);
     const abort = abortion(ctx.signal);
 
     const hello = await this.helloOrBootTimeout(link, abort, ctx.signal, watch);
     // A claimed pool guest's channel has been open since it booted: its hello is old news.
-    if (!rt.guestId) ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (image ${hello.image_id ?? "unknown"}, phase ${hello.state.phase})`);
+    if (guestId === spec.id) ctx.event("agent", `agent ${hello.agent_version} said hello after ${Math.round(performance.now() - started)} ms (image ${hello.image_id ?? "unknown"}, phase ${hello.state.phase})`);
 
     const outcome = new Promise<Ready>((resolve, reject) => {
       if (hello.state.ready) return resolve(hello.state.ready);
@@ -543,6 +550,8 @@ export class QemuDriver implements Driver {
     const rt = g.runtime as Runtime | null;
     const res = await this.adoptRunning(g.id, g.id, false, rt, { keepRunDir: false });
     if (!res.alive) return res;
+    // Booted before the driver recorded guestId: a claim copies this runtime to the instance, which must name the guest.
+    if (res.rt.guestId === undefined) await ctx.saveRuntime({ ...res.rt, guestId: g.id });
     const log = this.o.logger.child({ pool_guest: g.id });
     this.rememberRecordedChannel(g.id, res.guest, res.record, log);
     return { alive: true, prepared: this.prepareGuest(g.id, res.guest, ctx, log, performance.now()) };
@@ -595,8 +604,9 @@ export class QemuDriver implements Driver {
     const base = g.runtime as Runtime | null;
     if (!base) throw new ProvisionError("internal", "The warm guest has no runtime record.");
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id, pool_guest: g.id });
+    // The pool wrote this runtime to the instance as it claimed the guest; one booted before the driver
+    // recorded guestId gets it here. From here the instance names the guest: a crash is cleaned up through the instance.
     const rt: Runtime = { ...base, guestId: g.id };
-    // From here the instance names the guest: a crash is cleaned up through the instance.
     await ctx.saveRuntime({ ...rt });
     try {
       // The tenant starts at zero with the full quota: the pool guest's counters go with its rules.
