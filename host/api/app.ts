@@ -45,7 +45,7 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   app.proxy = false;
   app.silent = true;
 
-  const doc = openApiDocument({ version: deps.version, models: deps.catalogue.models.map((m) => m.id) });
+  const doc = openApiDocument({ version: deps.version, catalogue: { models: deps.catalogue.models.map((m) => m.id), default: deps.catalogue.default } });
   // One router for every route, run by `dispatch` (see there): a request is matched once.
   const router = new Router();
   router.get("/v1/openapi.json", (ctx) => {

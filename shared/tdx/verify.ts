@@ -52,7 +52,8 @@ import {
   type TcbStatus,
 } from "./tcb.js";
 
-export type VerifyStage = "parse" | "collateral" | "pck_chain" | "qe_report" | "quote_signature" | "tcb" | "policy" | "internal";
+export const VERIFY_STAGES = ["parse", "collateral", "pck_chain", "qe_report", "quote_signature", "tcb", "policy", "internal"] as const;
+export type VerifyStage = (typeof VERIFY_STAGES)[number];
 
 // The shapes a verdict reports, each one zod schema with its type inferred: the host's API serves
 // them (shared/api/schemas.ts builds its OpenAPI document from these), cvm-verify prints them.
