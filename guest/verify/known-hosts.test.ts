@@ -20,7 +20,8 @@ describe("known_hosts lines", () => {
   });
 
   test("one line per key, comments dropped from the key and replaced by ours", () => {
-    expect(knownHostsLines("[h]:2", [`${KEY_A} root@guest`, KEY_B], "cvm:abc")).toEqual([`[h]:2 ${KEY_A} cvm:abc`, `[h]:2 ${KEY_B} cvm:abc`]);
+    expect(knownHostsLines(["[h]:2"], [`${KEY_A} root@guest`, KEY_B], "cvm:abc")).toEqual([`[h]:2 ${KEY_A} cvm:abc`, `[h]:2 ${KEY_B} cvm:abc`]);
+    expect(knownHostsLines(["[n.acme.example]:2", "[h]:2", "[h]:2"], [KEY_A], "cvm:abc")).toEqual([`[n.acme.example]:2,[h]:2 ${KEY_A} cvm:abc`]);
   });
 
   test("names the pattern in a list or hashed, not another port or host", () => {
@@ -38,7 +39,7 @@ describe("installKnownHosts", () => {
 
   test("a new file is created 0600 with the lines", async () => {
     const f = join(dir(), "known_hosts");
-    expect(await installKnownHosts(f, "[h]:2", [`[h]:2 ${KEY_A} cvm:x`])).toEqual({ replaced: 0 });
+    expect(await installKnownHosts(f, ["[h]:2"], [`[h]:2 ${KEY_A} cvm:x`])).toEqual({ replaced: 0 });
     expect(readFileSync(f, "utf8")).toBe(`[h]:2 ${KEY_A} cvm:x\n`);
     expect(statSync(f).mode & 0o777).toBe(0o600);
   });
@@ -46,8 +47,9 @@ describe("installKnownHosts", () => {
   test("replaces what the file said about that address (plain, listed, hashed); keeps everything else and its mode", async () => {
     const f = join(dir(), "known_hosts");
     const others = ["# my hosts", `github.com ${KEY_B}`, `[h]:3 ${KEY_B}`, `@cert-authority *.example ${KEY_B}`, "", `*.h ${KEY_B}`];
-    writeFileSync(f, [others[0], `[h]:2 ${KEY_B} old`, others[1], `${hashed("[h]:2")} ${KEY_B}`, others[2], `x,[h]:2 ${KEY_B}`, ...others.slice(3)].join("\n") + "\n", { mode: 0o644 });
-    expect(await installKnownHosts(f, "[h]:2", [`[h]:2 ${KEY_A} cvm:x`])).toEqual({ replaced: 3 });
+    const stale = [`[h]:2 ${KEY_B} old`, `${hashed("[h]:2")} ${KEY_B}`, `x,[h]:2 ${KEY_B}`, `[n.example]:2 ${KEY_B}`];
+    writeFileSync(f, [others[0], stale[0], others[1], stale[1], others[2], stale[2], stale[3], ...others.slice(3)].join("\n") + "\n", { mode: 0o644 });
+    expect(await installKnownHosts(f, ["[n.example]:2", "[h]:2"], [`[h]:2 ${KEY_A} cvm:x`])).toEqual({ replaced: 4 });
     expect(readFileSync(f, "utf8")).toBe([...others, `[h]:2 ${KEY_A} cvm:x`].join("\n") + "\n");
     expect(statSync(f).mode & 0o777).toBe(0o644);
   });
@@ -57,7 +59,7 @@ describe("installKnownHosts", () => {
     const target = join(d, "real");
     writeFileSync(target, `github.com ${KEY_B}`);
     symlinkSync(target, join(d, "link"));
-    await installKnownHosts(join(d, "link"), "h", [`h ${KEY_A} cvm:x`]);
+    await installKnownHosts(join(d, "link"), ["h"], [`h ${KEY_A} cvm:x`]);
     expect(readFileSync(target, "utf8")).toBe(`github.com ${KEY_B}\nh ${KEY_A} cvm:x\n`);
   });
 });

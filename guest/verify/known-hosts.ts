@@ -2,8 +2,9 @@
  * known_hosts lines for an attested instance, and their installation into a known_hosts file.
  *
  * OpenSSH looks a server up as `host` on port 22 and `[host]:port` otherwise (the name as given to
- * ssh, lowercased), so the line's pattern is that form of the instance's SSH address. Installing
- * replaces what the file said about exactly that address, plain or hashed (`|1|salt|HMAC-SHA1`), so
+ * ssh, lowercased), so a line names the instance's SSH address in that form, and its hostname with
+ * the same port (which DNS resolves to that address). Installing replaces what the file said about
+ * exactly those names, plain or hashed (`|1|salt|HMAC-SHA1`), so
  * a key of an earlier instance behind the same forwarded port stops being trusted; lines naming
  * other hosts, wildcards, markers (@cert-authority, @revoked) and comments are kept byte for byte.
  * The file is rewritten whole (temporary file, then rename) with its mode kept (0600 when new).
@@ -18,10 +19,11 @@ export function hostPattern(host: string, port: number): string {
   return port === 22 ? h : `[${h}]:${port}`;
 }
 
-/** One known_hosts line per host key ("type base64"), with a comment saying where it came from. */
-export function knownHostsLines(pattern: string, hostKeys: readonly string[], comment: string): string[] {
+/** One known_hosts line per host key ("type base64") for these names, with a comment saying where it came from. */
+export function knownHostsLines(patterns: readonly string[], hostKeys: readonly string[], comment: string): string[] {
   if (/\s/.test(comment)) throw new Error("a known_hosts comment here is one word");
-  return hostKeys.map((k) => `${pattern} ${canonicalHostKey(k)} ${comment}`);
+  const names = [...new Set(patterns)].join(",");
+  return hostKeys.map((k) => `${names} ${canonicalHostKey(k)} ${comment}`);
 }
 
 /** Whether a known_hosts host field names `pattern` itself: in a comma list, or as a hashed entry. */
@@ -37,8 +39,8 @@ export function namesPattern(field: string, pattern: string): boolean {
   return false;
 }
 
-/** Writes `lines` into `file` in place of what it said about `pattern`; returns how many lines were replaced. */
-export async function installKnownHosts(file: string, pattern: string, lines: readonly string[]): Promise<{ replaced: number }> {
+/** Writes `lines` into `file` in place of what it said about any of `patterns`; returns how many lines were replaced. */
+export async function installKnownHosts(file: string, patterns: readonly string[], lines: readonly string[]): Promise<{ replaced: number }> {
   // Through a symlink (a dotfiles checkout) the target is rewritten, not the link.
   const target = await realpath(file).catch(() => file);
   let old = "";
@@ -55,7 +57,7 @@ export async function installKnownHosts(file: string, pattern: string, lines: re
   if (oldLines[oldLines.length - 1] === "") oldLines.pop();
   for (const line of oldLines) {
     const field = line.trim().split(/\s+/)[0] ?? "";
-    if (field && !field.startsWith("#") && !field.startsWith("@") && namesPattern(field, pattern)) {
+    if (field && !field.startsWith("#") && !field.startsWith("@") && patterns.some((p) => namesPattern(field, p))) {
       replaced++;
       continue;
     }

@@ -178,6 +178,8 @@ interface SshAddress {
   host: string;
   port: number;
   user: string | null;
+  /** The instance's hostname (DNS resolves it to host), named in the known_hosts lines too. */
+  hostname: string | null;
 }
 
 function sshAddressOf(record: Record<string, unknown>, name: string): SshAddress {
@@ -187,7 +189,8 @@ function sshAddressOf(record: Record<string, unknown>, name: string): SshAddress
   if (!ssh || typeof ssh.host !== "string" || !/^[A-Za-z0-9.:-]+$/.test(ssh.host) || typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
     throw new InputError(`instance ${name} has no usable SSH address in its record (ssh: ${JSON.stringify(ssh ?? null)})`);
   }
-  return { host: ssh.host, port, user: typeof ssh.user === "string" ? ssh.user : null };
+  const hostname = typeof record.hostname === "string" && /^[A-Za-z0-9.-]+$/.test(record.hostname) ? record.hostname : null;
+  return { host: ssh.host, port, user: typeof ssh.user === "string" ? ssh.user : null, hostname };
 }
 
 interface Evidence {
@@ -366,6 +369,8 @@ function finish(r: TenantReport): TenantReport {
   return r;
 }
 
+const knownHostsNames = (a: SshAddress) => [...(a.hostname ? [hostPattern(a.hostname, a.port)] : []), hostPattern(a.host, a.port)];
+
 function render(r: TenantReport): string {
   const c = r.checks;
   const lines = [`cvm-verify (tenant, instance ${r.instance} via ${r.api}): ${r.ok ? "OK" : "FAIL"}`];
@@ -380,7 +385,7 @@ function render(r: TenantReport): string {
   const addr = `${r.ssh.user ? `${r.ssh.user}@` : ""}${r.ssh.host}`;
   if (r.known_hosts) {
     const where = r.known_hosts.file ? `written to ${r.known_hosts.file}${r.known_hosts.replaced ? ` (replacing ${r.known_hosts.replaced} line(s) for this address)` : ""}` : "printed on stdout";
-    lines.push(`  known_hosts  ${r.known_hosts.lines.length} line(s) for ${hostPattern(r.ssh.host, r.ssh.port)} ${where}`);
+    lines.push(`  known_hosts  ${r.known_hosts.lines.length} line(s) for ${knownHostsNames(r.ssh).join(", ")} ${where}`);
     lines.push(`  connect      ssh -o StrictHostKeyChecking=yes${r.known_hosts.file ? ` -o UserKnownHostsFile=${r.known_hosts.file}` : ""} -p ${r.ssh.port} ${addr}`);
   } else lines.push(`  known_hosts  nothing written`);
   if (r.reason) lines.push(`  reason       ${r.reason}`);
@@ -408,9 +413,9 @@ export async function tenantMain(argv: string[], deps: TenantDeps = {}): Promise
   try {
     r = await runTenant(o, deps);
     if (r.ok) {
-      const pattern = hostPattern(r.ssh.host, r.ssh.port);
-      const lines = knownHostsLines(pattern, r.host_keys, `cvm:${o.instance}`);
-      const replaced = o.knownHosts ? (await installKnownHosts(o.knownHosts, pattern, lines)).replaced : 0;
+      const patterns = knownHostsNames(r.ssh);
+      const lines = knownHostsLines(patterns, r.host_keys, `cvm:${o.instance}`);
+      const replaced = o.knownHosts ? (await installKnownHosts(o.knownHosts, patterns, lines)).replaced : 0;
       r.known_hosts = { file: o.knownHosts ?? null, lines, replaced };
     }
   } catch (e) {

@@ -65,6 +65,8 @@ export interface AttestedInstance {
   quoter: FixtureQuoter;
   fixture: Fixture;
   name: string;
+  /** The instance's hostname, from its record. */
+  hostname: string;
   apiKey: string;
   sshd: Sshd;
   forward: SshForward;
@@ -114,7 +116,7 @@ export async function startAttestedInstance(f: Fixture): Promise<AttestedInstanc
   const created = await daemon.fetch("/v1/instances", { key: apiKey, method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ public_key: tenantPub }) });
   if (created.status !== 202) throw new Error(`create answered ${created.status}: ${JSON.stringify(created.body)}`);
   const name = created.body.data.name as string;
-  await until(() => daemon.fetch(`/v1/instances/${name}`, { key: apiKey }), (r) => r.body.data.status === "ready");
+  const ready = await until(() => daemon.fetch(`/v1/instances/${name}`, { key: apiKey }), (r) => r.body.data.status === "ready");
 
   const files = { collateral, manifest };
   return {
@@ -124,6 +126,7 @@ export async function startAttestedInstance(f: Fixture): Promise<AttestedInstanc
     quoter,
     fixture: f,
     name,
+    hostname: ready.body.data.hostname as string,
     apiKey,
     sshd,
     forward,

@@ -49,7 +49,8 @@ describe.skipIf(missing !== null)("cvm-verify --api: attested SSH from the tenan
   let otherTdKey: string;
 
   const fresh = (n: string) => join(inst.dir, `known_hosts.${n}`);
-  const lineFor = (port: number, key: string) => `[127.0.0.1]:${port} ${key.split(" ").slice(0, 2).join(" ")} cvm:${inst.name}`;
+  /** What the verifier writes: the instance's hostname and SSH address (with its port), the attested key. */
+  const lineFor = (port: number, key: string) => `[${inst.hostname}]:${port},[127.0.0.1]:${port} ${key.split(" ").slice(0, 2).join(" ")} cvm:${inst.name}`;
 
   beforeAll(async () => {
     inst = await startAttestedInstance(f);
