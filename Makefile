@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build image run test test-fast bench clean typecheck install
+.PHONY: help deps build image run test test-fast bench clean typecheck install verifier
 
 help:
 	@echo "make run        install dependencies, build, start cvmd (data in ./var)"
@@ -10,6 +10,7 @@ help:
 	@echo "make test-fast  every test but the VM E2E tests (test/e2e/), without building the image"
 	@echo "make bench      run the benchmarks in bench/ and print their figures"
 	@echo "make image      build (or reuse from cache) the measured guest image into images/out/current"
+	@echo "make verifier   pack cvm-verify for a tenant's machine: dist/cvm-verify-<version>.tgz (no dependencies)"
 
 deps:
 	@bash scripts/install-deps.sh
@@ -41,6 +42,11 @@ test: image
 test-fast: build
 	npx tsc -p tsconfig.check.json
 	npx vitest run --exclude 'test/e2e/**'
+
+# The tenant's verifier as one dependency-free npm package. It needs only node_modules (a tenant's
+# `npm ci --ignore-scripts` is enough), so it does not go through `deps`, which installs host packages as root.
+verifier:
+	node scripts/pack-verifier.mjs
 
 bench: deps
 	npx vitest run --config bench/vitest.bench.config.ts
