@@ -24,8 +24,11 @@ typecheck: deps
 	npx tsc -p tsconfig.check.json
 
 # The image carries the compiled agent, so it follows `build`; its recipe caches the slow parts.
+# IMAGE_ARGS passes build flags (--firmware, --qemu-version, --memory-mib) that decide the expected
+# measurements; the build prints the manifest's sha256 last.
+IMAGE_ARGS ?=
 image: build
-	bash images/build.sh --require-agent
+	bash images/build.sh --require-agent $(IMAGE_ARGS)
 
 # One pre-booted guest by default, so the first create is a warm claim (override: CVM_WARM_POOL_SIZE=0 make run).
 # CVM_DRIVER=none boots no guest, so it skips the image, the slow part of a first run. (Only the

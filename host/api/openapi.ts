@@ -118,6 +118,23 @@ export function openApiDocument(opts: { version: string; models: string[] }) {
           responses: { ...ok(200, "The verdict", ref("QuoteVerdict")), ...errors("invalid_request", ...common) },
         },
       },
+      "/v1/images/{id}/manifest": {
+        get: {
+          operationId: "getImageManifest",
+          description:
+            "Extension: the manifest.json of an image this server has (the current one, or one beside it that instances booted from; an attestation answer's image_id names it), " +
+            "for comparison with the manifest you build from the same commit (make image prints its sha256), not for trust: pass your own to cvm-verify.",
+          parameters: [{ name: "id", in: "path", required: true, schema: { type: "string", pattern: "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$" } }],
+          responses: {
+            ...ok(200, "The manifest", {
+              type: "object",
+              required: ["image_id", "sha256", "manifest"],
+              properties: { image_id: { type: "string" }, sha256: { ...hexString, description: "SHA-256 of the manifest file's bytes" }, manifest: { type: "object" } },
+            }),
+            ...errors("not_found", ...common),
+          },
+        },
+      },
       "/v1/usage": {
         get: { operationId: "getUsage", responses: { ...ok(200, "Current billing window", ref("Usage")), ...errors(...common) } },
       },
