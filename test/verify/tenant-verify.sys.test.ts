@@ -18,6 +18,7 @@ import { fixtureQuoter } from "../../shared/tdx/test/test-pki.js";
 import { agentEvents, fixtureTime, manifestFor, startAttestedInstance, type AttestedInstance } from "../support/attested-instance.js";
 import { prerequisites } from "../support/prerequisites.js";
 import { sshKeygen, sshStrict, startSshd, type Sshd } from "../support/sshd.js";
+import { expectTenantVerifyNoTdx } from "../support/tenant-verify.js";
 
 const missing = prerequisites("tenant-side cvm-verify with sshd", { root: true, files: ["/usr/sbin/sshd", "/usr/bin/ssh-keygen", "/usr/bin/ssh"] });
 
@@ -240,6 +241,10 @@ describe.skipIf(missing !== null)("cvm-verify --api: attested SSH from the tenan
       expect(r.out).toBe("");
       expect(r.err).toBe(`cvm-verify: no TDX: instance ${inst.name} cannot attest (test double: no TDX); nothing written\n`);
       expect(readFileSync(kh, "utf8")).toBe(before);
+      // The same as its own process (the check the VM E2E test runs against a TCG guest), with and without a known_hosts file.
+      const o = { api: inst.daemon.url, apiKey: inst.apiKey, name: inst.name, manifest: inst.files.manifest, sshKey: inst.tenant.publicKeyFile, collateral: inst.files.collateral };
+      expect(await expectTenantVerifyNoTdx({ ...o, knownHosts: kh })).toMatch(/\(test double: no TDX\)/);
+      await expectTenantVerifyNoTdx({ ...o, knownHosts: fresh("no-tdx") });
     } finally {
       inst.driver.quoteFor = honest;
     }
