@@ -39,19 +39,28 @@ describe("installKnownHosts", () => {
 
   test("a new file is created 0600 with the lines", async () => {
     const f = join(dir(), "known_hosts");
-    expect(await installKnownHosts(f, ["[h]:2"], [`[h]:2 ${KEY_A} cvm:x`])).toEqual({ replaced: 0 });
+    expect(await installKnownHosts(f, ["[h]:2"], [`[h]:2 ${KEY_A} cvm:x`])).toEqual({ replaced: 0, others: 0 });
     expect(readFileSync(f, "utf8")).toBe(`[h]:2 ${KEY_A} cvm:x\n`);
     expect(statSync(f).mode & 0o777).toBe(0o600);
   });
 
-  test("replaces what the file said about that address (plain, listed, hashed); keeps everything else and its mode", async () => {
+  test("drops only its own earlier lines for those names (plain names, lists); counts, and keeps, other keys trusted for them; keeps everything else and the mode", async () => {
     const f = join(dir(), "known_hosts");
-    const others = ["# my hosts", `github.com ${KEY_B}`, `[h]:3 ${KEY_B}`, `@cert-authority *.example ${KEY_B}`, "", `*.h ${KEY_B}`];
-    const stale = [`[h]:2 ${KEY_B} old`, `${hashed("[h]:2")} ${KEY_B}`, `x,[h]:2 ${KEY_B}`, `[n.example]:2 ${KEY_B}`];
-    writeFileSync(f, [others[0], stale[0], others[1], stale[1], others[2], stale[2], stale[3], ...others.slice(3)].join("\n") + "\n", { mode: 0o644 });
-    expect(await installKnownHosts(f, ["[n.example]:2", "[h]:2"], [`[h]:2 ${KEY_A} cvm:x`])).toEqual({ replaced: 4 });
-    expect(readFileSync(f, "utf8")).toBe([...others, `[h]:2 ${KEY_A} cvm:x`].join("\n") + "\n");
+    const others = ["# my hosts", `github.com ${KEY_B}`, `[h]:3 ${KEY_B} cvm:old`, `@cert-authority *.example ${KEY_B}`, "", `*.h ${KEY_B}`];
+    const ours = [`[h]:2 ${KEY_B} cvm:old`, `[n.example]:2,[h]:2 ${KEY_B} cvm:older`];
+    const foreign = [`${hashed("[h]:2")} ${KEY_B}`, `x,[h]:2 ${KEY_B} me@laptop`, `[n.example]:2 ${KEY_A}`];
+    writeFileSync(f, [others[0], ours[0], others[1], foreign[0], others[2], foreign[1], ours[1], foreign[2], ...others.slice(3)].join("\n") + "\n", { mode: 0o644 });
+    // foreign[2] trusts the key being written: not counted as another key.
+    expect(await installKnownHosts(f, ["[n.example]:2", "[h]:2"], [`[n.example]:2,[h]:2 ${KEY_A} cvm:x`])).toEqual({ replaced: 2, others: 2 });
+    expect(readFileSync(f, "utf8")).toBe([others[0], others[1], foreign[0], others[2], foreign[1], foreign[2], ...others.slice(3), `[n.example]:2,[h]:2 ${KEY_A} cvm:x`].join("\n") + "\n");
     expect(statSync(f).mode & 0o777).toBe(0o644);
+  });
+
+  test("an API that names someone else's host cannot make the tenant lose its pin for it", async () => {
+    const f = join(dir(), "known_hosts");
+    writeFileSync(f, `github.com ${KEY_B}\n`);
+    expect(await installKnownHosts(f, ["github.com"], [`github.com ${KEY_A} cvm:x`])).toEqual({ replaced: 0, others: 1 });
+    expect(readFileSync(f, "utf8")).toBe(`github.com ${KEY_B}\ngithub.com ${KEY_A} cvm:x\n`);
   });
 
   test("a file without a final newline, and a symlink: the target is rewritten, the link stays", async () => {

@@ -3,11 +3,15 @@
  *
  * OpenSSH looks a server up as `host` on port 22 and `[host]:port` otherwise (the name as given to
  * ssh, lowercased), so a line names the instance's SSH address in that form, and its hostname with
- * the same port (which DNS resolves to that address). Installing replaces what the file said about
- * exactly those names, plain or hashed (`|1|salt|HMAC-SHA1`), so
- * a key of an earlier instance behind the same forwarded port stops being trusted; lines naming
- * other hosts, wildcards, markers (@cert-authority, @revoked) and comments are kept byte for byte.
- * The file is rewritten whole (temporary file, then rename) with its mode kept (0600 when new).
+ * the same port (which DNS resolves to that address).
+ *
+ * Installing appends the lines. Those names come from cvmd, which the tenant does not trust, so the
+ * only lines removed are earlier ones of cvm-verify's own (comment `cvm:…`) for exactly those names:
+ * an API naming `github.com` as an instance's address cannot make the tenant lose its pin for it.
+ * Other lines for those names (plain or hashed, `|1|salt|HMAC-SHA1`), with keys other than the ones
+ * written, are kept and counted: ssh would accept those keys too, which the caller says. Everything
+ * else stays byte for byte. The file is rewritten whole (temporary file, then rename) with its mode
+ * kept (0600 when new).
  */
 import { createHmac } from "node:crypto";
 import { chmod, readFile, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
@@ -39,8 +43,13 @@ export function namesPattern(field: string, pattern: string): boolean {
   return false;
 }
 
-/** Writes `lines` into `file` in place of what it said about any of `patterns`; returns how many lines were replaced. */
-export async function installKnownHosts(file: string, patterns: readonly string[], lines: readonly string[]): Promise<{ replaced: number }> {
+export const OWN_COMMENT_PREFIX = "cvm:";
+
+/**
+ * Appends `lines` (as knownHostsLines makes them) to `file`, dropping cvm-verify's earlier lines for
+ * `patterns`; `replaced` counts those, `others` the remaining lines that trust other keys for them.
+ */
+export async function installKnownHosts(file: string, patterns: readonly string[], lines: readonly string[]): Promise<{ replaced: number; others: number }> {
   // Through a symlink (a dotfiles checkout) the target is rewritten, not the link.
   const target = await realpath(file).catch(() => file);
   let old = "";
@@ -51,15 +60,20 @@ export async function installKnownHosts(file: string, patterns: readonly string[
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
   }
+  const keys = new Set(lines.map((l) => l.split(" ").slice(1, 3).join(" ")));
   const kept: string[] = [];
   let replaced = 0;
+  let others = 0;
   const oldLines = old.split("\n");
   if (oldLines[oldLines.length - 1] === "") oldLines.pop();
   for (const line of oldLines) {
-    const field = line.trim().split(/\s+/)[0] ?? "";
+    const [field = "", type = "", key = "", comment = ""] = line.trim().split(/\s+/);
     if (field && !field.startsWith("#") && !field.startsWith("@") && patterns.some((p) => namesPattern(field, p))) {
-      replaced++;
-      continue;
+      if (comment.startsWith(OWN_COMMENT_PREFIX)) {
+        replaced++;
+        continue;
+      }
+      if (!keys.has(`${type} ${key}`)) others++;
     }
     kept.push(line);
   }
@@ -72,5 +86,5 @@ export async function installKnownHosts(file: string, patterns: readonly string[
     await rm(tmp, { force: true });
     throw e;
   }
-  return { replaced };
+  return { replaced, others };
 }

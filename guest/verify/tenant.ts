@@ -43,7 +43,7 @@ import {
 } from "../../shared/tdx/index.js";
 import { UsageError, cannotRun, collateralFor, parseCommandLine, parsePolicyOptions, processIo, verdictLines, type Io } from "./common.js";
 import { InputError, readManifestFile } from "./inputs.js";
-import { hostPattern, installKnownHosts, knownHostsLines } from "./known-hosts.js";
+import { OWN_COMMENT_PREFIX, hostPattern, installKnownHosts, knownHostsLines } from "./known-hosts.js";
 import { injectedFingerprints } from "./ssh-keys.js";
 
 export interface TenantDeps {
@@ -189,7 +189,9 @@ function sshAddressOf(record: Record<string, unknown>, name: string): SshAddress
   if (!ssh || typeof ssh.host !== "string" || !/^[A-Za-z0-9.:-]+$/.test(ssh.host) || typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
     throw new InputError(`instance ${name} has no usable SSH address in its record (ssh: ${JSON.stringify(ssh ?? null)})`);
   }
-  const hostname = typeof record.hostname === "string" && /^[A-Za-z0-9.-]+$/.test(record.hostname) ? record.hostname : null;
+  // Only a hostname of this instance's own (the contract's <name>.<tenant>.<domain>) joins the lines.
+  const h = typeof record.hostname === "string" ? record.hostname.toLowerCase() : "";
+  const hostname = /^[a-z0-9.-]+$/.test(h) && h.startsWith(`${name}.`) ? h : null;
   return { host: ssh.host, port, user: typeof ssh.user === "string" ? ssh.user : null, hostname };
 }
 
@@ -244,8 +246,12 @@ export interface TenantReport {
   ssh: SshAddress;
   /** The SSH host keys the answer lists ("type base64"); trusted only when ok. */
   host_keys: string[];
-  /** Set only when ok: the lines, and where they went (file null: printed on stdout). */
-  known_hosts: { file: string | null; lines: string[]; replaced: number } | null;
+  /**
+   * Set only when ok: the lines, and where they went (file null: printed on stdout); `replaced` counts
+   * earlier cvm-verify lines for these names dropped, `other_lines` the file's lines that still trust
+   * other keys for them (ssh accepts those too).
+   */
+  known_hosts: { file: string | null; lines: string[]; replaced: number; other_lines: number } | null;
 }
 
 async function readInputs(o: TenantOptions): Promise<{ manifest: ImageManifest; fingerprint: string }> {
@@ -384,8 +390,16 @@ function render(r: TenantReport): string {
   lines.push(`  SSH key      ${yes(c.ssh_key, `the agent installed ${c.ssh_key.expected} (yours, ${c.ssh_key.key_file}) and no other`)}`);
   const addr = `${r.ssh.user ? `${r.ssh.user}@` : ""}${r.ssh.host}`;
   if (r.known_hosts) {
-    const where = r.known_hosts.file ? `written to ${r.known_hosts.file}${r.known_hosts.replaced ? ` (replacing ${r.known_hosts.replaced} line(s) for this address)` : ""}` : "printed on stdout";
-    lines.push(`  known_hosts  ${r.known_hosts.lines.length} line(s) for ${knownHostsNames(r.ssh).join(", ")} ${where}`);
+    const k = r.known_hosts;
+    const where = k.file ? `written to ${k.file}${k.replaced ? ` (replacing ${k.replaced} earlier cvm-verify line(s))` : ""}` : "printed on stdout";
+    const names = knownHostsNames(r.ssh);
+    lines.push(`  known_hosts  ${k.lines.length} line(s) for ${names.join(", ")} ${where}`);
+    if (k.other_lines) {
+      lines.push(
+        `  WARNING      ${k.file} has ${k.other_lines} other line(s) trusting other keys for these names, which ssh accepts too; ` +
+          `remove them (${names.map((n) => `ssh-keygen -R '${n}'`).join("; ")}) and run cvm-verify again`,
+      );
+    }
     lines.push(`  connect      ssh -o StrictHostKeyChecking=yes${r.known_hosts.file ? ` -o UserKnownHostsFile=${r.known_hosts.file}` : ""} -p ${r.ssh.port} ${addr}`);
   } else lines.push(`  known_hosts  nothing written`);
   if (r.reason) lines.push(`  reason       ${r.reason}`);
@@ -414,9 +428,9 @@ export async function tenantMain(argv: string[], deps: TenantDeps = {}): Promise
     r = await runTenant(o, deps);
     if (r.ok) {
       const patterns = knownHostsNames(r.ssh);
-      const lines = knownHostsLines(patterns, r.host_keys, `cvm:${o.instance}`);
-      const replaced = o.knownHosts ? (await installKnownHosts(o.knownHosts, patterns, lines)).replaced : 0;
-      r.known_hosts = { file: o.knownHosts ?? null, lines, replaced };
+      const lines = knownHostsLines(patterns, r.host_keys, `${OWN_COMMENT_PREFIX}${o.instance}`);
+      const done = o.knownHosts ? await installKnownHosts(o.knownHosts, patterns, lines) : { replaced: 0, others: 0 };
+      r.known_hosts = { file: o.knownHosts ?? null, lines, replaced: done.replaced, other_lines: done.others };
     }
   } catch (e) {
     return cannotRun(io, o.json, e, e instanceof InputError || e instanceof NoTdxError);

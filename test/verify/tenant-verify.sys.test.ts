@@ -79,7 +79,7 @@ describe.skipIf(missing !== null)("cvm-verify --api: attested SSH from the tenan
     expect(j.checks.measurements).toMatchObject({ ok: true, checked: 4 });
     expect(j.checks.event_log).toMatchObject({ ok: true, events: 2 });
     expect(j.checks.ssh_key).toMatchObject({ ok: true, installed: [parsePublicKey(inst.tenant.publicKey).fingerprint] });
-    expect(j.known_hosts).toEqual({ file: kh, lines: [lineFor(inst.forward.port, inst.hostKey)], replaced: 0 });
+    expect(j.known_hosts).toEqual({ file: kh, lines: [lineFor(inst.forward.port, inst.hostKey)], replaced: 0, other_lines: 0 });
     expect(readFileSync(kh, "utf8")).toBe(`github.com ${mitmKey.split(" ").slice(0, 2).join(" ")}\n${lineFor(inst.forward.port, inst.hostKey)}\n`);
 
     const ssh = await sshStrict({ knownHosts: kh, identity: inst.tenant.privateKey, port: inst.forward.port, command: "echo attested-login-ok" });
@@ -148,6 +148,18 @@ describe.skipIf(missing !== null)("cvm-verify --api: attested SSH from the tenan
         inst.forward.target = inst.sshd.port;
       }
     });
+  });
+
+  test("a line trusting another key for the address (an earlier trust-on-first-use) is kept, and the verifier warns about it", async () => {
+    const file = fresh("tofu");
+    const tofu = `[127.0.0.1]:${inst.forward.port} ${mitmKey.split(" ").slice(0, 2).join(" ")}`;
+    writeFileSync(file, `${tofu}\n${lineFor(inst.forward.port, inst.hostKey).replace(/cvm:\w+$/, "cvm:earlier-run")}\n`);
+    const r = await inst.verify(["--known-hosts", file, "--json"]);
+    expect(r.code).toBe(0);
+    expect(r.json().known_hosts).toMatchObject({ replaced: 1, other_lines: 1 });
+    expect(readFileSync(file, "utf8")).toBe(`${tofu}\n${lineFor(inst.forward.port, inst.hostKey)}\n`);
+    const human = await inst.verify(["--known-hosts", file]);
+    expect(human.out).toMatch(/WARNING .* 1 other line\(s\) trusting other keys for these names, which ssh accepts too; remove them \(ssh-keygen -R/);
   });
 
   describe("3. each failure: exit 1 with its own reason, nothing written", () => {
