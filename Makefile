@@ -38,15 +38,21 @@ structure: deps
 	npx depcruise host guest shared images test bench --config .dependency-cruiser.cjs
 	npx jscpd
 
+# The JSON report lets scripts/require-all-ran.mjs count what did not run: under
+# CVM_REQUIRE_SYSTEM_TESTS=1 (CI) any skipped test fails the run.
+VITEST_REPORT = --reporter=default --reporter=json --outputFile.json=var/test-report.json
+
 test: image structure
 	npx tsc -p tsconfig.check.json
-	npx vitest run
+	npx vitest run $(VITEST_REPORT)
+	node scripts/require-all-ran.mjs var/test-report.json
 
 # The loop while working: no image build and no VM E2E tests. Tests needing an image (the boot
 # check, the kernel checks) use one already built, or skip saying so.
 test-fast: build structure
 	npx tsc -p tsconfig.check.json
-	npx vitest run --exclude 'test/e2e/**'
+	npx vitest run --exclude 'test/e2e/**' $(VITEST_REPORT)
+	node scripts/require-all-ran.mjs var/test-report.json
 
 bench: deps
 	npx vitest run --config bench/vitest.bench.config.ts
