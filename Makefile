@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build image run test test-fast bench clean typecheck install verifier
+.PHONY: help deps build image run test test-fast bench clean typecheck structure install verifier
 
 help:
 	@echo "make run        install dependencies, build, start cvmd (data in ./var)"
@@ -36,15 +36,27 @@ image: build
 run: $(if $(filter none,$(CVM_DRIVER)),build,image)
 	CVM_WARM_POOL_SIZE=$${CVM_WARM_POOL_SIZE:-1} node dist/host/main.js
 
-test: image
+# The rooms and their rules (.dependency-cruiser.cjs, docs/architecture.md) and no copy-pasted
+# code outside tests and benches (.jscpd.json: any clone of 5+ lines and 50+ tokens fails).
+structure: deps
+	npx depcruise host guest shared images test bench --config .dependency-cruiser.cjs
+	npx jscpd
+
+# The JSON report lets scripts/require-all-ran.mjs count what did not run: under
+# CVM_REQUIRE_SYSTEM_TESTS=1 (CI) any skipped test fails the run.
+VITEST_REPORT = --reporter=default --reporter=json --outputFile.json=var/test-report.json
+
+test: image structure
 	npx tsc -p tsconfig.check.json
-	npx vitest run
+	npx vitest run $(VITEST_REPORT)
+	node scripts/require-all-ran.mjs var/test-report.json
 
 # The loop while working: no image build and no VM E2E tests. Tests needing an image (the boot
 # check, the kernel checks) use one already built, or skip saying so.
-test-fast: build
+test-fast: build structure
 	npx tsc -p tsconfig.check.json
-	npx vitest run --exclude 'test/e2e/**'
+	npx vitest run --exclude 'test/e2e/**' $(VITEST_REPORT)
+	node scripts/require-all-ran.mjs var/test-report.json
 
 # The tenant's verifier as one dependency-free npm package. It needs only node_modules (a tenant's
 # `npm ci --ignore-scripts` is enough), so it does not go through `deps`, which installs host packages as root.

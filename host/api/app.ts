@@ -15,9 +15,9 @@ import { attestationRoutes } from "./routes/attestation.js";
 import type { AttestationService } from "../attest/index.js";
 import { usageRoutes, type UsageSources } from "./routes/usage.js";
 import { imageRoutes, type ImageManifestSource } from "./routes/images.js";
-import { TrustedProxies } from "../ops/client-address.js";
+import { TrustedProxies } from "./middleware/client-address.js";
 import type { Metrics } from "../ops/metrics.js";
-import type { RateLimiter } from "../ops/rate-limit.js";
+import type { RateLimiter } from "./middleware/rate-limit.js";
 
 export interface AppDeps {
   logger: Logger;

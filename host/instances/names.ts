@@ -1,4 +1,4 @@
-import { randomToken } from "../auth/api-keys.js";
+import { randomToken } from "../../shared/util/random-token.js";
 
 export const INSTANCE_NAME_PATTERN = /^[a-z0-9]{8}$/;
 

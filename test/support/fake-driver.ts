@@ -1,8 +1,8 @@
 import type { SshEndpoint } from "../../shared/api/types.js";
-import type { AdoptResult, AttestationEvidence, BootedImage, Driver, DriverContext, InstanceSpec, PoolGuestSpec, ReadyInfo, WarmGuestDriver } from "../../host/instances/driver.js";
+import type { AdoptResult, AttestationEvidence, BootedImage, Driver, DriverContext, InstanceSpec, PoolGuestSpec, ReadyInfo, WarmGuestDriver } from "../../host/drivers/driver.js";
 import { reportDataFor } from "../../shared/tdx/index.js";
 import type { Rtmr3Event } from "../../shared/protocol/messages.js";
-import { ProvisionError, type FailureCode } from "../../host/instances/failure-codes.js";
+import { ProvisionError, type FailureCode } from "../../host/drivers/failure-codes.js";
 
 /**
  * TEST DOUBLE of the VM driver: no VM, no network. "Guests" are entries in a map that outlives a

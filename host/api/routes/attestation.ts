@@ -14,7 +14,7 @@ import {
 } from "../../../shared/tdx/index.js";
 import type { AttestationService } from "../../attest/index.js";
 import type { Clock } from "../../clock.js";
-import { AttestationUnavailableError } from "../../instances/driver.js";
+import { AttestationUnavailableError } from "../../drivers/driver.js";
 import type { LifecycleEngine } from "../../instances/engine.js";
 import type { Instance, InstanceStore } from "../../store/instances.js";
 import type { Tenant } from "../../store/tenants.js";
