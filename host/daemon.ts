@@ -4,15 +4,16 @@ import type { Logger } from "pino";
 import { buildApp } from "./api/app.js";
 import { systemClock, type Clock } from "./clock.js";
 import { ConfigError, type Config } from "./config.js";
-import type { Driver } from "./instances/driver.js";
+import type { Driver } from "./drivers/driver.js";
 import { LifecycleEngine } from "./instances/engine.js";
 import { BootQueue } from "./instances/boot-queue.js";
 import { Capacity, type GuestSize } from "./instances/capacity.js";
 import { WarmPool } from "./instances/warm-pool.js";
-import { UnavailableDriver } from "./instances/unavailable-driver.js";
+import { UnavailableDriver } from "./drivers/unavailable-driver.js";
 import { PoolGuestStore, SettingsStore } from "./store/pool-guests.js";
 import { AttestationService, buildCollateralProvider, type ConfiguredCollateralProvider } from "./attest/index.js";
 import { QuoteVerifier } from "../shared/tdx/index.js";
+import { ImageCatalog } from "./images/image-catalog.js";
 import { ApiKeyStore } from "./store/api-keys.js";
 import { Database } from "./store/db.js";
 import { IdempotencyStore } from "./store/idempotency.js";
@@ -20,18 +21,18 @@ import { InstanceStore } from "./store/instances.js";
 import { TenantStore } from "./store/tenants.js";
 import { EgressStore } from "./store/egress.js";
 import { InferenceGateway } from "./gateway/index.js";
-import { EgressMonitor } from "./jobs/egress-monitor.js";
+import { EgressMonitor } from "./net/egress-monitor.js";
 import { Scheduler } from "./jobs/scheduler.js";
 import { startDns } from "./dns/dns-service.js";
 import type { EgressFirewall } from "./net/egress-firewall.js";
-import { TrustedProxies } from "./ops/client-address.js";
+import { TrustedProxies } from "./api/middleware/client-address.js";
 import { startControlSocket } from "./ops/control-socket.js";
 import { acquireDaemonLock } from "./ops/daemon-lock.js";
 import { Metrics } from "./ops/metrics.js";
 import { OperatorActions } from "./ops/operator-actions.js";
 import { startOperatorListener } from "./ops/operator-listener.js";
-import { RateLimiter } from "./ops/rate-limit.js";
-import { createTenantServer, readTlsPair, type TlsPair } from "./ops/tenant-server.js";
+import { RateLimiter } from "./api/middleware/rate-limit.js";
+import { createTenantServer, readTlsPair, type TlsPair } from "./api/server.js";
 import { AsyncDisposableStack } from "../shared/util/async-disposable-stack.js";
 
 export interface DaemonDeps {
@@ -222,6 +223,7 @@ async function launch(config: Config, deps: DaemonDeps, { tls, collateral }: Pre
     metrics,
     rateLimiter: new RateLimiter(config.rateLimit, { securityLog, metrics }),
     trustedProxies: new TrustedProxies(config.trustedProxies),
+    images: new ImageCatalog({ dir: config.vm.imageDir, logger: log.child({ component: "images" }) }),
     attestation: new AttestationService({
       verifier: deps.quoteVerifier ?? new QuoteVerifier(),
       collateral,

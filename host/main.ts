@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 import { ConfigError, loadConfig } from "./config.js";
 import { packageVersion, startDaemon } from "./daemon.js";
-import type { Driver } from "./instances/driver.js";
-import { UnavailableDriver } from "./instances/unavailable-driver.js";
-import { buildQemuDriver, type BuiltDriver } from "./instances/qemu-driver-factory.js";
+import type { Driver } from "./drivers/driver.js";
+import { UnavailableDriver } from "./drivers/unavailable-driver.js";
+import { buildQemuDriver, type BuiltDriver } from "./drivers/qemu/build-driver.js";
 import { createLogger } from "./logger.js";
 import { installLastResortHandlers } from "./ops/last-resort.js";
 import { Metrics } from "./ops/metrics.js";

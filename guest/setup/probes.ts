@@ -1,18 +1,9 @@
 import { request } from "node:http";
-import { connect } from "node:net";
+import { connects } from "../../shared/util/connects.js";
 
 /** True when something accepts a TCP connection on host:port within timeoutMs. */
 export function tcpListening(host: string, port: number, timeoutMs: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect({ host, port });
-    const done = (ok: boolean) => {
-      s.destroy();
-      resolve(ok);
-    };
-    s.setTimeout(timeoutMs, () => done(false));
-    s.once("connect", () => done(true));
-    s.once("error", () => done(false));
-  });
+  return connects({ host, port }, timeoutMs);
 }
 
 /** True when GET url answers 2xx within timeoutMs. */

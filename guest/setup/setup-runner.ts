@@ -120,13 +120,7 @@ export class SetupRunner {
     await report("ssh_key", "authorized_keys written");
     const { manifest, pkg } = await this.verifyOpenClaw(step);
     await report("openclaw_verify", `OpenClaw ${manifest.version} tree verified`);
-    const account = await step("openclaw_config", "setup_failed", async () => {
-      const { account, path } = await this.openclawConfigPath();
-      const text = renderOpenClawConfig(params, this.o.openclawPort);
-      await this.o.eventLog.record("openclaw-config", configDigest(text));
-      await writeFileAtomic(path, text, 0o600, { uid: account.uid, gid: account.gid });
-      return account;
-    });
+    const account = await this.writeOpenClawConfig(step, "openclaw-config", renderOpenClawConfig(params, this.o.openclawPort));
     await report("openclaw_config", "OpenClaw configuration written");
     await this.startOpenClaw(manifest, pkg, account, gatewayToken, step);
     await report("openclaw_start", "OpenClaw service started");
@@ -146,15 +140,9 @@ export class SetupRunner {
     const step = this.stepper(signal);
     const { manifest, pkg } = await this.verifyOpenClaw(step);
     await report("openclaw_verify", `OpenClaw ${manifest.version} tree verified`);
-    const account = await step("openclaw_config", "setup_failed", async () => {
-      const { account, path } = await this.openclawConfigPath();
-      const text = renderNeutralOpenClawConfig(this.o.openclawPort);
-      // Only ever re-run before a claim began (the agent persists `prepared` first), so rewriting the
-      // same bytes is a no-op for a running OpenClaw, and the event log keeps one entry per event.
-      await this.o.eventLog.record("openclaw-config-neutral", configDigest(text));
-      await writeFileAtomic(path, text, 0o600, { uid: account.uid, gid: account.gid });
-      return account;
-    });
+    // Only ever re-run before a claim began (the agent persists `prepared` first), so rewriting the
+    // same bytes is a no-op for a running OpenClaw, and the event log keeps one entry per event.
+    const account = await this.writeOpenClawConfig(step, "openclaw-config-neutral", renderNeutralOpenClawConfig(this.o.openclawPort));
     await report("openclaw_config", "neutral OpenClaw configuration written");
     await this.startOpenClaw(manifest, pkg, account, gatewayToken, step);
     await report("openclaw_start", "OpenClaw service started with the neutral configuration");
@@ -254,6 +242,16 @@ export class SetupRunner {
       await eventLog.record("openclaw-tree", manifest.tree_digest);
       this.o.logger.info({ tree_digest: manifest.tree_digest, ...res }, "OpenClaw tree verified");
       return { manifest, pkg };
+    });
+  }
+
+  /** Records the configuration's digest in the event log, then writes it for OpenClaw's account. */
+  private writeOpenClawConfig(step: Step, event: "openclaw-config" | "openclaw-config-neutral", text: string): Promise<UserAccount> {
+    return step("openclaw_config", "setup_failed", async () => {
+      const { account, path } = await this.openclawConfigPath();
+      await this.o.eventLog.record(event, configDigest(text));
+      await writeFileAtomic(path, text, 0o600, { uid: account.uid, gid: account.gid });
+      return account;
     });
   }
 

@@ -9,6 +9,8 @@ import {
   dataEnvelope,
   ErrorEnvelope,
   errorEnvelope,
+  ImageManifest,
+  ImagePath,
   Instance,
   InstanceAttestation,
   InstanceEvent,
@@ -46,6 +48,7 @@ const RESPONSE_COMPONENTS: Record<string, z.ZodType> = {
   InstanceEventsResponse: dataEnvelope(InstanceEvents),
   Usage,
   UsageResponse: dataEnvelope(Usage),
+  ImageManifestResponse: dataEnvelope(ImageManifest),
   Measurements,
   QuoteFacts,
   TcbFacts,
@@ -189,6 +192,18 @@ const OPERATIONS: Operation[] = [
     authenticated: true,
     ok: { 200: { description: "Current billing window", schema: "UsageResponse" } },
     errors: [...TENANT_ERRORS],
+  },
+  {
+    method: "get",
+    path: "/v1/images/{id}/manifest",
+    operationId: "getImageManifest",
+    description:
+      "Extension: the manifest.json of an image this server has (the current one, or one beside it that instances booted from; an attestation answer's image_id names it), " +
+      "for comparison with the manifest you build from the same commit (make image prints its sha256), not for trust: pass your own to cvm-verify.",
+    authenticated: true,
+    pathParams: ImagePath,
+    ok: { 200: { description: "The manifest", schema: "ImageManifestResponse" } },
+    errors: ["not_found", ...TENANT_ERRORS],
   },
   {
     method: "get",

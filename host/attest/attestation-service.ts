@@ -24,7 +24,7 @@ import {
 } from "../../shared/tdx/index.js";
 import type { InstanceVerdict, ManifestCheck, QuoteCheck, QuoteVerification, ReportDataCheck } from "../../shared/api/schemas.js";
 import type { Clock } from "../clock.js";
-import type { AttestationEvidence, BootedImage } from "../instances/driver.js";
+import type { AttestationEvidence, BootedImage } from "../drivers/driver.js";
 import type { Metrics, QuoteVerdict } from "../ops/metrics.js";
 import type { CollateralOrigin, CollateralProvider } from "./collateral-provider.js";
 

@@ -1,15 +1,8 @@
-import { hash, randomInt, timingSafeEqual } from "node:crypto";
+import { hash, timingSafeEqual } from "node:crypto";
+import { randomToken } from "../../shared/util/random-token.js";
 
 /** API keys are `ca_<8>_<18>`, lowercase alphanumerics: the prefix is a lookup id, the secret is only stored hashed. */
 export const API_KEY_PATTERN = /^ca_([a-z0-9]{8})_([a-z0-9]{18})$/;
-
-const ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789";
-
-export function randomToken(length: number): string {
-  let out = "";
-  for (let i = 0; i < length; i++) out += ALPHABET[randomInt(ALPHABET.length)];
-  return out;
-}
 
 /** SHA-256 of the secret; the one-shot `hash` because it runs on every authenticated request. */
 export function hashSecret(secret: string): Buffer {

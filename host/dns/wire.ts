@@ -110,17 +110,24 @@ export function readQuestion(buf: Buffer, offset = 12): RawQuestion | null {
   return { name: labels.join("."), type: buf.readUInt16BE(o), klass: buf.readUInt16BE(o + 2), end: o + 4, plainLabels: plain };
 }
 
+/** The length byte of the label at `o`, or "pointer" for a compression pointer whose two bytes are present. */
+function labelHead(buf: Buffer, o: number): number | "pointer" {
+  const len = buf[o];
+  if (len === undefined) throw new Error("truncated name");
+  if ((len & 0xc0) === 0xc0) {
+    if (o + 2 > buf.length) throw new Error("truncated name");
+    return "pointer";
+  }
+  if ((len & 0xc0) !== 0) throw new Error("bad label type");
+  return len;
+}
+
 /** Offset just past a (possibly compressed) name. */
 export function skipName(buf: Buffer, offset: number): number {
   let o = offset;
   for (let i = 0; i < 128; i++) {
-    const len = buf[o];
-    if (len === undefined) throw new Error("truncated name");
-    if ((len & 0xc0) === 0xc0) {
-      if (o + 2 > buf.length) throw new Error("truncated name");
-      return o + 2;
-    }
-    if ((len & 0xc0) !== 0) throw new Error("bad label type");
+    const len = labelHead(buf, o);
+    if (len === "pointer") return o + 2;
     o += 1 + len;
     if (len === 0) return o;
   }
@@ -133,16 +140,13 @@ export function readName(buf: Buffer, offset: number): string {
   let o = offset;
   let floor = offset;
   for (let i = 0; i < 128; i++) {
-    const len = buf[o];
-    if (len === undefined) throw new Error("truncated name");
-    if ((len & 0xc0) === 0xc0) {
-      if (o + 2 > buf.length) throw new Error("truncated name");
+    const len = labelHead(buf, o);
+    if (len === "pointer") {
       const target = buf.readUInt16BE(o) & 0x3fff;
       if (target >= floor) throw new Error("forward compression pointer");
       o = floor = target;
       continue;
     }
-    if ((len & 0xc0) !== 0) throw new Error("bad label type");
     if (len === 0) return labels.join(".");
     if (o + 1 + len > buf.length) throw new Error("truncated name");
     labels.push(buf.toString("latin1", o + 1, o + 1 + len));

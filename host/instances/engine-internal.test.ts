@@ -2,7 +2,7 @@ import { afterEach, describe, expect, test } from "vitest";
 import { FakeDriver } from "../../test/support/fake-driver.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../../test/support/daemon.js";
 import { sshKeyPair } from "../../test/support/ssh-keys.js";
-import type { DriverContext, InstanceSpec, ReadyInfo } from "./driver.js";
+import type { DriverContext, InstanceSpec, ReadyInfo } from "../drivers/driver.js";
 
 const ED = sshKeyPair("ed25519").public;
 

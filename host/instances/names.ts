@@ -1,4 +1,4 @@
-import { randomToken } from "../auth/api-keys.js";
+import { randomToken } from "../../shared/util/random-token.js";
 
 export function newInstanceName(): string {
   return randomToken(8);

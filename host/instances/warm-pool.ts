@@ -6,7 +6,7 @@ import type { InstanceStore } from "../store/instances.js";
 import type { PoolGuest, PoolGuestStore, SettingsStore } from "../store/pool-guests.js";
 import type { BootQueue } from "./boot-queue.js";
 import type { Capacity } from "./capacity.js";
-import type { PoolGuestContext, WarmGuestDriver } from "./driver.js";
+import type { PoolGuestContext, WarmGuestDriver } from "../drivers/driver.js";
 
 export interface WarmPoolOptions {
   db: Database;

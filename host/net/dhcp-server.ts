@@ -1,7 +1,7 @@
 import { chmod, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import path from "node:path";
 
-import { isAlive, readCmdline } from "../vmm/proc.js";
+import { isAlive, readCmdline } from "../proc.js";
 import type { Netns } from "./netns.js";
 import { terminate } from "./netns-owner.js";
 

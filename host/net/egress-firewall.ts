@@ -88,12 +88,13 @@ import {
   type AfterBlockPolicy,
   type EgressInstance,
   type EgressPlan,
-  type EgressSample,
   type KernelInstanceState,
   type RenderOptions,
 } from "./egress-ruleset.js";
 
-export type { AfterBlockPolicy, EgressCounters, EgressInstance, EgressSample } from "./egress-ruleset.js";
+export type { AfterBlockPolicy, EgressInstance } from "./egress-ruleset.js";
+import type { EgressSample } from "../store/egress.js";
+export type { EgressCounters, EgressSample } from "../store/egress.js";
 export { EgressConfigError, DEFAULT_AFTER_BLOCK } from "./egress-ruleset.js";
 
 export interface EgressSyncResult {

@@ -4,6 +4,7 @@
  * a kernel counter"), and how a plan becomes one `nft -f` script. No I/O here.
  */
 import type { NftChain, NftCounter, NftQuota, NftTableListing } from "./nft-json.js";
+import type { EgressCounters, EgressSample } from "../store/egress.js";
 
 export const EGRESS_FAMILY = "netdev";
 
@@ -168,30 +169,6 @@ export function readEgressState(listing: NftTableListing): Map<string, KernelIns
 
 // ---------------------------------------------------------------------------------------------------
 // Counters, samples, plans
-
-/** Persistable counter state of one instance; feed a stored sample back as `restored`. */
-export interface EgressCounters {
-  /** IP bytes the guest sent that were admitted under the cap (see the module doc of egress-firewall.ts). */
-  bytes: number;
-  packets: number;
-  /**
-   * What the kernel charged to the quota: admitted + after-block + dropped bytes, reported capped at
-   * the limit (the kernel keeps charging past it but dumps min(used, limit)). Blocked once >= limit.
-   */
-  quotaUsedBytes: number;
-  /** Bytes still accepted after the block, at the limited rates: SSH replies, ARP, neighbour discovery, DHCP. */
-  afterBlockBytes: number;
-  afterBlockPackets: number;
-  /** Bytes the guest tried to send after the block and the host dropped. */
-  droppedBytes: number;
-  droppedPackets: number;
-}
-
-export interface EgressSample extends EgressCounters {
-  id: string;
-  limitBytes: number;
-  blocked: boolean;
-}
 
 export interface EgressInstance {
   id: string;

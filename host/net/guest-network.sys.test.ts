@@ -5,7 +5,7 @@ import path from "node:path";
 import { afterAll, describe, expect, test } from "vitest";
 
 import { run } from "../../shared/util/run.js";
-import { isAlive } from "../vmm/proc.js";
+import { isAlive } from "../proc.js";
 import { NetnsGuestNetwork } from "./guest-network.js";
 import { prerequisites } from "../../test/support/prerequisites.js";
 

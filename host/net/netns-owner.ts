@@ -4,7 +4,7 @@ import { createServer, type Server } from "node:net";
 import path from "node:path";
 
 import { RunError } from "../../shared/util/run.js";
-import { isAlive, readCmdline, signal, waitForExit } from "../vmm/proc.js";
+import { isAlive, readCmdline, signal, waitForExit } from "../proc.js";
 import type { Netns } from "./netns.js";
 
 /**

@@ -1,8 +1,8 @@
 import { existsSync, unlinkSync } from "node:fs";
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { connect } from "node:net";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { connects } from "../../shared/util/connects.js";
 import { lockHolder } from "./daemon-lock.js";
 import { OperatorActionError, type OperatorActions } from "./operator-actions.js";
 import { PoolSizeError, type WarmPool } from "../instances/warm-pool.js";
@@ -16,18 +16,8 @@ export function controlSocketPath(dataDir: string): string {
 }
 
 /** True when something accepts connections on the socket (a leftover file from a killed cvmd does not). */
-export function socketAnswers(path: string, timeoutMs = 1000): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (!existsSync(path)) return resolve(false);
-    const s = connect(path);
-    const done = (v: boolean) => {
-      s.destroy();
-      resolve(v);
-    };
-    s.setTimeout(timeoutMs, () => done(false));
-    s.once("connect", () => done(true));
-    s.once("error", () => done(false));
-  });
+export async function socketAnswers(path: string, timeoutMs = 1000): Promise<boolean> {
+  return existsSync(path) && (await connects({ path }, timeoutMs));
 }
 
 async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {

@@ -1,7 +1,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import { INSTANCE_STATUSES, type InstanceStatus } from "../../shared/api/schemas.js";
 import { ApiRequestMetrics } from "./api-request-metrics.js";
-import { FAILURE_CODES } from "../instances/failure-codes.js";
+import { FAILURE_CODES } from "../drivers/failure-codes.js";
 import type { InstanceEventNotice } from "../store/instances.js";
 
 /** Outcome of verifying a guest's TDX quote, as the attestation code reports it. */

@@ -1,5 +1,28 @@
-import type { EgressCounters, EgressSample } from "../net/egress-firewall.js";
 import type { Database } from "./db.js";
+
+/** Persistable counter state of one instance; feed a stored sample back as `restored`. */
+export interface EgressCounters {
+  /** IP bytes the guest sent that were admitted under the cap (see the module doc of host/net/egress-firewall.ts). */
+  bytes: number;
+  packets: number;
+  /**
+   * What the kernel charged to the quota: admitted + after-block + dropped bytes, reported capped at
+   * the limit (the kernel keeps charging past it but dumps min(used, limit)). Blocked once >= limit.
+   */
+  quotaUsedBytes: number;
+  /** Bytes still accepted after the block, at the limited rates: SSH replies, ARP, neighbour discovery, DHCP. */
+  afterBlockBytes: number;
+  afterBlockPackets: number;
+  /** Bytes the guest tried to send after the block and the host dropped. */
+  droppedBytes: number;
+  droppedPackets: number;
+}
+
+export interface EgressSample extends EgressCounters {
+  id: string;
+  limitBytes: number;
+  blocked: boolean;
+}
 
 export interface EgressState extends EgressCounters {
   instanceId: string;

@@ -10,7 +10,7 @@ import { run } from "../../shared/util/run.js";
 import { NetnsGuestNetwork, type GuestAttachment } from "../net/guest-network.js";
 import { watchBootPhases, type BootPhaseWatch } from "./boot-phases.js";
 import type { LaunchedVm, LaunchSpec } from "./hypervisor.js";
-import { findQemuByPidfile, isAlive, readCmdline } from "./proc.js";
+import { findQemuByPidfile, isAlive, readCmdline } from "../proc.js";
 import { QemuHypervisor } from "./qemu-hypervisor.js";
 import { openConsole, readSerialTail } from "./serial-console.js";
 import { buildTinyInitramfs, ensureTinyKernel, TINY_AGENT_HELLO, TINY_BANNER, tinyGuestNeeds, tinyGuestSpec, type TinyKernel } from "./test/tiny-guest.js";

@@ -15,7 +15,7 @@ import {
   type StopResult,
   type VmInspection,
 } from "./hypervisor.js";
-import { findQemuByPidfile, isAlive, isQemuFor, readCmdline, signal, waitForExit } from "./proc.js";
+import { findQemuByPidfile, isAlive, isQemuFor, readCmdline, signal, waitForExit } from "../proc.js";
 import { PROFILES, type ProfileTable } from "./profiles.js";
 import { buildQemuArgs } from "./qemu-args.js";
 import { QmpClient } from "./qmp-client.js";

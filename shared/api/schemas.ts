@@ -230,6 +230,23 @@ export const CommonHeaders = z.object({
 });
 
 // ---------------------------------------------------------------------------------------------------
+// Images
+
+/** An image id as image manifests write it; a path that does not match is simply not found. */
+export const ImagePath = z.object({
+  id: z
+    .string()
+    .regex(/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/)
+    .meta({ description: "An image id, as an attestation answer's image_id names it." }),
+});
+
+export const ImageManifest = z.object({
+  image_id: z.string(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/).meta({ description: "SHA-256 of the manifest file's bytes, as `make image` prints it" }),
+  manifest: z.record(z.string(), z.unknown()),
+});
+
+// ---------------------------------------------------------------------------------------------------
 // Usage
 
 export const Usage = z.object({

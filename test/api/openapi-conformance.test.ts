@@ -1,4 +1,4 @@
-import { writeFileSync } from "node:fs";
+import { mkdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Ajv2020, type ValidateFunction } from "ajv/dist/2020.js";
 import { fullFormats } from "ajv-formats/dist/formats.js";
@@ -35,6 +35,7 @@ type Call = { key?: string; body?: unknown; headers?: Record<string, string> };
 const ED = sshKeyPair("ed25519").public;
 const NONCE = "a1".repeat(32);
 const DOC_ID = "https://cvm.invalid/v1/openapi.json";
+const IMAGE_ID = "cvm-00000000c0f0a0ce";
 const f = loadFixture("tdx-v4-uptodate");
 const at = new Date(f.expected.at_unix! * 1000);
 const expectedMeasurements = { mrtd: f.expected.mr_td, rtmr0: f.expected.rtmr0, rtmr1: f.expected.rtmr1, rtmr2: f.expected.rtmr2 };
@@ -74,11 +75,15 @@ describe("OpenAPI document against every route's real answers", () => {
         rtmr3.copy(signed, 48 + 472);
       });
     signedQuote = await sign(Buffer.alloc(64, 7));
+    // An image directory as `make image` leaves it, so the manifest route has one to serve.
+    mkdirSync(join(dir.path, "images", IMAGE_ID), { recursive: true });
+    writeFileSync(join(dir.path, "images", IMAGE_ID, "manifest.json"), JSON.stringify({ image_id: IMAGE_ID, expected_measurements: expectedMeasurements }) + "\n");
+    symlinkSync(IMAGE_ID, join(dir.path, "images", "current"));
     d = await startTestDaemon({
       dataDir: join(dir.path, "data"),
       driver,
       clock: new ManualClock(at),
-      env: { CVM_COLLATERAL_FILE: file },
+      env: { CVM_COLLATERAL_FILE: file, CVM_IMAGE_DIR: join(dir.path, "images", "current") },
       quoteVerifier: new QuoteVerifier({ rootCaDer: pki.rootDer }),
     });
     key = (await d.tenant("acme")).apiKey;
@@ -140,6 +145,7 @@ describe("OpenAPI document against every route's real answers", () => {
     ["get", "/v1/instances/{name}/attestation", `/v1/instances/zzzzzzzz/attestation?nonce=${NONCE}`, {}],
     ["post", "/v1/attestation/verify", "/v1/attestation/verify", { body: { quote: signedQuote.toString("base64") } }],
     ["get", "/v1/usage", "/v1/usage", {}],
+    ["get", "/v1/images/{id}/manifest", "/v1/images/cvm-0000000000000000/manifest", {}],
   ];
 
   it("is OpenAPI 3.1 and uses only formats the validator checks", () => {
@@ -224,6 +230,13 @@ describe("OpenAPI document against every route's real answers", () => {
     expect(garbage.body.data).toMatchObject({ ok: false, measurements: null, manifest: { ok: false } });
     await call(d.fetch, "post", path, path, { key, body: { quote: "not base64!" } }, 400);
     await call(d.fetch, "post", path, path, { key, body: { quote, collateral: { ...f.collateral, pck_crl: "zz" } } }, 400);
+  });
+
+  it("GET /v1/images/{id}/manifest: 200, 404", async () => {
+    const path = "/v1/images/{id}/manifest";
+    await call(d.fetch, "get", path, `/v1/images/${IMAGE_ID}/manifest`, { key }, 200);
+    await call(d.fetch, "get", path, "/v1/images/cvm-0000000000000000/manifest", { key }, 404);
+    await call(d.fetch, "get", path, "/v1/images/..%2Fetc/manifest", { key }, 404);
   });
 
   it("GET /v1/usage: 200", async () => {

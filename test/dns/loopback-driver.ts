@@ -1,4 +1,4 @@
-import type { Driver, InstanceSpec, ReadyInfo } from "../../host/instances/driver.js";
+import type { Driver, InstanceSpec, ReadyInfo } from "../../host/drivers/driver.js";
 import type { FakeDriver } from "../support/fake-driver.js";
 
 /** TEST DOUBLE wrapper: the fake guests are "reached" on 127.0.0.1:<port>, as dev-mode port forwards are. */

@@ -5,7 +5,7 @@ import { PerformanceObserver } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import type { HostServices } from "../../host/instances/driver.js";
+import type { HostServices } from "../../host/drivers/driver.js";
 import { AgentLink, UnixSocketConnector } from "../../host/link/index.js";
 import { tempDir } from "../support/daemon.js";
 import { FakeDriver } from "../support/fake-driver.js";

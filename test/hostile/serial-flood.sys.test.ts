@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 
 import type { LaunchSpec } from "../../host/vmm/hypervisor.js";
-import { findQemuByPidfile } from "../../host/vmm/proc.js";
+import { findQemuByPidfile } from "../../host/proc.js";
 import { QemuHypervisor } from "../../host/vmm/qemu-hypervisor.js";
 import { readSerialTail } from "../../host/vmm/serial-console.js";
 import { buildTinyInitramfs, ensureTinyKernel, tinyGuestNeeds, tinyGuestSpec } from "../../host/vmm/test/tiny-guest.js";

@@ -1,7 +1,7 @@
 import { Writable } from "node:stream";
 import pino, { type Logger } from "pino";
 import type { Clock } from "../../host/clock.js";
-import type { Driver } from "../../host/instances/driver.js";
+import type { Driver } from "../../host/drivers/driver.js";
 import type { EgressFirewall } from "../../host/net/egress-firewall.js";
 import { startTestDaemon, type TestDaemon } from "../support/daemon.js";
 

@@ -6,7 +6,7 @@ import { createKey, createTenant } from "../../host/auth/tenant-admin.js";
 import { systemClock, type Clock } from "../../host/clock.js";
 import { loadConfig, type Config } from "../../host/config.js";
 import { startDaemon, type RunningDaemon } from "../../host/daemon.js";
-import type { Driver } from "../../host/instances/driver.js";
+import type { Driver } from "../../host/drivers/driver.js";
 import type { EgressFirewall } from "../../host/net/egress-firewall.js";
 import { ApiKeyStore } from "../../host/store/api-keys.js";
 import { TenantStore } from "../../host/store/tenants.js";

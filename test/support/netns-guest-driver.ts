@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import type { AdoptResult, Driver, DriverContext, InstanceSpec, ReadyInfo } from "../../host/instances/driver.js";
+import type { AdoptResult, Driver, DriverContext, InstanceSpec, ReadyInfo } from "../../host/drivers/driver.js";
 import type { EgressFirewall } from "../../host/net/egress-firewall.js";
 import { run } from "../../shared/util/run.js";
 

@@ -1,8 +1,8 @@
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import type { AdoptResult, Driver, DriverContext, HostServices, InstanceSpec, ReadyInfo } from "../../host/instances/driver.js";
-import { ProvisionError } from "../../host/instances/failure-codes.js";
+import type { AdoptResult, Driver, DriverContext, HostServices, InstanceSpec, ReadyInfo } from "../../host/drivers/driver.js";
+import { ProvisionError } from "../../host/drivers/failure-codes.js";
 import { AgentLink } from "../../host/link/agent-link.js";
 import { UnixSocketConnector } from "../../host/link/connectors.js";
 import type { EgressFirewall } from "../../host/net/egress-firewall.js";

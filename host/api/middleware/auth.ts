@@ -11,7 +11,7 @@ export interface AuthDeps {
   clock: Clock;
   /** Receives auth failures for the security log; never the token itself. */
   onFailure(ctx: Context, reason: string, prefix?: string): void;
-  /** Rate limits around authentication (host/ops/rate-limit.ts); both throw to refuse. */
+  /** Rate limits around authentication (host/api/middleware/rate-limit.ts); both throw to refuse. */
   limiter?: {
     /** Before the token is looked at. */
     refuseThrottled(ctx: Context): void;

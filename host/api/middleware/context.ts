@@ -11,7 +11,7 @@ const MAX_CORRELATION_LEN = 256;
  */
 export class RequestState {
   clientAddress: string | undefined = undefined;
-  /** The client address's rate-limit bucket (host/ops/rate-limit.ts), once worked out. */
+  /** The client address's rate-limit bucket (host/api/middleware/rate-limit.ts), once worked out. */
   addressBucket: string | undefined = undefined;
   /** Set by authentication. */
   tenant: { slug: string } | undefined = undefined;

@@ -1,8 +1,8 @@
 import type { Context, Middleware, Next } from "koa";
 import type { Logger } from "pino";
-import { clientAddress, type TrustedProxies } from "../../ops/client-address.js";
+import { clientAddress, type TrustedProxies } from "./client-address.js";
 import type { Metrics } from "../../ops/metrics.js";
-import type { RateLimiter } from "../../ops/rate-limit.js";
+import type { RateLimiter } from "./rate-limit.js";
 import type { RoutedContext } from "../dispatch.js";
 import { ApiError } from "../errors.js";
 import { startRequest } from "./context.js";

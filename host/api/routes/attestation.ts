@@ -4,7 +4,7 @@ import type { Logger } from "pino";
 import { AttestationQuery, VerifyQuoteBody, type InstanceAttestation } from "../../../shared/api/schemas.js";
 import type { AttestationService } from "../../attest/index.js";
 import type { Clock } from "../../clock.js";
-import { AttestationUnavailableError } from "../../instances/driver.js";
+import { AttestationUnavailableError } from "../../drivers/driver.js";
 import type { LifecycleEngine } from "../../instances/engine.js";
 import type { Instance, InstanceStore } from "../../store/instances.js";
 import type { Tenant } from "../../store/tenants.js";

@@ -1,8 +1,8 @@
 import { isIP } from "node:net";
 import type { Context } from "koa";
 import type { Logger } from "pino";
-import { ApiError } from "../api/errors.js";
-import type { Metrics } from "./metrics.js";
+import { ApiError } from "../errors.js";
+import type { Metrics } from "../../ops/metrics.js";
 
 export interface BucketState {
   allowed: boolean;

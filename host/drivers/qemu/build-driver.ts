@@ -1,22 +1,22 @@
 import { access } from "node:fs/promises";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { ImageCatalog } from "../images/image-catalog.js";
-import { NftEgressFirewall } from "../net/egress-firewall.js";
-import { NetnsGuestNetwork } from "../net/guest-network.js";
-import { NftCommandRunner } from "../net/nft-runner.js";
-import { upstreamAddresses } from "../net/upstream-addresses.js";
-import { lockHolder } from "../ops/daemon-lock.js";
-import type { VmConfig } from "../vm-config.js";
-import { probeAccel } from "../vmm/accel-probe.js";
-import { assertProfileConsistent } from "../vmm/profile-check.js";
-import { PROFILES } from "../vmm/profiles.js";
-import { QemuHypervisor } from "../vmm/qemu-hypervisor.js";
-import { tdxPreflight } from "../vmm/tdx-preflight.js";
-import type { Driver } from "./driver.js";
+import { ImageCatalog } from "../../images/image-catalog.js";
+import { NftEgressFirewall } from "../../net/egress-firewall.js";
+import { NetnsGuestNetwork } from "../../net/guest-network.js";
+import { NftCommandRunner } from "../../net/nft-runner.js";
+import { upstreamAddresses } from "../../net/upstream-addresses.js";
+import { lockHolder } from "../../ops/daemon-lock.js";
+import type { VmConfig } from "../../vm-config.js";
+import { probeAccel } from "../../vmm/accel-probe.js";
+import { assertProfileConsistent } from "../../vmm/profile-check.js";
+import { PROFILES } from "../../vmm/profiles.js";
+import { QemuHypervisor } from "../../vmm/qemu-hypervisor.js";
+import { tdxPreflight } from "../../vmm/tdx-preflight.js";
+import type { Driver } from "../driver.js";
 import { QemuDriver } from "./qemu-driver.js";
-import { UnavailableDriver } from "./unavailable-driver.js";
-import { run } from "../../shared/util/run.js";
+import { UnavailableDriver } from "../unavailable-driver.js";
+import { run } from "../../../shared/util/run.js";
 
 export interface BuiltDriver {
   driver: Driver;

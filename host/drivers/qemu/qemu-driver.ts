@@ -1,15 +1,15 @@
 import { isDeepStrictEqual } from "node:util";
 import type { Logger } from "pino";
-import { ImageError, type ImageCatalog } from "../images/image-catalog.js";
-import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready, type SetupParams } from "../link/index.js";
-import type { EgressFirewall } from "../net/egress-firewall.js";
-import type { GuestAttachment, GuestNetwork } from "../net/guest-network.js";
-import { watchBootPhases, type BootPhaseWatch } from "../vmm/boot-phases.js";
-import { allocateCid } from "../vmm/cid.js";
-import { VmmError, type Accel, type GuestProfile, type Hypervisor, type LaunchRecord } from "../vmm/hypervisor.js";
-import { agentChannelsInArgv, assertProfileConsistent } from "../vmm/profile-check.js";
-import { PROFILES, type AgentEndpoint, type Profile, type ProfileTable } from "../vmm/profiles.js";
-import { runPaths } from "../vmm/run-dir.js";
+import { ImageError, type ImageCatalog } from "../../images/image-catalog.js";
+import { AgentLink, AgentRequestError, checkSshHostKey, connectorFor, type AgentConnector, type AgentHello, type EgressSample, type Heartbeat, type QuoteReply, type Ready, type SetupParams } from "../../link/index.js";
+import type { EgressFirewall } from "../../net/egress-firewall.js";
+import type { GuestAttachment, GuestNetwork } from "../../net/guest-network.js";
+import { watchBootPhases, type BootPhaseWatch } from "../../vmm/boot-phases.js";
+import { allocateCid } from "../../vmm/cid.js";
+import { VmmError, type Accel, type GuestProfile, type Hypervisor, type LaunchRecord } from "../../vmm/hypervisor.js";
+import { agentChannelsInArgv, assertProfileConsistent } from "../../vmm/profile-check.js";
+import { PROFILES, type AgentEndpoint, type Profile, type ProfileTable } from "../../vmm/profiles.js";
+import { runPaths } from "../../vmm/run-dir.js";
 import { AttemptRuns } from "./attempt-runs.js";
 import {
   AttestationUnavailableError,
@@ -25,8 +25,8 @@ import {
   type PoolGuestSpec,
   type ReadyInfo,
   type WarmGuestDriver,
-} from "./driver.js";
-import { ProvisionError } from "./failure-codes.js";
+} from "../driver.js";
+import { ProvisionError } from "../failure-codes.js";
 
 export interface QemuDriverOptions {
   dataDir: string;
@@ -253,21 +253,28 @@ export class QemuDriver implements Driver {
   async adopt(spec: InstanceSpec, ctx: DriverContext): Promise<AdoptResult> {
     const rt = spec.runtime as Runtime | null;
     const guestId = rt?.guestId ?? spec.id;
-    const res = await this.o.hypervisor.adopt(guestId);
-    if (!res.adopted) {
-      if (rt) await this.release(guestId, spec.id, rt, this.o.logger, { keepRunDir: true }).catch(() => undefined);
-      return { alive: false, reason: `${res.reason}: ${res.detail}` };
-    }
-    if (!rt) return { alive: false, reason: "no runtime record for a running guest" };
-    this.cids.add(rt.cid);
+    const res = await this.adoptRunning(guestId, spec.id, rt, { keepRunDir: true });
+    if (!res.alive) return res;
     this.owners.set(guestId, spec.id);
-    this.watchExit(guestId);
     const log = this.o.logger.child({ instance: spec.name, instance_id: spec.id });
     this.rememberRecordedChannel(guestId, res.record, log);
     const paths = runPaths(this.o.dataDir, guestId);
     const watch = watchBootPhases(paths.serialLog, { fromOffset: res.record.serialOffset });
-    const ready = this.bringUp(spec, rt, ctx, log, performance.now(), watch).finally(() => watch.stop());
+    const ready = this.bringUp(spec, res.rt, ctx, log, performance.now(), watch).finally(() => watch.stop());
     return { alive: true, ready };
+  }
+
+  /** Takes back a guest that survived a cvmd restart, or releases what is left of one that did not. */
+  private async adoptRunning(guestId: string, ownerId: string, rt: Runtime | null, opts: { keepRunDir: boolean }) {
+    const res = await this.o.hypervisor.adopt(guestId);
+    if (!res.adopted) {
+      if (rt) await this.release(guestId, ownerId, rt, this.o.logger, opts).catch(() => undefined);
+      return { alive: false as const, reason: `${res.reason}: ${res.detail}` };
+    }
+    if (!rt) return { alive: false as const, reason: "no runtime record for a running guest" };
+    this.cids.add(rt.cid);
+    this.watchExit(guestId);
+    return { alive: true as const, record: res.record, rt };
   }
 
   async destroy(spec: InstanceSpec): Promise<void> {
@@ -547,18 +554,12 @@ export class QemuDriver implements Driver {
 
   private async adoptPoolGuest(g: PoolGuestSpec, ctx: PoolGuestContext): Promise<AdoptPoolResult> {
     const rt = g.runtime as Runtime | null;
-    const res = await this.o.hypervisor.adopt(g.id);
-    if (!res.adopted) {
-      if (rt) await this.release(g.id, g.id, rt, this.o.logger, { keepRunDir: false }).catch(() => undefined);
-      return { alive: false, reason: `${res.reason}: ${res.detail}` };
-    }
-    if (!rt) return { alive: false, reason: "no runtime record for a running guest" };
-    this.cids.add(rt.cid);
+    const res = await this.adoptRunning(g.id, g.id, rt, { keepRunDir: false });
+    if (!res.alive) return res;
     this.unclaimed.add(g.id);
-    this.watchExit(g.id);
     const log = this.o.logger.child({ pool_guest: g.id });
     this.rememberRecordedChannel(g.id, res.record, log);
-    return { alive: true, prepared: this.prepareGuest(g.id, rt.cid, ctx, log, performance.now()) };
+    return { alive: true, prepared: this.prepareGuest(g.id, res.rt.cid, ctx, log, performance.now()) };
   }
 
   /** hello → prepare → prepared: everything that does not depend on a tenant. */

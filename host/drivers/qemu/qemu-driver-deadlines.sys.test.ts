@@ -3,17 +3,17 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { sshKeyPair } from "../../test/support/ssh-keys.js";
-import type { AgentDoubleMode } from "../../test/support/agent-double.js";
-import { AgentVmHypervisorDouble, socatVsockStandIn } from "../../test/support/agent-vm-double.js";
-import { startTestDaemon, type TestDaemon } from "../../test/support/daemon.js";
-import { ImageCatalog } from "../images/image-catalog.js";
-import { NftEgressFirewall } from "../net/egress-firewall.js";
-import { NetnsGuestNetwork } from "../net/guest-network.js";
-import { NftCommandRunner } from "../net/nft-runner.js";
-import type { GuestProfile } from "../vmm/hypervisor.js";
+import { sshKeyPair } from "../../../test/support/ssh-keys.js";
+import type { AgentDoubleMode } from "../../../test/support/agent-double.js";
+import { AgentVmHypervisorDouble, socatVsockStandIn } from "../../../test/support/agent-vm-double.js";
+import { startTestDaemon, type TestDaemon } from "../../../test/support/daemon.js";
+import { ImageCatalog } from "../../images/image-catalog.js";
+import { NftEgressFirewall } from "../../net/egress-firewall.js";
+import { NetnsGuestNetwork } from "../../net/guest-network.js";
+import { NftCommandRunner } from "../../net/nft-runner.js";
+import type { GuestProfile } from "../../vmm/hypervisor.js";
 import { QemuDriver } from "./qemu-driver.js";
-import { prerequisites } from "../../test/support/prerequisites.js";
+import { prerequisites } from "../../../test/support/prerequisites.js";
 
 const why = prerequisites("setup-deadline tests", { root: true, tools: [["ip", ["-V"]], ["nft", ["--version"]], ["dnsmasq", ["--version"]], ["socat", ["-V"]]] });
 

@@ -1,6 +1,6 @@
 import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
-import type { EgressFirewall, EgressSample } from "../net/egress-firewall.js";
+import type { EgressFirewall, EgressSample } from "./egress-firewall.js";
 import type { Database } from "../store/db.js";
 import type { EgressStore } from "../store/egress.js";
 import type { InstanceStore } from "../store/instances.js";
