@@ -13,6 +13,7 @@ import { UnavailableDriver } from "./drivers/unavailable-driver.js";
 import { PoolGuestStore, SettingsStore } from "./store/pool-guests.js";
 import { AttestationService, buildCollateralProvider, type ConfiguredCollateralProvider } from "./attest/index.js";
 import { QuoteVerifier } from "../shared/tdx/index.js";
+import { ImageCatalog } from "./images/image-catalog.js";
 import { ApiKeyStore } from "./store/api-keys.js";
 import { Database, withoutPassword } from "./store/db.js";
 import { IdempotencyStore } from "./store/idempotency.js";
@@ -236,6 +237,7 @@ async function launch(config: Config, deps: DaemonDeps, { tls, collateral }: Pre
     metrics,
     rateLimiter: new RateLimiter(config.rateLimit, { securityLog, metrics }),
     trustedProxies: new TrustedProxies(config.trustedProxies),
+    images: new ImageCatalog({ dir: config.vm.imageDir, logger: log.child({ component: "images" }) }),
     attestation: new AttestationService({
       verifier: deps.quoteVerifier ?? new QuoteVerifier(),
       collateral,

@@ -12,7 +12,7 @@ import { ApiKeyStore } from "../store/api-keys.js";
 import { Database } from "../store/db.js";
 import { InstanceStore } from "../store/instances.js";
 import { TenantStore } from "../store/tenants.js";
-import { isoSeconds } from "../../shared/api/types.js";
+import { isoSeconds } from "../../shared/api/schemas.js";
 import { UsageError, withDb, type CliContext } from "./context.js";
 
 // The operator commands of issue 10: key rotation, instance teardown, backup and restore.

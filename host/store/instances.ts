@@ -1,4 +1,4 @@
-import type { InstanceStatus } from "../../shared/api/types.js";
+import type { InstanceStatus } from "../../shared/api/schemas.js";
 import type { Database } from "./db.js";
 import type { SqlValue } from "./sql-connection.js";
 import { ReadCache, UNSIGNALLED_CHANGE_MAX_AGE_MS } from "./read-cache.js";

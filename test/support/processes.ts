@@ -10,11 +10,11 @@ export function tsEntry(entry: string): string[] {
   return ["--import", "tsx", ROOT + entry];
 }
 
-/** cvmctl and cvmd get the test database of their CVM_DATA_DIR (SQLite there, or PostgreSQL: test-database.ts). */
-export async function cvmctl(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+/** Runs one of our command-line entry points as its own process with only `env` (and PATH), and the test database of its CVM_DATA_DIR (SQLite there, or PostgreSQL: test-database.ts). */
+async function runEntry(entry: string, args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
   const dbEnv = await testDatabaseEnv(env);
   try {
-    const { stdout, stderr } = await execFileP(process.execPath, [...tsEntry("host/cli/main.ts"), ...args], {
+    const { stdout, stderr } = await execFileP(process.execPath, [...tsEntry(entry), ...args], {
       env: { PATH: process.env.PATH, ...dbEnv, ...env },
       timeout: 60_000,
     });
@@ -24,6 +24,11 @@ export async function cvmctl(args: string[], env: Record<string, string>): Promi
     return { code: typeof e.code === "number" ? e.code : 1, stdout: e.stdout ?? "", stderr: e.stderr ?? "" };
   }
 }
+
+export const cvmctl = (args: string[], env: Record<string, string>) => runEntry("host/cli/main.ts", args, env);
+
+/** cvm-verify (guest/verify/bin.ts), e.g. the tenant mode against a running cvmd. */
+export const cvmVerify = (args: string[], env: Record<string, string>) => runEntry("guest/verify/bin.ts", args, env);
 
 /** Runs cvmd expecting it to stop by itself before it listens: its exit code and its stderr. */
 export async function cvmdUntilExit(env: Record<string, string>, timeoutMs = 60_000): Promise<{ code: number | null; stderr: string }> {

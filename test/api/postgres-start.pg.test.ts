@@ -1,9 +1,9 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { tempDir } from "../support/daemon.js";
 import { cvmctl, cvmdUntilExit } from "../support/processes.js";
-import { postgresUrlFor, TEST_DATABASE } from "../support/test-database.js";
+import { postgresUrlFor } from "../support/test-database.js";
 
-describe.runIf(TEST_DATABASE === "postgres")("cvmd and cvmctl on a PostgreSQL URL that cannot work", () => {
+describe("cvmd and cvmctl on a PostgreSQL URL that cannot work", () => {
   const dir = tempDir();
   afterAll(() => dir.remove());
 
