@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps build image run test test-fast bench clean typecheck structure install
+.PHONY: help deps build image run test test-fast bench clean typecheck structure install verifier
 
 help:
 	@echo "make run        install dependencies, build, start cvmd (data in ./var)"
@@ -10,6 +10,7 @@ help:
 	@echo "make test-fast  every test but the VM E2E tests (test/e2e/), without building the image"
 	@echo "make bench      run the benchmarks in bench/ and print their figures"
 	@echo "make image      build (or reuse from cache) the measured guest image into images/out/current"
+	@echo "make verifier   pack cvm-verify for a tenant's machine: dist/cvm-verify-<version>.tgz (no dependencies)"
 
 deps:
 	@bash scripts/install-deps.sh
@@ -23,8 +24,11 @@ typecheck: deps
 	npx tsc -p tsconfig.check.json
 
 # The image carries the compiled agent, so it follows `build`; its recipe caches the slow parts.
+# IMAGE_ARGS passes build flags (--firmware, --qemu-version, --memory-mib) that decide the expected
+# measurements; the build prints the manifest's sha256 last.
+IMAGE_ARGS ?=
 image: build
-	bash images/build.sh --require-agent
+	bash images/build.sh --require-agent $(IMAGE_ARGS)
 
 # One pre-booted guest by default, so the first create is a warm claim (override: CVM_WARM_POOL_SIZE=0 make run).
 # CVM_DRIVER=none boots no guest, so it skips the image, the slow part of a first run. (Only the
@@ -38,15 +42,26 @@ structure: deps
 	npx depcruise host guest shared images test bench --config .dependency-cruiser.cjs
 	npx jscpd
 
+# The JSON report lets scripts/require-all-ran.mjs count what did not run: under
+# CVM_REQUIRE_SYSTEM_TESTS=1 (CI) any skipped test fails the run.
+VITEST_REPORT = --reporter=default --reporter=json --outputFile.json=var/test-report.json
+
 test: image structure
 	npx tsc -p tsconfig.check.json
-	npx vitest run
+	npx vitest run $(VITEST_REPORT)
+	node scripts/require-all-ran.mjs var/test-report.json
 
 # The loop while working: no image build and no VM E2E tests. Tests needing an image (the boot
 # check, the kernel checks) use one already built, or skip saying so.
 test-fast: build structure
 	npx tsc -p tsconfig.check.json
-	npx vitest run --exclude 'test/e2e/**'
+	npx vitest run --exclude 'test/e2e/**' $(VITEST_REPORT)
+	node scripts/require-all-ran.mjs var/test-report.json
+
+# The tenant's verifier as one dependency-free npm package. It needs only node_modules (a tenant's
+# `npm ci --ignore-scripts` is enough), so it does not go through `deps`, which installs host packages as root.
+verifier:
+	node scripts/pack-verifier.mjs
 
 bench: deps
 	npx vitest run --config bench/vitest.bench.config.ts

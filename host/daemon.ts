@@ -13,8 +13,9 @@ import { UnavailableDriver } from "./drivers/unavailable-driver.js";
 import { PoolGuestStore, SettingsStore } from "./store/pool-guests.js";
 import { AttestationService, buildCollateralProvider, type ConfiguredCollateralProvider } from "./attest/index.js";
 import { QuoteVerifier } from "../shared/tdx/index.js";
+import { ImageCatalog } from "./images/image-catalog.js";
 import { ApiKeyStore } from "./store/api-keys.js";
-import { Database } from "./store/db.js";
+import { Database, withoutPassword } from "./store/db.js";
 import { IdempotencyStore } from "./store/idempotency.js";
 import { InstanceStore } from "./store/instances.js";
 import { TenantStore } from "./store/tenants.js";
@@ -68,6 +69,17 @@ export interface RunningDaemon {
 }
 
 export const DB_FILE = "cvm.sqlite";
+
+/**
+ * The database `config` names: PostgreSQL at CVM_DATABASE_URL, else the SQLite file `dbFile` in the
+ * data dir. On PostgreSQL, key and tenant changes are signalled through a file in the data dir,
+ * which cvmd and cvmctl share as they share the SQLite file's (see ChangeTracker).
+ */
+export function openDatabase(config: Config, opts: { dbFile?: string; readonly?: boolean; busyTimeoutMs?: number } = {}): Promise<Database> {
+  const { dbFile, ...open } = opts;
+  if (config.databaseUrl) return Database.openPostgres(config.databaseUrl, { changeFile: join(config.dataDir, "postgres-authgen"), ...open });
+  return Database.open(join(config.dataDir, dbFile ?? DB_FILE), open);
+}
 
 /** Version from our package.json, found by walking up (the same code runs from host/ and dist/host/). */
 export function packageVersion(): string {
@@ -146,12 +158,15 @@ async function launch(config: Config, deps: DaemonDeps, { tls, collateral }: Pre
     return acquireDaemonLock(config.dataDir);
   });
   stack.defer(() => lock.release());
-  const dbSettingCodes = ["SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "EROFS", "EACCES"];
-  const db = await namingSetting("CVM_DATA_DIR", config.dataDir, dbSettingCodes, () => Database.open(join(config.dataDir, DB_FILE)));
+  // What no restart mends: a file SQLite may not open or write; a PostgreSQL password, role or
+  // database that is wrong (28P01, 28000, 3D000), a role without the right to create the tables
+  // (42501), a host name that does not resolve.
+  const dbSettingCodes = ["SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "EROFS", "EACCES", "28P01", "28000", "3D000", "42501", "ENOTFOUND"];
+  const [dbSetting, dbValue] = config.databaseUrl ? ["CVM_DATABASE_URL", withoutPassword(config.databaseUrl)] : ["CVM_DATA_DIR", config.dataDir];
+  const db = await namingSetting(dbSetting, dbValue, dbSettingCodes, () => openDatabase(config));
   stack.defer(() => db.close());
-  await namingSetting("CVM_DATA_DIR", config.dataDir, dbSettingCodes, () => db.migrate());
-  const version = (await db.get<{ user_version: number }>("PRAGMA user_version"))!.user_version;
-  log.info({ schema_version: version, data_dir: config.dataDir }, "database ready");
+  const version = await namingSetting(dbSetting, dbValue, dbSettingCodes, () => db.migrate());
+  log.info({ schema_version: version, data_dir: config.dataDir, database: db.dialect === "postgres" ? db.path : join(config.dataDir, DB_FILE) }, "database ready");
 
   const tenants = new TenantStore(db);
   const keys = new ApiKeyStore(db);
@@ -221,6 +236,7 @@ async function launch(config: Config, deps: DaemonDeps, { tls, collateral }: Pre
     metrics,
     rateLimiter: new RateLimiter(config.rateLimit, { securityLog, metrics }),
     trustedProxies: new TrustedProxies(config.trustedProxies),
+    images: new ImageCatalog({ dir: config.vm.imageDir, logger: log.child({ component: "images" }) }),
     attestation: new AttestationService({
       verifier: deps.quoteVerifier ?? new QuoteVerifier(),
       collateral,

@@ -469,5 +469,7 @@ ln -sfn "$IMAGE_ID" "$OUT_ROOT/current"
 
 stage "done: $DEST"
 echo "[image] image_id=$IMAGE_ID root_hash=$ROOT_HASH" >&2
+# What a tenant compares after rebuilding from the same commit (and what GET /v1/images/{id}/manifest's sha256 is).
+echo "[image] manifest_sha256=$(sha256sum <"$DEST/manifest.json" | cut -d' ' -f1) $DEST/manifest.json" >&2
 du -h "$DEST"/vmlinuz "$DEST"/initrd.img "$DEST"/rootfs.img "$DEST"/rootfs.verity >&2
 echo "$DEST"

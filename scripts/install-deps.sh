@@ -11,6 +11,7 @@ PACKAGES=(
   mmdebstrap cryptsetup-bin erofs-utils squashfs-tools e2fsprogs cpio busybox-static zstd  # image build
   jq curl dnsutils bind9 systemd          # the contract's quickstart, DNS checks (BIND for RFC 2136), systemd-analyze
   sqlite3 iputils-ping                    # tests: reading cvmd's database, making a pool guest send traffic
+  postgresql                              # tests: the store and API suites again on PostgreSQL (a throwaway cluster)
   python3 procps passwd make              # tests: tap guard stand-in, sysctl, useradd, make install
 )
 

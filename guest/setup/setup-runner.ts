@@ -245,7 +245,6 @@ export class SetupRunner {
     });
   }
 
-  /** The service account (created if needed), its ~/.openclaw and the configuration file's host path. */
   /** Records the configuration's digest in the event log, then writes it for OpenClaw's account. */
   private writeOpenClawConfig(step: Step, event: "openclaw-config" | "openclaw-config-neutral", text: string): Promise<UserAccount> {
     return step("openclaw_config", "setup_failed", async () => {
@@ -256,6 +255,7 @@ export class SetupRunner {
     });
   }
 
+  /** The service account (created if needed), its ~/.openclaw and the configuration file's host path. */
   private async openclawConfigPath(): Promise<{ account: UserAccount; path: string }> {
     const account = await this.o.accounts.ensure(this.o.user);
     const dir = this.o.root.path(join(account.home, ".openclaw"));

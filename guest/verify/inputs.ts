@@ -1,6 +1,7 @@
 /** Decoding the CLI's inputs: quote files in any of the forms people save them in, and times. */
 import { readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
+import { ManifestError, parseManifest, type ImageManifest } from "../../shared/tdx/index.js";
 
 export class InputError extends Error {
   override name = "InputError";
@@ -41,6 +42,16 @@ export async function readJsonFile(path: string, what: string): Promise<unknown>
     return JSON.parse(text);
   } catch (e) {
     throw new InputError(`${what} ${path} is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** An image manifest.json (only expected_measurements matters here). */
+export async function readManifestFile(path: string): Promise<ImageManifest> {
+  try {
+    return parseManifest(await readJsonFile(path, "image manifest"));
+  } catch (e) {
+    if (e instanceof ManifestError) throw new InputError(`${path}: ${e.message}`);
+    throw e;
   }
 }
 

@@ -1,5 +1,7 @@
 /**
- * cvm-verify: checks a TDX quote, either a saved one (offline) or a fresh one from this guest (live).
+ * cvm-verify: checks a TDX quote, either a saved one (offline), a fresh one from this guest (live), or
+ * a fresh one of an instance asked through cvmd's API from the tenant's own machine (tenant, --api:
+ * tenant.ts, which then writes known_hosts lines for the instance).
  *
  *   cvm-verify --quote FILE --collateral FILE [--at TIME] [--json] [--accept-tcb-status LIST]
  *              [--manifest FILE [--allow-unchecked REGS]] [--event-log FILE]
@@ -15,34 +17,24 @@
  */
 import { randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { parseArgs } from "node:util";
 import {
-  CollateralError,
-  PcsCollateralSource,
-  ManifestError,
-  TcbPolicyError,
   applyTcbPolicy,
   checkEventLog,
   compareMeasurements,
   describeChecks,
-  loadCollateralFile,
-  parseAcceptedTcbStatuses,
-  parseWaivers,
   parseEventLog,
-  parseManifest,
-  parseQuote,
   reportDataFor,
   verifyQuote,
-  type Collateral,
   type EventLogCheck,
   type ManifestMeasurement,
   type MeasurementReport,
   type TcbStatus,
   type Verdict,
 } from "../../shared/tdx/index.js";
-import { parseCertificate, parseSgxExtension, splitPemChain } from "../../shared/tdx/pck.js";
-import { InputError, decodeQuoteFile, parseTime, readHostKeys, readJsonFile } from "./inputs.js";
+import { UsageError, cannotRun, collateralFor, parseCommandLine, parsePolicyOptions, processIo, verdictLines, type Io } from "./common.js";
+import { InputError, decodeQuoteFile, readHostKeys, readJsonFile, readManifestFile } from "./inputs.js";
 import { authorizedKeyFingerprints, compareSshKeys, injectedFingerprints, type SshKeyReport } from "./ssh-keys.js";
+import { tenantMain } from "./tenant.js";
 import { ConfigfsTsm, DEFAULT_TSM_ROOT, TsmUnavailableError, nodeTsmFs, type TsmFs } from "./tsm.js";
 
 // No default manifest: the image cannot carry its own expected measurements (its root hash is in the
@@ -52,21 +44,27 @@ export const DEFAULT_EVENT_LOG = "/run/cvm/rtmr3-events.json";
 export const DEFAULT_SSH_DIR = "/var/lib/cvm/ssh";
 export const DEFAULT_AUTHORIZED_KEYS = "/home/azureuser/.ssh/authorized_keys";
 
-export interface Io {
-  out(text: string): void;
-  err(text: string): void;
-}
+export type { Io };
 
 export interface MainDeps {
   io?: Io;
   /** Filesystem view of configfs-tsm; tests pass a fake kernel tree. */
   tsmFs?: TsmFs;
   now?: () => Date;
+  /** The environment (bin.ts passes process.env): the tenant mode reads CA_API_KEY and HOME from it. */
+  env?: Readonly<Record<string, string | undefined>>;
+  /**
+   * Tests only, and not reachable from the command line: the DER of a test root CA standing in for
+   * Intel's, because no quote over a fresh nonce can be signed by Intel's keys without TDX hardware.
+   */
+  rootCaDer?: Uint8Array;
 }
 
 const USAGE = `usage:
   cvm-verify --quote FILE --collateral FILE [--at TIME] [options]     verify a saved quote offline
   cvm-verify [--collateral FILE | --pccs URL] [options]               verify this guest (configfs-tsm)
+  cvm-verify --api URL --instance NAME --manifest FILE ...           verify an instance from your machine
+                                                                     (cvm-verify --api URL --help)
 options:
   --at TIME               ISO 8601 or Unix seconds (default: now)
   --accept-tcb-status LIST  comma-separated TCB statuses that pass (default: UpToDate)
@@ -80,8 +78,6 @@ options:
   --authorized-keys FILE  (default ${DEFAULT_AUTHORIZED_KEYS})
   --pccs URL              PCCS / Intel PCS base URL to fetch collateral from
 exit: 0 verified and accepted, 1 not, 2 could not run`;
-
-class UsageError extends Error {}
 
 const NO_MANIFEST_LIVE =
   "no image manifest: pass --manifest FILE, the manifest.json the operator publishes for this instance's image (images/out/<image id>/manifest.json on the host), without which MRTD and RTMR0-2 are not checked";
@@ -102,51 +98,16 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options | "help" {
-  let v;
-  try {
-    v = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        quote: { type: "string" },
-        collateral: { type: "string" },
-        pccs: { type: "string" },
-        at: { type: "string" },
-        json: { type: "boolean", default: false },
-        "accept-tcb-status": { type: "string" },
-        manifest: { type: "string" },
-        "allow-unchecked": { type: "string" },
-        "event-log": { type: "string" },
-        "tsm-root": { type: "string" },
-        "ssh-dir": { type: "string" },
-        "authorized-keys": { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    }).values;
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
+  const v = parseCommandLine(argv, {
+    quote: { type: "string" },
+    "event-log": { type: "string" },
+    "tsm-root": { type: "string" },
+    "ssh-dir": { type: "string" },
+    "authorized-keys": { type: "string" },
+  });
   if (v.help) return "help";
-  let accept: TcbStatus[];
-  let allowUnchecked: ManifestMeasurement[] = [];
-  try {
-    accept = parseAcceptedTcbStatuses(v["accept-tcb-status"], "--accept-tcb-status");
-    if (v["allow-unchecked"] !== undefined) allowUnchecked = parseWaivers(v["allow-unchecked"]);
-  } catch (e) {
-    if (e instanceof TcbPolicyError || e instanceof ManifestError) throw new UsageError(e.message.replace(/^allow-unchecked/, "--allow-unchecked"));
-    throw e;
-  }
-  if (v["allow-unchecked"] !== undefined && !v.manifest) throw new UsageError("--allow-unchecked waives registers of a manifest: pass --manifest FILE too");
+  const { accept, allowUnchecked, at } = parsePolicyOptions(v);
   if (v.quote && !v.collateral && !v.pccs) throw new UsageError("--quote needs --collateral FILE (or --pccs URL)");
-  let at: Date | undefined;
-  if (v.at !== undefined) {
-    try {
-      at = parseTime(v.at);
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
-  }
   const live = !v.quote;
   return {
     quote: v.quote,
@@ -196,29 +157,6 @@ async function eventLogInput(path: string | undefined, live: boolean): Promise<{
   }
 }
 
-async function collateralFor(quote: Buffer, o: Options): Promise<Collateral> {
-  if (o.collateral) {
-    try {
-      return await loadCollateralFile(o.collateral);
-    } catch (e) {
-      if (e instanceof CollateralError) throw new InputError(`${o.collateral}: ${e.message}`);
-      throw new InputError(`cannot read collateral ${o.collateral}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
-  }
-  if (!o.pccs) throw new InputError("no collateral: pass --collateral FILE or --pccs URL");
-  // The FMSPC and issuing CA come from the (not yet verified) PCK certificate; the fetched collateral
-  // is verified like any other, so a lying certificate only gets itself the wrong collateral.
-  const q = parseQuote(quote);
-  const leaf = parseCertificate(splitPemChain(q.pckChainRaw, "PCK chain", true)[0]!);
-  const fmspc = parseSgxExtension(leaf.sgxExtension ?? Buffer.alloc(0)).fmspc.toString("hex");
-  const ca = /Processor CA/i.test(leaf.issuer) ? "processor" : "platform";
-  try {
-    return await new PcsCollateralSource(o.pccs).get(fmspc, ca);
-  } catch (e) {
-    throw new InputError(`fetching collateral from ${o.pccs}: ${(e as Error).message}`);
-  }
-}
-
 async function run(o: Options, deps: MainDeps): Promise<Report> {
   const live = !o.quote;
   let quote: Buffer;
@@ -241,19 +179,11 @@ async function run(o: Options, deps: MainDeps): Promise<Report> {
     quote = decodeQuoteFile(raw);
   }
   const eventsIn = await eventLogInput(o.eventLog, live);
-  let manifest;
-  if (o.manifest) {
-    try {
-      manifest = parseManifest(await readJsonFile(o.manifest, "image manifest"));
-    } catch (e) {
-      if (e instanceof ManifestError) throw new InputError(`${o.manifest}: ${e.message}`);
-      throw e;
-    }
-  }
+  const manifest = o.manifest ? await readManifestFile(o.manifest) : undefined;
 
   const collateral = await collateralFor(quote, o);
   const at = o.at ?? (deps.now ?? (() => new Date()))();
-  const verdict = await verifyQuote(quote, collateral, { at });
+  const verdict = await verifyQuote(quote, collateral, { at, rootCaDer: deps.rootCaDer });
   const m = verdict.measurements;
 
   const report: Report = {
@@ -327,33 +257,9 @@ async function run(o: Options, deps: MainDeps): Promise<Report> {
 }
 
 function render(r: Report): string {
-  const v = r.verdict;
   const lines: string[] = [];
   lines.push(`cvm-verify (${r.mode}): ${r.ok ? "OK" : "FAIL"}`);
-  if (v.quote) {
-    lines.push(
-      `  quote        TDX v${v.quote.version} (${v.quote.report_type === "td15" ? "TD report 1.5" : "TD report 1.0"}), ${v.quote.size} bytes` +
-        (v.quote.trailing_bytes ? ` (${v.quote.trailing_bytes} trailing)` : "") +
-        (r.fmspc ? `, FMSPC ${r.fmspc}` : ""),
-    );
-  }
-  lines.push(`  verified at  ${v.at}`);
-  lines.push(`  signatures   ${v.ok ? "valid (PCK chain to Intel SGX Root CA, CRLs, QE report, quote)" : "NOT valid"}`);
-  if (v.status) {
-    const t = v.tcb;
-    lines.push(
-      `  TCB status   ${v.status}` +
-        (t ? ` (platform ${t.platform_status}, TDX module ${t.tdx_module_status ?? "n/a"}, QE ${t.qe_status})` : "") +
-        (r.accepted_statuses.includes(v.status) ? ", accepted" : `, not accepted (accepted: ${r.accepted_statuses.join(", ")})`),
-    );
-    lines.push(`  advisories   ${v.advisory_ids.length ? v.advisory_ids.join(", ") : "none"}`);
-  }
-  if (r.measurements) {
-    const m = r.measurements;
-    lines.push(`  MRTD         ${m.mrtd}`);
-    for (const k of ["rtmr0", "rtmr1", "rtmr2", "rtmr3"] as const) lines.push(`  ${k.toUpperCase()}        ${m[k]}`);
-    lines.push(`  REPORTDATA   ${m.report_data}`);
-  }
+  lines.push(...verdictLines(r.verdict, r.accepted_statuses));
   if (r.report_data_binding) {
     lines.push(`  binding      ${r.report_data_binding.ok ? "REPORTDATA = H(nonce, host keys): yes" : "REPORTDATA does NOT match H(nonce, host keys)"} (${r.report_data_binding.host_keys} host keys)`);
   }
@@ -379,7 +285,8 @@ function render(r: Report): string {
 }
 
 export async function main(argv: string[], deps: MainDeps = {}): Promise<number> {
-  const io: Io = deps.io ?? { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
+  const io: Io = deps.io ?? processIo;
+  if (argv.some((a) => a === "--api" || a.startsWith("--api="))) return tenantMain(argv, deps);
   let opts: Options | "help";
   try {
     opts = parseOptions(argv);
@@ -395,11 +302,7 @@ export async function main(argv: string[], deps: MainDeps = {}): Promise<number>
   try {
     report = await run(opts, deps);
   } catch (e) {
-    const known = e instanceof InputError || e instanceof TsmUnavailableError || e instanceof UsageError;
-    const msg = known ? (e as Error).message : `cannot run: ${(e as Error).message}`;
-    if (opts.json) io.out(JSON.stringify({ ok: false, status: null, advisory_ids: [], reason: msg, measurements: null, error: "cannot_run" }) + "\n");
-    io.err(`cvm-verify: ${msg}\n`);
-    return 2;
+    return cannotRun(io, opts.json, e, e instanceof InputError || e instanceof TsmUnavailableError || e instanceof UsageError);
   }
   io.out(opts.json ? JSON.stringify(report) + "\n" : render(report));
   return report.ok ? 0 : 1;

@@ -14,6 +14,7 @@ import { instanceRoutes } from "./routes/instances.js";
 import { attestationRoutes } from "./routes/attestation.js";
 import type { AttestationService } from "../attest/index.js";
 import { usageRoutes, type UsageSources } from "./routes/usage.js";
+import { imageRoutes, type ImageManifestSource } from "./routes/images.js";
 import { TrustedProxies } from "./middleware/client-address.js";
 import type { Metrics } from "../ops/metrics.js";
 import type { RateLimiter } from "./middleware/rate-limit.js";
@@ -37,6 +38,8 @@ export interface AppDeps {
   trustedProxies?: TrustedProxies;
   /** Quote verification (the daemon always gives one; without it the attestation routes answer 503). */
   attestation?: AttestationService;
+  /** Manifests of the images this server has (GET /v1/images/{id}/manifest); without it that route answers not_found. */
+  images?: ImageManifestSource;
 }
 
 /** Builds the Koa app without listening, so tests and the daemon share it. */
@@ -45,7 +48,7 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   app.proxy = false;
   app.silent = true;
 
-  const doc = openApiDocument({ version: deps.version, models: deps.catalogue.models.map((m) => m.id) });
+  const doc = openApiDocument({ version: deps.version, catalogue: { models: deps.catalogue.models.map((m) => m.id), default: deps.catalogue.default } });
   // One router for every route, run by `dispatch` (see there): a request is matched once.
   const router = new Router();
   router.get("/v1/openapi.json", (ctx) => {
@@ -67,7 +70,8 @@ export function buildApp(deps: AppDeps): { app: Koa; routes: Array<{ method: str
   // Every tenant route is mounted with authentication in front. Authentication runs only once a
   // route matched path and method, so an unknown path is not_found for everyone, and a request it
   // refuses is counted under the route it asked for (the router names the route first).
-  const tenantLayers = [...instances.stack, ...usage.stack, ...attestation.stack];
+  const images = imageRoutes({ images: deps.images });
+  const tenantLayers = [...instances.stack, ...usage.stack, ...attestation.stack, ...images.stack];
   for (const layer of tenantLayers) {
     router.register(layer.path, layer.methods.filter((m) => m !== "HEAD"), [auth, ...layer.stack]);
   }

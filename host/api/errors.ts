@@ -1,4 +1,4 @@
-import type { ApiErrorCode } from "../../shared/api/types.js";
+import type { ApiErrorCode } from "../../shared/api/schemas.js";
 
 /** The only error type handlers throw; the error middleware renders it into the envelope. */
 export class ApiError extends Error {

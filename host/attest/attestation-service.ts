@@ -17,80 +17,20 @@ import {
   type ImageManifest,
   type ManifestMeasurement,
   type Measurements,
-  type MeasurementReport,
   type PckInfo,
   type QuoteVerifier,
   type TcbStatus,
-  type Verdict,
   type VerifyStage,
 } from "../../shared/tdx/index.js";
+import type { InstanceVerdict, ManifestCheck, QuoteCheck, QuoteVerification, ReportDataCheck } from "../../shared/api/schemas.js";
 import type { Clock } from "../clock.js";
 import type { AttestationEvidence, BootedImage } from "../drivers/driver.js";
 import type { Metrics, QuoteVerdict } from "../ops/metrics.js";
 import type { CollateralOrigin, CollateralProvider } from "./collateral-provider.js";
 
-/** DCAP verification of one quote, as the API shows it. */
-export interface QuoteCheck {
-  /** The quote verified and its TCB status is one of accepted_statuses. */
-  ok: boolean;
-  status: Verdict["status"];
-  advisory_ids: string[];
-  reason: string | null;
-  failure: { stage: VerifyStage | "report_data" | "measurements"; code: string } | null;
-  fmspc: string | null;
-  /** Parsed whenever the quote parses; trust them only when ok. */
-  measurements: Measurements | null;
-  quote: Verdict["quote"];
-  tcb: Verdict["tcb"] | null;
-  pck: Verdict["pck"] | null;
-  /** Verification time, ISO 8601. */
-  at: string;
-  collateral_source: CollateralOrigin | null;
-  /** The TCB statuses this server accepts (CVM_ACCEPT_TCB_STATUS, default UpToDate). */
-  accepted_statuses: TcbStatus[];
-}
-
-/** POST /v1/attestation/verify's answer: the DCAP check and the optional comparisons the caller asked for. */
-export type QuoteVerification = QuoteCheck & {
-  report_data?: ReportDataCheck;
-  manifest?: MeasurementReport | { ok: false; reason: string };
-};
-
-export interface ReportDataCheck {
-  ok: boolean;
-  expected: string;
-  /** REPORTDATA in the quote (null when the quote does not parse). */
-  actual: string | null;
-  reason: string | null;
-}
-
-export interface ManifestCheck extends Partial<MeasurementReport> {
-  ok: boolean;
-  image_id: string | null;
-  reason: string | null;
-}
-
-export interface InstanceVerdict {
-  /** Every check below passed: the quote verified with an accepted TCB status, and so on. */
-  ok: boolean;
-  /** The first failing check's reason, prefixed by its name. */
-  reason: string | null;
-  status: Verdict["status"];
-  advisory_ids: string[];
-  fmspc: string | null;
-  tcb: Verdict["tcb"] | null;
-  at: string;
-  collateral_source: CollateralOrigin | null;
-  accepted_statuses: TcbStatus[];
-  /** Registers the caller accepted unchecked (allow_unchecked), whether or not that was needed. */
-  allow_unchecked: ManifestMeasurement[];
-  checks: {
-    quote: { ok: boolean; reason: string | null; failure: QuoteCheck["failure"] };
-    report_data: ReportDataCheck & { agent_reported: string };
-    measurements: ManifestCheck;
-    event_log: EventLogCheck;
-  };
-}
+// The answers' shapes (QuoteCheck, QuoteVerification, ReportDataCheck, ManifestCheck, InstanceVerdict)
+// are the API's, defined once in shared/api/schemas.ts.
+export type { InstanceVerdict, ManifestCheck, QuoteCheck, QuoteVerification, ReportDataCheck };
 
 export interface AttestationServiceDeps {
   /** One per daemon: its cache keeps verified collateral, PCK chains and QE reports warm. */

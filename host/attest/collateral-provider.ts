@@ -10,9 +10,10 @@ import {
   type FetchFn,
   type PckInfo,
 } from "../../shared/tdx/index.js";
+import type { CollateralOrigin } from "../../shared/api/schemas.js";
 
-/** Where a verification's collateral came from, as verdicts report it. */
-export type CollateralOrigin = "request" | "file" | "pccs";
+/** Where a verification's collateral came from, as verdicts report it (shared/api/schemas.ts). */
+export type { CollateralOrigin };
 
 export type CollateralLookup = { collateral: Collateral; source: CollateralOrigin } | { collateral: null; reason: string };
 

@@ -1,9 +1,8 @@
 import { mkdirSync } from "node:fs";
-import { join } from "node:path";
 import { ConfigError, loadConfig, type Config } from "../config.js";
-import { DB_FILE } from "../daemon.js";
+import { DB_FILE, openDatabase } from "../daemon.js";
 import { tellDaemonAuthChanged } from "../ops/control-socket.js";
-import { Database } from "../store/db.js";
+import type { Database } from "../store/db.js";
 
 export interface Io {
   out(line: string): void;
@@ -53,10 +52,10 @@ export function cliContext(env: NodeJS.ProcessEnv, io: Io): CliContext {
   };
 }
 
-/** Opens (and migrates) the data dir's database for one operation. */
+/** Opens (and migrates) the configured database (the data dir's, or CVM_DATABASE_URL's) for one operation. */
 export async function withDb<T>(config: Config, dbFile: string, fn: (db: Database) => Promise<T>): Promise<T> {
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
-  const db = await Database.open(join(config.dataDir, dbFile));
+  const db = await openDatabase(config, { dbFile });
   try {
     await db.migrate();
     return await fn(db);

@@ -12,7 +12,7 @@ import { ApiKeyStore } from "../store/api-keys.js";
 import { Database } from "../store/db.js";
 import { InstanceStore } from "../store/instances.js";
 import { TenantStore } from "../store/tenants.js";
-import { isoSeconds } from "../../shared/api/types.js";
+import { isoSeconds } from "../../shared/api/schemas.js";
 import { UsageError, withDb, type CliContext } from "./context.js";
 
 // The operator commands of issue 10: key rotation, instance teardown, backup and restore.
@@ -62,8 +62,14 @@ function report(ctx: CliContext, result: InstanceSummary[], via: "cvmd" | "offli
   if (via === "offline") ctx.io.out("cvmd is not running: marked terminating; cvmd finishes the teardown when it starts");
 }
 
+/** `cvmctl backup` and `restore` copy the SQLite file; a PostgreSQL database has its own tools. */
+function refusePostgres(config: Config, command: "backup" | "restore"): void {
+  if (config.databaseUrl) throw new BackupError(`CVM_DATABASE_URL names a PostgreSQL database, which cvmctl ${command} does not handle (it copies the SQLite file): use PostgreSQL's own tools (pg_dump, pg_restore)`);
+}
+
 export async function backup(ctx: CliContext, file: string): Promise<number> {
   const config = ctx.config();
+  refusePostgres(config, "backup");
   if (!existsSync(join(config.dataDir, ctx.dbFile))) throw new BackupError(`no database in ${config.dataDir}`);
   // Our own connection to the same file: the backup API reads a consistent snapshot even while
   // cvmd (another process) keeps writing.
@@ -79,6 +85,7 @@ export async function backup(ctx: CliContext, file: string): Promise<number> {
 
 export async function restore(ctx: CliContext, file: string): Promise<number> {
   const config = ctx.config();
+  refusePostgres(config, "restore");
   const r = await restoreDatabase(config.dataDir, ctx.dbFile, file, systemClock.now());
   ctx.io.out(`restored ${file}: schema ${r.schemaVersion}, ${r.tenants} tenants, ${r.instances} instances`);
   if (r.previous) ctx.io.out(`previous database kept as ${r.previous}`);

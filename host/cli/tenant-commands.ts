@@ -4,7 +4,7 @@ import { ApiKeyStore } from "../store/api-keys.js";
 import type { Database } from "../store/db.js";
 import { InstanceStore } from "../store/instances.js";
 import { TenantStore } from "../store/tenants.js";
-import { isoSeconds } from "../../shared/api/types.js";
+import { isoSeconds } from "../../shared/api/schemas.js";
 import { CliError, table, withDb, type CliContext } from "./context.js";
 
 interface Json {

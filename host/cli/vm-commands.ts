@@ -2,7 +2,7 @@ import { cp, readdir, readFile, readlink, rename, rm, stat, symlink } from "node
 import { basename, dirname, join } from "node:path";
 import type { Config } from "../config.js";
 import { verifyImageDir, type ImageManifest } from "../images/image-catalog.js";
-import { Database } from "../store/db.js";
+import { openDatabase } from "../daemon.js";
 import { InstanceStore } from "../store/instances.js";
 import { PoolGuestStore } from "../store/pool-guests.js";
 import { TenantStore } from "../store/tenants.js";
@@ -38,7 +38,7 @@ async function pointCurrent(link: string, id: string): Promise<void> {
 }
 
 async function liveImageIds(config: Config): Promise<Set<string>> {
-  const db = await Database.open(join(config.dataDir, "cvm.sqlite"), { readonly: true }).catch(() => null);
+  const db = await openDatabase(config, { readonly: true }).catch(() => null);
   if (!db) return new Set();
   try {
     const live = await new InstanceStore(db).list({ statuses: ["provisioning", "ready", "failed", "terminating"] });
@@ -108,7 +108,7 @@ export async function imageRm(ctx: CliContext, id: string): Promise<number> {
 
 export async function consoleAttach(ctx: CliContext, name: string, o: { tenant?: string; log?: boolean; raw?: boolean }): Promise<number> {
   const config = ctx.config();
-  const db = await Database.open(join(config.dataDir, "cvm.sqlite"), { readonly: true });
+  const db = await openDatabase(config, { readonly: true });
   let runDir: string;
   try {
     const tenants = new TenantStore(db);

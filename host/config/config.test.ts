@@ -23,6 +23,7 @@ writeFileSync(
 const RFC2136 = { CVM_DNS_PROVIDER: "rfc2136", CVM_DNS_UPDATE_SERVER: "192.0.2.53:53", CVM_DNS_TSIG_KEY_NAME: "cvmd-key", CVM_DNS_TSIG_SECRET: SECRET };
 const SAMPLES: Record<string, Record<string, string>> = {
   CVM_DATA_DIR: { CVM_DATA_DIR: "/srv/cvm" },
+  CVM_DATABASE_URL: { CVM_DATABASE_URL: "postgres://cvm:secret@db.example:5432/cvm" },
   CVM_LISTEN: { CVM_LISTEN: "[::1]:8443" },
   CVM_BASE_DOMAIN: { CVM_BASE_DOMAIN: "cvm.example.com" },
   CVM_PRICE_SUBSCRIPTION_USD: { CVM_PRICE_SUBSCRIPTION_USD: "99.00" },
@@ -227,6 +228,8 @@ describe("one error format", () => {
   test("a secret is named, never echoed", () => {
     const bad = "this is the secret!";
     expect(() => loadConfig({ ...RFC2136, CVM_DNS_TSIG_SECRET: bad })).toThrow(/^CVM_DNS_TSIG_SECRET: not base64$/);
+    // A database URL may carry a password.
+    expect(() => loadConfig({ CVM_DATABASE_URL: "mysql://cvm:hunter2@db/cvm" })).toThrow(/^CVM_DATABASE_URL: expected a postgres:\/\/ URL, e.g. postgres:\/\/cvm@db.example\/cvm$/);
   });
 });
 

@@ -1,6 +1,6 @@
 import { availableParallelism, totalmem } from "node:os";
 import { commaList, divisorOf60, hostPort, integer, oneOf, optional, setting, text } from "../../shared/config/settings.js";
-import { addressOrCidr, domainName, httpUrl, usdCents } from "./values.js";
+import { addressOrCidr, domainName, httpUrl, postgresUrl, usdCents } from "./values.js";
 
 /** Rate limits above this are a typo, not a policy. */
 const MAX_PER_MINUTE = 10_000_000;
@@ -8,6 +8,8 @@ const MAX_PER_MINUTE = 10_000_000;
 /** The API daemon's own settings: listeners, data, prices, logs, shutdown. One line per setting. */
 export const DAEMON_SETTINGS = {
   dataDir: setting("CVM_DATA_DIR", text, "./var"),
+  // Secret: the URL may carry the database password, so a bad value is not echoed.
+  databaseUrl: optional("CVM_DATABASE_URL", postgresUrl, { secret: true }),
   listen: setting("CVM_LISTEN", hostPort("127.0.0.1:8080"), "127.0.0.1:8080"),
   baseDomain: setting("CVM_BASE_DOMAIN", domainName, "cvm.localhost"),
   subscriptionCostUsd: setting("CVM_PRICE_SUBSCRIPTION_USD", usdCents, "200.00"),

@@ -19,6 +19,8 @@ export type { VmConfig } from "./vm.js";
  */
 export interface Config {
   dataDir: string;
+  /** PostgreSQL instead of the data dir's SQLite file, when set (CVM_DATABASE_URL; may hold a password). */
+  databaseUrl: string | null;
   listen: { host: string; port: number };
   baseDomain: string;
   pricing: { subscriptionCostUsd: string; instanceHoursIncluded: number; overagePerHourUsd: string };
@@ -92,6 +94,7 @@ function compile(get: Lookup, cwd: string): Config {
   }
   return deepFreeze({
     dataDir: resolve(cwd, d.dataDir),
+    databaseUrl: d.databaseUrl,
     listen: d.listen,
     baseDomain: d.baseDomain,
     pricing: { subscriptionCostUsd: d.subscriptionCostUsd, instanceHoursIncluded: d.instanceHoursIncluded, overagePerHourUsd: d.overagePerHourUsd },

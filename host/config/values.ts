@@ -43,6 +43,9 @@ export function httpUrl(example: string): Value<string> {
   );
 }
 
+/** A PostgreSQL connection URL; what follows the scheme is for the server to judge when cvmd connects. */
+export const postgresUrl: Value<string> = z.string().regex(/^postgres(ql)?:\/\/\S*$/, { error: "expected a postgres:// URL, e.g. postgres://cvm@db.example/cvm" });
+
 /** A DNS name for the base domain: lowercased, without a trailing dot. */
 export const domainName: Value<string> = z
   .string()

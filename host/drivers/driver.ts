@@ -1,5 +1,5 @@
 import type { Logger } from "pino";
-import type { SshEndpoint } from "../../shared/api/types.js";
+import type { SshEndpoint } from "../../shared/api/schemas.js";
 import type { GatewayHandler } from "../link/gateway-streams.js";
 import type { Rtmr3Event } from "../../shared/protocol/messages.js";
 

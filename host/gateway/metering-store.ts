@@ -56,7 +56,7 @@ export interface InferenceRecordRow {
 
 /**
  * Per-request inference records (table `inference_requests`, migration 3) and the exact sums over
- * them. Costs are integer picodollars; sums are taken in SQLite's 64-bit integers split into whole
+ * them. Costs are integer picodollars; sums are taken in the database's 64-bit integers split into whole
  * micro-dollars and the picodollar remainder, read back as text, and added as BigInt, so no sum ever
  * passes through a float.
  */
@@ -101,7 +101,7 @@ export class InferenceUsageStore {
         `INSERT INTO inference_requests (request_id, tenant_id, instance_id, model, endpoint, stream, status, outcome, input_tokens, output_tokens,
            estimated, price_input_micro_usd, price_output_micro_usd, cost_pico_usd, started_at, at)
          VALUES ${batch.map(() => "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)").join(",")}`,
-        // BigInts are bound as decimal text; the INTEGER column affinity stores them as exact integers.
+        // BigInts are bound as decimal text, stored as exact integers (SQLite's INTEGER affinity, PostgreSQL's BIGINT).
         batch.flatMap((rec) => [
           rec.requestId,
           rec.tenantId,

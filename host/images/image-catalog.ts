@@ -99,14 +99,20 @@ export class ImageCatalog {
    * after `current` moved on. Null when there is none.
    */
   async manifestOf(id: string): Promise<ImageManifest | null> {
-    if (!/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/.test(id)) return null;
     if (this.cached?.image.id === id) return this.cached.image.manifest;
+    return (await this.manifestFile(id))?.manifest ?? null;
+  }
+
+  /** manifestOf, with the file's text as stored (what its published digest is over). */
+  async manifestFile(id: string): Promise<{ text: string; manifest: ImageManifest } | null> {
+    if (!/^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$/.test(id)) return null;
     const real = await realpath(this.o.dir).catch(() => null);
     if (!real) return null;
     for (const dir of [real, path.join(path.dirname(real), id)]) {
       try {
-        const m = JSON.parse(await readFile(path.join(dir, "manifest.json"), "utf8")) as ImageManifest;
-        if (m?.image_id === id) return m;
+        const text = await readFile(path.join(dir, "manifest.json"), "utf8");
+        const manifest = JSON.parse(text) as ImageManifest;
+        if (manifest?.image_id === id) return { text, manifest };
       } catch {
         // not this directory
       }

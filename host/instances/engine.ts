@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "pino";
-import type { InstanceStatus } from "../../shared/api/types.js";
+import type { InstanceStatus } from "../../shared/api/schemas.js";
 import type { Clock } from "../clock.js";
 import type { Database } from "../store/db.js";
 import { storageTrouble } from "../store/storage-trouble.js";

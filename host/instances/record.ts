@@ -1,4 +1,4 @@
-import { isoSeconds, type InstanceRecord } from "../../shared/api/types.js";
+import { isoSeconds, type InstanceRecord } from "../../shared/api/schemas.js";
 import type { Instance } from "../store/instances.js";
 
 /** The contract's instance record for `inst`; every field present, `null` where unset. */
@@ -15,7 +15,8 @@ export function toRecord(inst: Instance, tenantSlug: string, baseDomain: string)
     egress_limit_bytes: inst.egressLimitBytes,
     failure_code: inst.failureCode,
     failure_message: inst.failureMessage,
-    terminated_reason: inst.terminatedReason,
+    // Only "deleted_via_api" is ever written (engine.delete, operator-actions); the column is TEXT.
+    terminated_reason: inst.terminatedReason as InstanceRecord["terminated_reason"],
     created_at: isoSeconds(inst.createdAt),
     ready_at: iso(inst.readyAt),
     terminated_at: iso(inst.terminatedAt),

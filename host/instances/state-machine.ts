@@ -1,4 +1,4 @@
-import type { InstanceStatus } from "../../shared/api/types.js";
+import type { InstanceStatus } from "../../shared/api/schemas.js";
 
 /**
  * Every legal status change, in one place. `ready → failed` covers a guest that dies after it was

@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import { INSTANCE_STATUSES, type InstanceStatus } from "../../shared/api/types.js";
+import { INSTANCE_STATUSES, type InstanceStatus } from "../../shared/api/schemas.js";
 import { ApiRequestMetrics } from "./api-request-metrics.js";
 import { FAILURE_CODES } from "../drivers/failure-codes.js";
 import type { InstanceEventNotice } from "../store/instances.js";

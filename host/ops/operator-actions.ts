@@ -1,4 +1,4 @@
-import type { InstanceStatus } from "../../shared/api/types.js";
+import type { InstanceStatus } from "../../shared/api/schemas.js";
 import type { Clock } from "../clock.js";
 import type { LifecycleEngine } from "../instances/engine.js";
 import { canTransition } from "../instances/state-machine.js";

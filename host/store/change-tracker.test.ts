@@ -3,20 +3,21 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ApiKeyStore } from "./api-keys.js";
-import { Database } from "./db.js";
+import { openTestDatabase } from "../../test/support/test-database.js";
+import type { Database } from "./db.js";
 import { InstanceStore } from "./instances.js";
 import { TenantStore } from "./tenants.js";
 
-describe("cached reads and their invalidation (real SQLite file)", () => {
+describe("cached reads and their invalidation (the test database: a SQLite file, or PostgreSQL)", () => {
   let dir: string;
   let a: Database;
   let b: Database;
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), "cvm-cache-"));
-    a = await Database.open(join(dir, "cvm.sqlite"));
+    a = await openTestDatabase(dir);
     await a.migrate();
     // A second connection with its own tracker stands for another process (cvmctl).
-    b = await Database.open(join(dir, "cvm.sqlite"));
+    b = await openTestDatabase(dir);
   });
   afterEach(async () => {
     await a.close();

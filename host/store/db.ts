@@ -1,8 +1,10 @@
 import { chmodSync, closeSync, existsSync, openSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import sqlite3 from "sqlite3";
 import { ChangeTracker } from "./change-tracker.js";
 import { MIGRATIONS } from "./migrations.js";
+import { PostgresConnection } from "./postgres-connection.js";
+import type { Dialect, SqlConnection, SqlValue, TransactionKind } from "./sql-connection.js";
+import { SqliteConnection } from "./sqlite-connection.js";
 
 /**
  * The database is gone (missing or 0 bytes) while the data dir still holds what only a database
@@ -59,8 +61,6 @@ export function refuseLostDatabase(path: string): void {
   );
 }
 
-export type SqlValue = string | number | bigint | null | Buffer;
-
 /** Files SQLite keeps beside a database; they hold the same rows (API key hashes, tenants, quotes). */
 export const DATABASE_SIDE_FILES = ["-wal", "-shm", "-journal"] as const;
 
@@ -75,9 +75,11 @@ export function makeDatabasePrivate(path: string): void {
 }
 
 /**
- * The one SQLite connection of a process, promisified. Writes go through `tx()`, which serialises
- * transactions in-process and opens them with BEGIN IMMEDIATE so that another process (cvmctl, a
- * second cvmd during a restart) waits on the busy timeout instead of failing halfway through.
+ * The database of cvm: SQLite in the data dir (the default), or PostgreSQL (CVM_DATABASE_URL), over
+ * one connection either way. Writes go through `tx()`, which serialises transactions in-process and
+ * opens each so that it behaves as if it ran alone (see `SqlConnection.begin`); a statement issued
+ * while one is open runs inside it. The stores' SQL is written once; `greatest`/`least` and
+ * `isUniqueViolation` cover what the two dialects spell differently.
  */
 export class Database {
   private chain: Promise<unknown> = Promise.resolve();
@@ -86,52 +88,61 @@ export class Database {
   /** Generations of the rows that read caches hold; writers signal through `afterCommit`. */
   readonly changes: ChangeTracker;
 
-  private constructor(private readonly db: sqlite3.Database, readonly path: string) {
-    // Beside the database, so every process that opens the same file signals through the same one.
-    this.changes = new ChangeTracker(path === ":memory:" || path === "" ? null : `${path}-authgen`);
+  /** `path`: the SQLite file, or the PostgreSQL URL without its password. */
+  private constructor(private readonly conn: SqlConnection, readonly path: string, changeFile: string | null) {
+    this.changes = new ChangeTracker(changeFile);
   }
 
+  /** A SQLite file; its change file lies beside it, so every process that opens it signals through the same one. */
   static async open(path: string, opts: { busyTimeoutMs?: number; readonly?: boolean } = {}): Promise<Database> {
-    const mode = opts.readonly ? sqlite3.OPEN_READONLY : sqlite3.OPEN_READWRITE | sqlite3.OPEN_CREATE;
-    if (!opts.readonly && path !== ":memory:" && path !== "") {
+    const memory = path === ":memory:" || path === "";
+    if (!opts.readonly && !memory) {
       refuseLostDatabase(path);
       makeDatabasePrivate(path);
     }
-    const raw = await new Promise<sqlite3.Database>((resolve, reject) => {
-      const d = new sqlite3.Database(path, mode, (err) => (err ? reject(err) : resolve(d)));
-    });
-    const db = new Database(raw, path);
-    raw.configure("busyTimeout", opts.busyTimeoutMs ?? 10_000);
-    if (!opts.readonly) {
-      await db.exec("PRAGMA journal_mode = WAL");
-      // FULL, not NORMAL: in WAL mode NORMAL skips the fsync at each commit, so a power cut can
-      // take back a create already answered 202 (and its idempotency record), and the client's
-      // retry would then make a second instance. FULL syncs the WAL before COMMIT returns.
-      await db.exec("PRAGMA synchronous = FULL");
-    }
-    await db.exec("PRAGMA foreign_keys = ON");
-    return db;
+    return new Database(await SqliteConnection.open(path, opts), path, memory ? null : `${path}-authgen`);
+  }
+
+  /**
+   * A PostgreSQL database. `changeFile` does for its key and tenant changes what the file beside a
+   * SQLite database does (see ChangeTracker): it lies in the data dir, which cvmd and cvmctl share.
+   */
+  static async openPostgres(url: string, opts: { changeFile: string | null; busyTimeoutMs?: number; readonly?: boolean }): Promise<Database> {
+    return new Database(await PostgresConnection.open(url, opts), withoutPassword(url), opts.changeFile);
+  }
+
+  get dialect(): Dialect {
+    return this.conn.dialect;
   }
 
   exec(sql: string): Promise<void> {
-    return new Promise((resolve, reject) => this.db.exec(sql, (err) => (err ? reject(err) : resolve())));
+    return this.conn.exec(sql);
   }
 
-  run(sql: string, params: SqlValue[] = []): Promise<{ changes: number; lastID: number }> {
-    return new Promise((resolve, reject) =>
-      this.db.run(sql, params, function (this: sqlite3.RunResult, err: Error | null) {
-        if (err) reject(err);
-        else resolve({ changes: this.changes, lastID: this.lastID });
-      }),
-    );
+  run(sql: string, params: SqlValue[] = []): Promise<{ changes: number }> {
+    return this.conn.run(sql, params);
   }
 
   get<T>(sql: string, params: SqlValue[] = []): Promise<T | undefined> {
-    return new Promise((resolve, reject) => this.db.get(sql, params, (err, row) => (err ? reject(err) : resolve(row as T | undefined))));
+    return this.conn.get<T>(sql, params);
   }
 
   all<T>(sql: string, params: SqlValue[] = []): Promise<T[]> {
-    return new Promise((resolve, reject) => this.db.all(sql, params, (err, rows) => (err ? reject(err) : resolve(rows as T[]))));
+    return this.conn.all<T>(sql, params);
+  }
+
+  /** SQL for the largest of its arguments: SQLite's scalar MAX, PostgreSQL's GREATEST. */
+  greatest(...args: string[]): string {
+    return `${this.conn.dialect === "postgres" ? "GREATEST" : "MAX"}(${args.join(", ")})`;
+  }
+
+  /** SQL for the smallest of its arguments: SQLite's scalar MIN, PostgreSQL's LEAST. */
+  least(...args: string[]): string {
+    return `${this.conn.dialect === "postgres" ? "LEAST" : "MIN"}(${args.join(", ")})`;
+  }
+
+  isUniqueViolation(err: unknown, table: string, columns: readonly string[]): boolean {
+    return this.conn.isUniqueViolation(err, table, columns);
   }
 
   /**
@@ -145,17 +156,21 @@ export class Database {
     if (this.afterTx) this.afterTx.push(fn);
   }
 
-  /** Runs `fn` inside one IMMEDIATE transaction; concurrent callers queue behind each other. */
+  /** Runs `fn` inside one write transaction; concurrent callers queue behind each other. */
   tx<T>(fn: () => Promise<T>): Promise<T> {
+    return this.transaction("write", fn);
+  }
+
+  private transaction<T>(kind: TransactionKind, fn: () => Promise<T>): Promise<T> {
     const next = this.chain.then(async () => {
-      await this.exec("BEGIN IMMEDIATE");
+      await this.conn.begin(kind);
       const hooks: Array<() => void> = (this.afterTx = []);
       let out: T;
       try {
         out = await fn();
-        await this.exec("COMMIT");
+        await this.conn.commit();
       } catch (err) {
-        await this.exec("ROLLBACK").catch(() => undefined);
+        await this.conn.rollback().catch(() => undefined);
         this.runHooks(hooks);
         throw err;
       }
@@ -182,43 +197,44 @@ export class Database {
     return failure;
   }
 
+  schemaVersion(): Promise<number> {
+    return this.conn.schemaVersion();
+  }
+
+  /**
+   * Applies the migrations this database has not had, each in its own transaction, and returns the
+   * schema version. Each transaction reads the version again, so two processes starting on one
+   * PostgreSQL database apply every migration once.
+   */
   async migrate(): Promise<number> {
-    const row = await this.get<{ user_version: number }>("PRAGMA user_version");
-    let version = row?.user_version ?? 0;
-    if (version > MIGRATIONS.length) {
-      throw new Error(`database schema version ${version} is newer than this cvmd (${MIGRATIONS.length}); refusing to start`);
-    }
-    for (let i = version; i < MIGRATIONS.length; i++) {
-      await this.tx(async () => {
-        await this.exec(MIGRATIONS[i]!);
-        await this.exec(`PRAGMA user_version = ${i + 1}`);
+    const newer = (v: number) => new Error(`database schema version ${v} is newer than this cvmd (${MIGRATIONS.length}); refusing to start`);
+    let version = await this.conn.schemaVersion();
+    if (version > MIGRATIONS.length) throw newer(version);
+    while (version < MIGRATIONS.length) {
+      version = await this.transaction("migration", async () => {
+        const v = await this.conn.schemaVersion();
+        if (v > MIGRATIONS.length) throw newer(v);
+        if (v === MIGRATIONS.length) return v;
+        await this.conn.exec(this.conn.migrationSql(MIGRATIONS[v]!));
+        await this.conn.setSchemaVersion(v + 1);
+        return v + 1;
       });
-      version = i + 1;
     }
     return version;
   }
 
   /** Online copy through SQLite's backup API: consistent even while another connection writes. */
   backupTo(destPath: string): Promise<void> {
-    return new Promise((resolve, reject) => {
-      // sqlite3 ships the backup API without typings.
-      type Backup = { step(pages: number, cb: (err: Error | null) => void): void; finish(cb: (err: Error | null) => void): void; completed: boolean; failed: boolean };
-      const raw = this.db as unknown as { backup(dest: string, cb: (err: Error | null) => void): Backup };
-      const backup = raw.backup(destPath, (err: Error | null) => {
-        if (err) return reject(err);
-        const step = () =>
-          backup.step(-1, (stepErr: Error | null) => {
-            if (stepErr) return reject(stepErr);
-            if (backup.completed || backup.failed) {
-              backup.finish((finishErr: Error | null) => (finishErr ? reject(finishErr) : backup.failed ? reject(new Error("backup failed")) : resolve()));
-            } else step();
-          });
-        step();
-      });
-    });
+    if (!(this.conn instanceof SqliteConnection)) return Promise.reject(new Error("only a SQLite database is copied by cvm; back PostgreSQL up with its own tools (pg_dump)"));
+    return this.conn.backupTo(destPath);
   }
 
   close(): Promise<void> {
-    return new Promise((resolve, reject) => this.db.close((err) => (err ? reject(err) : resolve())));
+    return this.conn.close();
   }
+}
+
+/** A connection URL as it may be logged or shown: its password, in the authority or as a parameter, replaced by `***`. */
+export function withoutPassword(url: string): string {
+  return url.replace(/^([a-z]+:\/\/[^:@/?]*):[^@/?]*@/i, "$1:***@").replace(/([?&]password=)[^&]*/gi, "$1***");
 }

@@ -21,7 +21,9 @@ export class IdempotencyStore {
   /** Inside the caller's transaction; replaces an expired record with the same key. */
   async save(tenantId: number, key: string, rec: IdempotencyRecord): Promise<void> {
     await this.db.run(
-      `INSERT OR REPLACE INTO idempotency_keys (tenant_id, key, request_hash, status_code, response, created_at) VALUES (?,?,?,?,?,?)`,
+      `INSERT INTO idempotency_keys (tenant_id, key, request_hash, status_code, response, created_at) VALUES (?,?,?,?,?,?)
+       ON CONFLICT (tenant_id, key) DO UPDATE SET request_hash = excluded.request_hash, status_code = excluded.status_code,
+         response = excluded.response, created_at = excluded.created_at`,
       [tenantId, key, rec.requestHash, rec.statusCode, JSON.stringify(rec.response), rec.createdAt.getTime()],
     );
   }

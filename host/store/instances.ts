@@ -1,5 +1,6 @@
-import type { InstanceStatus } from "../../shared/api/types.js";
-import type { Database, SqlValue } from "./db.js";
+import type { InstanceStatus } from "../../shared/api/schemas.js";
+import type { Database } from "./db.js";
+import type { SqlValue } from "./sql-connection.js";
 import { ReadCache, UNSIGNALLED_CHANGE_MAX_AGE_MS } from "./read-cache.js";
 
 export interface Instance {
@@ -232,7 +233,7 @@ export class InstanceStore {
       this.db.afterCommit(this.signal);
       return true;
     } catch (err) {
-      if ((err as { code?: string }).code === "SQLITE_CONSTRAINT" && /instances\.tenant_id, instances\.name/.test(String(err))) return false;
+      if (this.db.isUniqueViolation(err, "instances", ["tenant_id", "name"])) return false;
       throw err;
     }
   }
@@ -304,19 +305,20 @@ export class InstanceStore {
   }
 
   /**
-   * A tenant's billable time in the window [from, to) as of `now`, summed by SQLite over the
+   * A tenant's billable time in the window [from, to) as of `now`, summed by the database over the
    * (tenant_id, ready_at) index. Billing runs from ready_at until the first of terminating_at /
    * failed_at (the tenant stops having the instance at the delete request). Closed intervals are
    * summed as milliseconds; open ones as a count and the sum of their clipped starts, so one
    * aggregate serves every `now` until an instance row changes (`billableCached`).
    */
   async billable(tenantId: number, from: Date, to: Date): Promise<BillableAggregate> {
-    const r = await this.db.get<{ closed_ms: number | null; open_n: number; open_from_sum: number | null }>(
-      `SELECT SUM(CASE WHEN e IS NOT NULL THEN MAX(0, MIN(e, ?3) - MAX(r, ?2)) END) AS closed_ms,
+    const db = this.db;
+    const r = await db.get<{ closed_ms: number | null; open_n: number; open_from_sum: number | null }>(
+      `SELECT SUM(CASE WHEN e IS NOT NULL THEN ${db.greatest("0", `${db.least("e", "?3")} - ${db.greatest("r", "?2")}`)} END) AS closed_ms,
               COUNT(*) - COUNT(e) AS open_n,
-              SUM(CASE WHEN e IS NULL THEN MAX(r, ?2) END) AS open_from_sum
+              SUM(CASE WHEN e IS NULL THEN ${db.greatest("r", "?2")} END) AS open_from_sum
          FROM (SELECT ready_at AS r, COALESCE(terminating_at, failed_at, terminated_at) AS e FROM instances
-                WHERE tenant_id = ?1 AND ready_at IS NOT NULL AND ready_at < ?3)
+                WHERE tenant_id = ?1 AND ready_at IS NOT NULL AND ready_at < ?3) AS intervals
         WHERE e IS NULL OR e > ?2`,
       [tenantId, from.getTime(), to.getTime()],
     );

@@ -1,4 +1,5 @@
-import type { Database, SqlValue } from "./db.js";
+import type { Database } from "./db.js";
+import type { SqlValue } from "./sql-connection.js";
 
 /**
  * `booting`: QEMU started, the agent has not reported `prepared` yet. `warm`: claimable. `claimed`:

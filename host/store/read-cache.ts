@@ -1,5 +1,5 @@
 /**
- * A bounded map of rows read from SQLite, each tagged with the generation (see `ChangeTracker`)
+ * A bounded map of rows read from the database, each tagged with the generation (see `ChangeTracker`)
  * taken *before* its read. An entry is served only while the generation is still the same, so a
  * read that raced with a write is dropped at the next lookup instead of being served stale.
  * `maxAgeMs` bounds how long a change made behind our back (an operator's sqlite3 shell, a writer

@@ -46,12 +46,12 @@ export class TenantStore {
 
   /** Inserts inside the caller's transaction. */
   async insert(t: NewTenant): Promise<Tenant> {
-    const { lastID } = await this.db.run(
-      `INSERT INTO tenants (slug, created_at, subscription_cost_usd, instance_hours_included, overage_per_hour_usd) VALUES (?,?,?,?,?)`,
+    const row = await this.db.get<{ id: number }>(
+      `INSERT INTO tenants (slug, created_at, subscription_cost_usd, instance_hours_included, overage_per_hour_usd) VALUES (?,?,?,?,?) RETURNING id`,
       [t.slug, t.createdAt.getTime(), t.subscriptionCostUsd, t.instanceHoursIncluded, t.overagePerHourUsd],
     );
     this.db.afterCommit(this.signal);
-    return { id: lastID, suspendedAt: null, ...t };
+    return { id: row!.id, suspendedAt: null, ...t };
   }
 
   async bySlug(slug: string): Promise<Tenant | undefined> {

@@ -229,7 +229,8 @@ export type ErrorReply = z.infer<typeof ErrorReply>;
 const QuoteRequest = map({ nonce: bytes(16, 64) });
 export type QuoteRequest = z.infer<typeof QuoteRequest>;
 
-const Rtmr3Event = map({
+/** One RTMR3 event as the agent logs it (the host's attestation API serves these too). */
+export const Rtmr3Event = map({
   imr: z.literal(3, { error: "must be 3" }),
   /** SHA-384 of utf8(event_type + ":" + event), hex. */
   digest: str({ pattern: HEX_SHA384 }),

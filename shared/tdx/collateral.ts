@@ -7,38 +7,36 @@
  */
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
+import { z } from "zod";
 
-export interface Collateral {
-  /** PEM: the PCK CA that signed pck_crl, then the root CA. */
-  pck_crl_issuer_chain: string;
-  /** Hex of the DER CRL signed by the root CA. */
-  root_ca_crl: string;
-  /** Hex of the DER CRL signed by the PCK (Platform or Processor) CA. */
-  pck_crl: string;
-  tcb_info_issuer_chain: string;
-  /** The tcbInfo JSON text exactly as Intel signed it. */
-  tcb_info: string;
-  /** Hex, 64 bytes raw r||s. */
-  tcb_info_signature: string;
-  qe_identity_issuer_chain: string;
-  /** The enclaveIdentity JSON text exactly as signed. */
-  qe_identity: string;
-  qe_identity_signature: string;
-}
+const text = (description: string) => z.string({ error: "must be a non-empty string" }).min(1, "must be a non-empty string").meta({ description });
+const hexText = (description: string) => text(description).regex(/^(?:[0-9a-fA-F]{2})+$/, "must be hex");
 
-export const COLLATERAL_FIELDS = [
-  "pck_crl_issuer_chain",
-  "root_ca_crl",
-  "pck_crl",
-  "tcb_info_issuer_chain",
-  "tcb_info",
-  "tcb_info_signature",
-  "qe_identity_issuer_chain",
-  "qe_identity",
-  "qe_identity_signature",
-] as const satisfies readonly (keyof Collateral)[];
+/**
+ * DCAP collateral, field names of dcap-qvl's QuoteCollateralV3 (as in the fixtures' collateral.json):
+ * all nine fields non-empty strings, the hex ones hex; extra fields are dropped. Issues name the field
+ * (`path`), with messages such as "must be hex".
+ */
+export const Collateral = z
+  .object(
+    {
+      pck_crl_issuer_chain: text("PEM: the PCK CA that signed pck_crl, then the root CA."),
+      root_ca_crl: hexText("Hex of the DER CRL signed by the root CA."),
+      pck_crl: hexText("Hex of the DER CRL signed by the PCK (Platform or Processor) CA."),
+      tcb_info_issuer_chain: text("PEM"),
+      tcb_info: text("The tcbInfo JSON text exactly as Intel signed it."),
+      tcb_info_signature: hexText("Hex, 64 bytes raw r‖s."),
+      qe_identity_issuer_chain: text("PEM"),
+      qe_identity: text("The enclaveIdentity JSON text exactly as signed."),
+      qe_identity_signature: hexText("Hex, 64 bytes raw r‖s."),
+    },
+    { error: "must be a JSON object" },
+  )
+  .meta({ description: "Intel DCAP collateral, field names of dcap-qvl's QuoteCollateralV3 (as in collateral.json)." });
+export type Collateral = z.infer<typeof Collateral>;
 
-const HEX_FIELDS = new Set(["root_ca_crl", "pck_crl", "tcb_info_signature", "qe_identity_signature"]);
+export const COLLATERAL_FIELDS = Object.keys(Collateral.shape) as (keyof Collateral)[];
+
 /** Real bundles are ~20 KB; a cap keeps a hostile file from costing memory. */
 const MAX_COLLATERAL_BYTES = 4 * 1024 * 1024;
 
@@ -48,18 +46,10 @@ export class CollateralError extends Error {
 
 /** Validates the shape (all nine fields strings, hex fields hex); extra fields are ignored. */
 export function parseCollateral(value: unknown): Collateral {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) throw new CollateralError("collateral must be a JSON object");
-  const o = value as Record<string, unknown>;
-  const out: Partial<Collateral> = {};
-  for (const f of COLLATERAL_FIELDS) {
-    const v = o[f];
-    if (typeof v !== "string" || v.length === 0) throw new CollateralError(`collateral field ${f} must be a non-empty string`);
-    if (HEX_FIELDS.has(f) && (v.length % 2 !== 0 || !/^[0-9a-fA-F]+$/.test(v))) {
-      throw new CollateralError(`collateral field ${f} must be hex`);
-    }
-    out[f] = v;
-  }
-  return out as Collateral;
+  const r = Collateral.safeParse(value);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  throw new CollateralError(issue.path.length ? `collateral field ${String(issue.path[0])} ${issue.message}` : `collateral ${issue.message}`);
 }
 
 export function parseCollateralJson(text: string): Collateral {

@@ -20,6 +20,7 @@
  *   openclaw-tree        {"digest":"sha256:..."}   (the agent tree it activated)
  */
 import { createHash } from "node:crypto";
+import { z } from "zod";
 
 export interface RtmrEvent {
   imr: number;
@@ -94,13 +95,15 @@ export function replayRtmr(events: readonly RtmrEvent[]): Buffer {
   return rtmr;
 }
 
-export interface EventLogCheck {
-  ok: boolean;
-  replayed?: string;
-  expected: string;
-  events: number;
-  reason?: string;
-}
+/** An event log replayed against the quote's RTMR3 (served by the host's attestation API). */
+export const EventLogCheck = z.object({
+  ok: z.boolean(),
+  replayed: z.string().optional().meta({ description: "RTMR3 the log replays to, hex (absent when the log does not parse)." }),
+  expected: z.string().meta({ description: "The quote's RTMR3, hex (empty when the quote does not parse)." }),
+  events: z.int().min(0),
+  reason: z.string().optional(),
+});
+export type EventLogCheck = z.infer<typeof EventLogCheck>;
 
 /** Replays a log and compares it with the quote's RTMR3 (hex). Never throws. */
 export function checkEventLog(events: unknown, rtmr3Hex: string): EventLogCheck {

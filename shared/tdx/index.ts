@@ -18,10 +18,14 @@ export {
   QuoteVerifier,
   VerificationCache,
   measurementsOf,
+  Measurements,
+  QuoteFacts,
+  TcbFacts,
+  PckFacts,
+  VERIFY_STAGES,
   type Verdict,
   type VerifyOptions,
   type VerifyStage,
-  type Measurements,
 } from "./verify.js";
 export { TCB_STATUSES, type TcbStatus, type TcbMatching } from "./tcb.js";
 export {
@@ -42,7 +46,7 @@ export {
   CollateralError,
   INTEL_PCS_BASE_URL,
   INTEL_ROOT_CA_CRL_URL,
-  type Collateral,
+  Collateral,
   type CollateralSource,
   type PckCaType,
   type FetchFn,
@@ -57,9 +61,10 @@ export {
   parseWaivers,
   ManifestError,
   MANIFEST_MEASUREMENTS,
+  ExpectedMeasurements,
+  MeasurementReport,
+  MeasurementCheck,
   type ImageManifest,
-  type MeasurementReport,
-  type MeasurementCheck,
   type MeasurementResult,
   type ManifestMeasurement,
 } from "./measurements.js";
@@ -70,7 +75,7 @@ export {
   parseEventLog,
   checkEventLog,
   EventLogError,
+  EventLogCheck,
   type RtmrEvent,
-  type EventLogCheck,
 } from "./event-log.js";
 export { reportDataFor, canonicalHostKey, REPORT_DATA_DOMAIN } from "./report-data.js";

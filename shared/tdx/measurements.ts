@@ -8,6 +8,7 @@
  * RTMR3 is not in the manifest: it changes at run time and is checked by replaying the event log
  * (event-log.ts).
  */
+import { z } from "zod";
 import type { Measurements } from "./verify.js";
 
 export const MANIFEST_MEASUREMENTS = ["mrtd", "rtmr0", "rtmr1", "rtmr2"] as const;
@@ -17,11 +18,45 @@ export interface ImageManifest {
   expected_measurements: Partial<Record<ManifestMeasurement, string>>;
 }
 
+const isRegister = (k: string): k is ManifestMeasurement => (MANIFEST_MEASUREMENTS as readonly string[]).includes(k);
+const registerValue = () =>
+  z
+    .string({ error: "must be 48 bytes of hex" })
+    .regex(/^[0-9a-fA-F]{96}$/, "must be 48 bytes of hex")
+    .nullish()
+    .meta({ description: "48 bytes, hex; null or absent: no expected value (the register is unchecked)." });
+
+/**
+ * A manifest's `expected_measurements`: the four registers, each 48 bytes of hex or null. Build notes
+ * may sit beside the values (image-tool.mjs wrote some there) and are dropped; a register name that
+ * is not one of the four (rtmr3, a typo such as rtmr01) is refused so that nobody believes it was
+ * checked. Issues name the key they are about (`path`), with messages such as "must be 48 bytes of hex".
+ */
+export const ExpectedMeasurements = z
+  .object(Object.fromEntries(MANIFEST_MEASUREMENTS.map((k) => [k, registerValue()])) as Record<ManifestMeasurement, ReturnType<typeof registerValue>>, {
+    error: "must be a JSON object",
+  })
+  .catchall(z.unknown())
+  .check((ctx) => {
+    for (const k of Object.keys(ctx.value)) {
+      if (!isRegister(k) && /^(mrtd|rtmr\d+)$/i.test(k)) {
+        ctx.issues.push({ code: "custom", path: [k], message: `is not one of ${MANIFEST_MEASUREMENTS.join(", ")}`, input: ctx.value });
+      }
+    }
+  })
+  .transform((v): ImageManifest["expected_measurements"] => {
+    const out: ImageManifest["expected_measurements"] = {};
+    for (const k of MANIFEST_MEASUREMENTS) if (typeof v[k] === "string") out[k] = v[k].toLowerCase();
+    return out;
+  })
+  .meta({
+    description:
+      "An image manifest's expected_measurements: mrtd, rtmr0, rtmr1, rtmr2, each 48 bytes hex or null; other keys (build notes) are ignored, other register names refused.",
+  });
+
 export class ManifestError extends Error {
   override name = "ManifestError";
 }
-
-const isRegister = (k: string): k is ManifestMeasurement => (MANIFEST_MEASUREMENTS as readonly string[]).includes(k);
 
 /** Validates a parsed manifest; other top-level fields (digests, image id, ...) are left alone. */
 export function parseManifest(value: unknown): ImageManifest {
@@ -30,21 +65,12 @@ export function parseManifest(value: unknown): ImageManifest {
   if (typeof em !== "object" || em === null || Array.isArray(em)) {
     throw new ManifestError("manifest lacks an expected_measurements object");
   }
-  const out: Partial<Record<ManifestMeasurement, string>> = {};
-  for (const [k, v] of Object.entries(em as Record<string, unknown>)) {
-    // Build notes may sit beside the values (image-tool.mjs wrote some there); a register name that is
-    // not one of the four (rtmr3, a typo such as rtmr01) is refused so that nobody believes it was checked.
-    if (!isRegister(k)) {
-      if (/^(mrtd|rtmr\d+)$/i.test(k)) throw new ManifestError(`expected_measurements.${k} is not one of ${MANIFEST_MEASUREMENTS.join(", ")}`);
-      continue;
-    }
-    if (v === undefined || v === null) continue;
-    if (typeof v !== "string" || !/^[0-9a-fA-F]{96}$/.test(v)) {
-      throw new ManifestError(`expected_measurements.${k} must be 48 bytes of hex`);
-    }
-    out[k] = v.toLowerCase();
+  const r = ExpectedMeasurements.safeParse(em);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    throw new ManifestError(`expected_measurements.${issue.path.map(String).join(".")} ${issue.message}`);
   }
-  return { expected_measurements: out };
+  return { expected_measurements: r.data };
 }
 
 /**
@@ -66,31 +92,32 @@ export function parseWaivers(value: unknown): ManifestMeasurement[] {
   return MANIFEST_MEASUREMENTS.filter((n) => out.has(n));
 }
 
-export type MeasurementResult = "matched" | "mismatched" | "unchecked";
+export const MEASUREMENT_RESULTS = ["matched", "mismatched", "unchecked"] as const;
+export type MeasurementResult = (typeof MEASUREMENT_RESULTS)[number];
 
-export interface MeasurementCheck {
-  name: ManifestMeasurement;
-  result: MeasurementResult;
-  /** Null when the manifest has no value for this register. */
-  expected: string | null;
-  actual: string;
-  /** The caller accepted this register being unchecked. */
-  waived: boolean;
-}
+const registers = () => z.array(z.enum(MANIFEST_MEASUREMENTS));
 
-export interface MeasurementReport {
-  /** No register mismatched and every unchecked one was waived. */
-  ok: boolean;
-  /** How many registers were actually compared (matched or mismatched). */
-  checked: number;
-  checks: MeasurementCheck[];
-  matched: ManifestMeasurement[];
-  mismatched: ManifestMeasurement[];
-  unchecked: ManifestMeasurement[];
-  /** The waivers the caller gave, whether or not they were needed. */
-  allow_unchecked: ManifestMeasurement[];
-  reason: string | null;
-}
+export const MeasurementCheck = z.object({
+  name: z.enum(MANIFEST_MEASUREMENTS),
+  result: z.enum(MEASUREMENT_RESULTS),
+  expected: z.string().nullable().meta({ description: "Null when the manifest has no value for this register." }),
+  actual: z.string(),
+  waived: z.boolean().meta({ description: "The caller accepted this register being unchecked." }),
+});
+export type MeasurementCheck = z.infer<typeof MeasurementCheck>;
+
+/** The fail-closed comparison of MRTD and RTMR0–2 with a manifest (served by the host's attestation API). */
+export const MeasurementReport = z.object({
+  ok: z.boolean().meta({ description: "No register mismatched and every unchecked one was waived (allow_unchecked)." }),
+  checked: z.int().min(0).meta({ description: "How many registers were actually compared (matched or mismatched)." }),
+  checks: z.array(MeasurementCheck),
+  matched: registers(),
+  mismatched: registers(),
+  unchecked: registers(),
+  allow_unchecked: registers().meta({ description: "The waivers the caller gave, whether or not they were needed." }),
+  reason: z.string().nullable(),
+});
+export type MeasurementReport = z.infer<typeof MeasurementReport>;
 
 export function compareMeasurements(
   m: Pick<Measurements, "mrtd" | "rtmr0" | "rtmr1" | "rtmr2">,

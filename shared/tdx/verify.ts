@@ -18,6 +18,7 @@
  * in which its checks hold; inside that window a repeat costs only the quote's own ECDSA check.
  */
 import { createHash, createPublicKey, type KeyObject } from "node:crypto";
+import { z } from "zod";
 import { collateralDigest, type Collateral } from "./collateral.js";
 import {
   PkiError,
@@ -36,6 +37,7 @@ import {
 } from "./pck.js";
 import { INTEL_QE_VENDOR_ID, NotTdxQuoteError, QuoteFormatError, parseQuote, type TdReport, type TdxQuote } from "./quote.js";
 import {
+  TCB_STATUSES,
   TcbError,
   convergeStatus,
   evaluateQeIdentity,
@@ -50,28 +52,69 @@ import {
   type TcbStatus,
 } from "./tcb.js";
 
-export type VerifyStage = "parse" | "collateral" | "pck_chain" | "qe_report" | "quote_signature" | "tcb" | "policy" | "internal";
+export const VERIFY_STAGES = ["parse", "collateral", "pck_chain", "qe_report", "quote_signature", "tcb", "policy", "internal"] as const;
+export type VerifyStage = (typeof VERIFY_STAGES)[number];
 
-export interface Measurements {
-  mrtd: string;
-  rtmr0: string;
-  rtmr1: string;
-  rtmr2: string;
-  rtmr3: string;
-  mr_config_id: string;
-  mr_owner: string;
-  mr_owner_config: string;
-  report_data: string;
-  td_attributes: string;
-  xfam: string;
-  tee_tcb_svn: string;
-  mr_seam: string;
-  mr_signer_seam: string;
-  seam_attributes: string;
-  /** TD report 1.5 only. */
-  tee_tcb_svn2?: string;
-  mr_servicetd?: string;
-}
+// The shapes a verdict reports, each one zod schema with its type inferred: the host's API serves
+// them (shared/api/schemas.ts builds its OpenAPI document from these), cvm-verify prints them.
+const hexField = () => z.string().regex(/^[0-9a-f]*$/);
+
+/** Fields of the TD report, lowercase hex. */
+export const Measurements = z.object({
+  mrtd: hexField(),
+  rtmr0: hexField(),
+  rtmr1: hexField(),
+  rtmr2: hexField(),
+  rtmr3: hexField(),
+  mr_config_id: hexField(),
+  mr_owner: hexField(),
+  mr_owner_config: hexField(),
+  report_data: hexField(),
+  td_attributes: hexField(),
+  xfam: hexField(),
+  tee_tcb_svn: hexField(),
+  mr_seam: hexField(),
+  mr_signer_seam: hexField(),
+  seam_attributes: hexField(),
+  tee_tcb_svn2: hexField().optional().meta({ description: "TD report 1.5 only." }),
+  mr_servicetd: hexField().optional().meta({ description: "TD report 1.5 only." }),
+});
+export type Measurements = z.infer<typeof Measurements>;
+
+/** Header facts of a parsed quote. */
+export const QuoteFacts = z.object({
+  version: z.int(),
+  body_type: z.int(),
+  report_type: z.enum(["td10", "td15"]),
+  size: z.int(),
+  signed_length: z.int(),
+  trailing_bytes: z.int(),
+  qe_vendor_id: z.string(),
+  user_data: z.string(),
+});
+export type QuoteFacts = z.infer<typeof QuoteFacts>;
+
+/** The TCB evaluation behind a status. */
+export const TcbFacts = z.object({
+  platform_status: z.enum(TCB_STATUSES),
+  tdx_module_status: z.enum(TCB_STATUSES).nullable(),
+  qe_status: z.enum(TCB_STATUSES),
+  tcb_date: z.string(),
+  tcb_evaluation_data_number: z.int(),
+});
+export type TcbFacts = z.infer<typeof TcbFacts>;
+
+/** The PCK leaf certificate of the quote. */
+export const PckFacts = z.object({
+  subject: z.string(),
+  issuer: z.string(),
+  serial: z.string(),
+  ca_type: z.enum(["platform", "processor", "unknown"]),
+  cpu_svn: z.string(),
+  pce_svn: z.int(),
+  sgx_tcb_components: z.array(z.int()),
+});
+export type PckFacts = z.infer<typeof PckFacts>;
 
 export interface Verdict {
   /** True only when every check passed and the TCB status is not Revoked. */
@@ -83,32 +126,9 @@ export interface Verdict {
   /** Present whenever the quote parsed (also on failure, for diagnostics; trust them only when ok). */
   measurements: Measurements | null;
   fmspc: string | null;
-  quote: {
-    version: number;
-    body_type: number;
-    report_type: "td10" | "td15";
-    size: number;
-    signed_length: number;
-    trailing_bytes: number;
-    qe_vendor_id: string;
-    user_data: string;
-  } | null;
-  tcb?: {
-    platform_status: TcbStatus;
-    tdx_module_status: TcbStatus | null;
-    qe_status: TcbStatus;
-    tcb_date: string;
-    tcb_evaluation_data_number: number;
-  };
-  pck?: {
-    subject: string;
-    issuer: string;
-    serial: string;
-    ca_type: "platform" | "processor" | "unknown";
-    cpu_svn: string;
-    pce_svn: number;
-    sgx_tcb_components: number[];
-  };
+  quote: QuoteFacts | null;
+  tcb?: TcbFacts;
+  pck?: PckFacts;
   /** The verification time (ISO 8601). */
   at: string;
 }

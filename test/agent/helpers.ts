@@ -3,13 +3,15 @@ import { Client } from "ssh2";
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, existsSync, mkdirSync } from "node:fs";
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import pino from "pino";
 import { buildTreeListing } from "../../guest/setup/openclaw-tree.js";
 import { createHash } from "node:crypto";
+import { freePort, startSshd as startTestSshd, type Sshd } from "../support/sshd.js";
+
+export { freePort, type Sshd };
 
 export const REPO = fileURLToPath(new URL("../..", import.meta.url));
 export const AGENT_MAIN = join(REPO, "dist/agent-test/guest/main.js");
@@ -31,17 +33,6 @@ export function buildAgent(): void {
     if (!existsSync(AGENT_MAIN)) throw err;
   }
   built = true;
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export interface GuestRoot {
@@ -89,59 +80,13 @@ export async function makeGuestRoot(opts: { readyDelayMs?: number; reload?: "hot
   return { dir, hostKeyPub, treeDigest, tenantKey: { privatePath, publicLine } };
 }
 
-export interface Sshd {
-  port: number;
-  proc: ChildProcess;
-  stop(): Promise<void>;
-}
-
-/**
- * A real OpenSSH sshd on loopback using the guest root's host key and, as its only authorized keys
- * file, the one the agent writes. Login is as root (the guest's azureuser only exists in the temp
- * root's /etc/passwd); StrictModes is off because the temp tree is not owned like /home.
- */
-export async function startSshd(root: GuestRoot): Promise<Sshd> {
-  if (!existsSync("/run/sshd")) await mkdir("/run/sshd", { mode: 0o755 }); // sshd's privilege-separation dir
-  const port = await freePort();
-  const cfg = join(root.dir, "etc/ssh/sshd_config");
-  await writeFile(
-    cfg,
-    [
-      `Port ${port}`,
-      "ListenAddress 127.0.0.1",
-      `HostKey ${join(root.dir, "etc/ssh/ssh_host_ed25519_key")}`,
-      `AuthorizedKeysFile ${join(root.dir, "home/azureuser/.ssh/authorized_keys")}`,
-      "StrictModes no",
-      "PubkeyAuthentication yes",
-      "PasswordAuthentication no",
-      "KbdInteractiveAuthentication no",
-      "PermitRootLogin prohibit-password",
-      "AllowUsers root",
-      "UsePAM no",
-      `PidFile ${join(root.dir, "sshd.pid")}`,
-      "",
-    ].join("\n"),
-  );
-  const proc = spawn("/usr/sbin/sshd", ["-D", "-e", "-f", cfg, "-o", `Port=${port}`, "-o", "ListenAddress=127.0.0.1"], { stdio: ["ignore", "ignore", "pipe"] });
-  let stderr = "";
-  proc.stderr!.on("data", (d) => (stderr += String(d)));
-  const deadline = Date.now() + 10_000;
-  while (!/Server listening/.test(stderr)) {
-    if (proc.exitCode !== null) throw new Error(`sshd exited: ${stderr}`);
-    if (Date.now() > deadline) throw new Error(`sshd did not start: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    port,
-    proc,
-    stop: async () => {
-      if (proc.exitCode === null) {
-        const exited = new Promise((r) => proc.once("exit", r));
-        proc.kill("SIGTERM");
-        await exited;
-      }
-    },
-  };
+/** A real OpenSSH sshd serving the guest root's host key and the authorized keys file the agent writes. */
+export function startSshd(root: GuestRoot): Promise<Sshd> {
+  return startTestSshd({
+    dir: join(root.dir, "etc/ssh"),
+    hostKey: join(root.dir, "etc/ssh/ssh_host_ed25519_key"),
+    authorizedKeys: join(root.dir, "home/azureuser/.ssh/authorized_keys"),
+  });
 }
 
 export interface AgentProcess {

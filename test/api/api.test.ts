@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { FakeDriver } from "../support/fake-driver.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../support/daemon.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
+import { bareApp } from "../support/bare-app.js";
 
 const ED = sshKeyPair("ed25519").public;
 const json = (body: unknown) => ({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -294,20 +295,7 @@ describe("tenant API over HTTP against a real SQLite file", () => {
       const r = await d.fetch("/v1/openapi.json");
       expect(r.status).toBe(200);
       expect(r.body.openapi).toBe("3.1.0");
-      const { buildApp } = await import("../../host/api/app.js");
-      const { routes } = buildApp({
-        logger: (await import("pino")).default({ level: "silent" }),
-        securityLog: (await import("pino")).default({ level: "silent" }),
-        clock: { now: () => new Date() },
-        keys: {} as never,
-        instances: {} as never,
-        engine: {} as never,
-        catalogue: d.config.catalogue,
-        baseDomain: "x",
-        version: "0",
-        draining: () => false,
-        usage: {} as never,
-      });
+      const { routes } = bareApp({ catalogue: d.config.catalogue });
       expect(routes.length).toBeGreaterThanOrEqual(6);
       for (const { method, path } of routes) {
         const oaPath = path.replace(/:(\w+)/g, "{$1}");

@@ -1,9 +1,6 @@
-import type { AddressInfo } from "node:net";
-import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildApp } from "../../host/api/app.js";
-import { loadConfig } from "../../host/config.js";
 import { Metrics } from "../../host/ops/metrics.js";
+import { bareApp, listen } from "../support/bare-app.js";
 
 // The request frame (host/api/middleware/frame.ts) through the real app on a loopback port. The
 // stores are never reached: every request here ends before authentication looks anything up.
@@ -14,25 +11,9 @@ describe("request frame", () => {
   let close = () => {};
 
   beforeAll(async () => {
-    const silent = pino({ level: "silent" });
-    const { app } = buildApp({
-      logger: silent,
-      securityLog: silent,
-      clock: { now: () => new Date() },
-      keys: {} as never,
-      instances: {} as never,
-      engine: {} as never,
-      catalogue: loadConfig({ CVM_DATA_DIR: "/nonexistent" }).catalogue,
-      baseDomain: "x",
-      version: "0",
-      draining: () => draining,
-      usage: {} as never,
-      metrics,
-    });
-    const server = app.listen(0, "127.0.0.1");
-    await new Promise((r) => server.once("listening", r));
-    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    close = () => server.close();
+    const served = await listen(bareApp({ draining: () => draining, metrics }).app);
+    url = served.url;
+    close = served.close;
   });
   afterAll(() => close());
 

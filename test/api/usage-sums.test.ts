@@ -1,20 +1,20 @@
 import { afterAll, describe, expect, it } from "vitest";
-import { Database } from "../../host/store/db.js";
 import { InstanceStore } from "../../host/store/instances.js";
 import { TenantStore } from "../../host/store/tenants.js";
 import { instanceHours, instanceHoursFromSums } from "../../host/usage/billing.js";
 import { tempDir } from "../support/daemon.js";
+import { openTestDatabase } from "../support/test-database.js";
 
 const H = 3600_000;
 
 // The SQL aggregate behind /v1/usage against the per-interval reference, on random intervals that
 // start before, inside and after the window, end before, inside, after it or not at all.
-describe("usage hours summed by SQLite", () => {
+describe("usage hours summed by the database", () => {
   const dir = tempDir();
   afterAll(() => dir.remove());
 
   it("equals the per-interval sum for 400 random instances, at several moments", async () => {
-    const db = await Database.open(`${dir.path}/u.sqlite`);
+    const db = await openTestDatabase(dir.path);
     await db.migrate();
     const store = new InstanceStore(db);
     const t0 = Date.UTC(2026, 0, 10);

@@ -5,10 +5,9 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ManualClock } from "../../host/clock.js";
 import { NO_COLLATERAL_SOURCE } from "../../host/attest/index.js";
-import { eventDigest, parseQuote, QuoteVerifier, replayRtmr, reportDataFor, type Collateral } from "../../shared/tdx/index.js";
+import { eventDigest, QuoteVerifier, replayRtmr, reportDataFor, type Collateral } from "../../shared/tdx/index.js";
 import { allFixtures, loadFixture, type Fixture } from "../../shared/tdx/test/fixtures.js";
-import { TestPki } from "../../shared/tdx/test/test-pki.js";
-import { parseCertificate, splitPemChain } from "../../shared/tdx/pck.js";
+import { fixtureQuoter } from "../../shared/tdx/test/test-pki.js";
 import type { Rtmr3Event } from "../../shared/protocol/messages.js";
 import { FakeDriver } from "../support/fake-driver.js";
 import { startTestDaemon, tempDir, type TestDaemon } from "../support/daemon.js";
@@ -403,7 +402,6 @@ describe("attestation API end to end under a test PKI (a quote over our own REPO
   let d: TestDaemon;
   let key: string;
   let name: string;
-  let pki: TestPki;
   const events: Rtmr3Event[] = ["ssh-authorized-key", "openclaw-tree"].map((t, i) => {
     const event = JSON.stringify({ n: i });
     return { imr: 3, digest: eventDigest(t, event).toString("hex"), event_type: t, event };
@@ -411,29 +409,22 @@ describe("attestation API end to end under a test PKI (a quote over our own REPO
   const rtmr3 = replayRtmr(events);
 
   beforeAll(async () => {
-    const leaf = splitPemChain(parseQuote(f.quote).pckChainRaw, "c", true)[0]!;
-    pki = await TestPki.create({ notBefore: new Date("2020-01-01T00:00:00Z"), notAfter: new Date("2040-01-01T00:00:00Z"), sgxExtension: parseCertificate(leaf).sgxExtension! });
-    const window = { thisUpdate: new Date(at(f).getTime() - 86400e3), nextUpdate: new Date(at(f).getTime() + 86400e3) };
-    const collateral = await pki.collateral(f.collateral!, { root: await pki.crl("root", window), pck: await pki.crl("pckCa", window) });
+    const quoter = await fixtureQuoter(f, at(f));
     const file = join(dir.path, "collateral.json");
-    writeFileSync(file, JSON.stringify(collateral));
+    writeFileSync(file, JSON.stringify(quoter.collateral));
     d = await startTestDaemon({
       dataDir: join(dir.path, "data"),
       driver,
       clock: new ManualClock(at(f)),
       env: { CVM_COLLATERAL_FILE: file },
-      quoteVerifier: new QuoteVerifier({ rootCaDer: pki.rootDer }),
+      quoteVerifier: new QuoteVerifier({ rootCaDer: quoter.pki.rootDer }),
     });
     key = (await d.tenant("acme")).apiKey;
     name = await readyInstance(d, key);
     driver.eventLog = events;
     driver.image = imageOf(f);
     // What a TDX guest would do: REPORTDATA and RTMR3 in the TD report, signed (here by the test PKI).
-    driver.quoteFor = (_nonce, reportData) =>
-      pki.resignQuote(f.quote, (signed) => {
-        reportData.copy(signed, 48 + 520);
-        rtmr3.copy(signed, 48 + 472);
-      });
+    driver.quoteFor = (_nonce, reportData) => quoter.quote(reportData, rtmr3);
   });
   afterAll(async () => {
     await d.close();

@@ -8,6 +8,8 @@ import { tempDir } from "../support/daemon.js";
 import { cvmctl, startCvmd, type CvmdProcess } from "../support/processes.js";
 import { sshKeyPair } from "../support/ssh-keys.js";
 import { vmHostEnv } from "../support/vm-host.js";
+import { expectTenantVerifyNoTdx } from "../support/tenant-verify.js";
+import { FIXTURES_DIR } from "../../shared/tdx/test/fixtures.js";
 
 /**
  * The product's heartbeat, for real: cvmd with the QEMU driver (plain profile, TCG here) boots the
@@ -123,6 +125,21 @@ describe("a real VM from create to SSH to delete (QEMU, TCG)", () => {
     const { stdout } = await execP("sqlite3", [join(data, "cvm.sqlite"), `SELECT id FROM instances WHERE name = '${name}'`]);
     instanceId = stdout.trim();
     expect(await qemuPids(instanceId)).toHaveLength(1);
+  });
+
+  it("tenant-side cvm-verify through the real API: no TDX under TCG, exit 2, known_hosts untouched", { timeout: 3 * 60_000 }, async () => {
+    expect(name).not.toBe("");
+    const reason = await expectTenantVerifyNoTdx({
+      api: cvmd!.url,
+      apiKey: key,
+      name,
+      manifest: join(IMAGE_DIR, "manifest.json"),
+      sshKey: join(home, ".ssh", "id_ed25519.pub"),
+      // Never read: without TDX the verifier stops before it needs collateral; it is required to run at all.
+      collateral: join(FIXTURES_DIR, "tdx-v4-uptodate", "collateral.json"),
+      knownHosts: join(home, ".ssh", "known_hosts"),
+    });
+    console.log(reason);
   });
 
   it("survives kill -9 of cvmd: still ready and reachable, no duplicate QEMU", { timeout: 5 * 60_000 }, async () => {

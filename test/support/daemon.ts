@@ -11,6 +11,7 @@ import type { EgressFirewall } from "../../host/net/egress-firewall.js";
 import { ApiKeyStore } from "../../host/store/api-keys.js";
 import { TenantStore } from "../../host/store/tenants.js";
 import type { QuoteVerifier } from "../../shared/tdx/index.js";
+import { testDatabaseEnv } from "./test-database.js";
 
 export function tempDir(prefix = "cvm-test-"): { path: string; remove(): void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
@@ -25,7 +26,10 @@ export interface TestDaemon extends RunningDaemon {
   fetch(path: string, init?: RequestInit & { key?: string }): Promise<{ status: number; headers: Headers; body: any }>;
 }
 
-/** The real daemon (real SQLite file, real HTTP on a loopback port) with a driver of the test's choice. */
+/**
+ * The real daemon (real database: the data dir's SQLite file, or its PostgreSQL database in the
+ * "postgres" project, see test-database.ts; real HTTP on a loopback port) with a driver of the test's choice.
+ */
 export async function startTestDaemon(opts: {
   dataDir: string;
   driver: Driver;
@@ -37,7 +41,8 @@ export async function startTestDaemon(opts: {
   securityLog?: Logger;
 }): Promise<TestDaemon> {
   // Test-double guests use no memory and no CPU: a budget and a boot limit no API test reaches, unless the test sets them.
-  const config = loadConfig({ CVM_DATA_DIR: opts.dataDir, CVM_LISTEN: "127.0.0.1:0", CVM_LOG_LEVEL: "silent", CVM_CAPACITY_MEMORY_MIB: "1000000000", CVM_CAPACITY_VCPUS: "1000000", CVM_MAX_CONCURRENT_BOOTS: "1000", ...opts.env });
+  const env = { CVM_DATA_DIR: opts.dataDir, CVM_LISTEN: "127.0.0.1:0", CVM_LOG_LEVEL: "silent", CVM_CAPACITY_MEMORY_MIB: "1000000000", CVM_CAPACITY_VCPUS: "1000000", CVM_MAX_CONCURRENT_BOOTS: "1000", ...opts.env };
+  const config = loadConfig({ ...(await testDatabaseEnv(env)), ...env });
   const clock = opts.clock ?? systemClock;
   const logger = pino({ level: process.env.CVM_TEST_LOG ?? "silent" });
   const d = await startDaemon(config, {

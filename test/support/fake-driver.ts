@@ -1,3 +1,4 @@
+import type { SshEndpoint } from "../../shared/api/schemas.js";
 import type { AdoptResult, AttestationEvidence, BootedImage, Driver, DriverContext, InstanceSpec, PoolGuestSpec, ReadyInfo, WarmGuestDriver } from "../../host/drivers/driver.js";
 import { reportDataFor } from "../../shared/tdx/index.js";
 import type { Rtmr3Event } from "../../shared/protocol/messages.js";
@@ -27,6 +28,8 @@ export class FakeDriver implements Driver {
   quoteFor: ((nonce: Buffer, reportData: Buffer) => Buffer | Promise<Buffer>) | null = null;
   eventLog: Rtmr3Event[] = [];
   image: BootedImage | undefined = undefined;
+  /** Where guests that become ready say their sshd is (a real sshd in tests that log in); default: hostname:22. */
+  sshEndpoint: SshEndpoint | null = null;
   private exitListener?: (id: string, reason: string) => void;
 
   /** Pool guests, by pool id; like `guests`, they outlive a daemon object. */
@@ -141,7 +144,7 @@ export class FakeDriver implements Driver {
   }
 
   private info(spec: InstanceSpec): ReadyInfo {
-    return { ssh: { host: spec.hostname, port: 22, user: "azureuser" }, hostKeys: [...this.hostKeys] };
+    return { ssh: this.sshEndpoint ? { ...this.sshEndpoint } : { host: spec.hostname, port: 22, user: "azureuser" }, hostKeys: [...this.hostKeys] };
   }
 
   private waitReady(spec: InstanceSpec, signal: AbortSignal): Promise<ReadyInfo> {

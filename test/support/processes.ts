@@ -1,5 +1,6 @@
 import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { promisify } from "node:util";
+import { testDatabaseEnv } from "./test-database.js";
 
 const execFileP = promisify(execFile);
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -9,10 +10,12 @@ export function tsEntry(entry: string): string[] {
   return ["--import", "tsx", ROOT + entry];
 }
 
-export async function cvmctl(args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+/** Runs one of our command-line entry points as its own process with only `env` (and PATH), and the test database of its CVM_DATA_DIR (SQLite there, or PostgreSQL: test-database.ts). */
+async function runEntry(entry: string, args: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  const dbEnv = await testDatabaseEnv(env);
   try {
-    const { stdout, stderr } = await execFileP(process.execPath, [...tsEntry("host/cli/main.ts"), ...args], {
-      env: { PATH: process.env.PATH, ...env },
+    const { stdout, stderr } = await execFileP(process.execPath, [...tsEntry(entry), ...args], {
+      env: { PATH: process.env.PATH, ...dbEnv, ...env },
       timeout: 60_000,
     });
     return { code: 0, stdout, stderr };
@@ -22,10 +25,16 @@ export async function cvmctl(args: string[], env: Record<string, string>): Promi
   }
 }
 
+export const cvmctl = (args: string[], env: Record<string, string>) => runEntry("host/cli/main.ts", args, env);
+
+/** cvm-verify (guest/verify/bin.ts), e.g. the tenant mode against a running cvmd. */
+export const cvmVerify = (args: string[], env: Record<string, string>) => runEntry("guest/verify/bin.ts", args, env);
+
 /** Runs cvmd expecting it to stop by itself before it listens: its exit code and its stderr. */
-export function cvmdUntilExit(env: Record<string, string>, timeoutMs = 60_000): Promise<{ code: number | null; stderr: string }> {
+export async function cvmdUntilExit(env: Record<string, string>, timeoutMs = 60_000): Promise<{ code: number | null; stderr: string }> {
+  const dbEnv = await testDatabaseEnv(env);
   const child = spawn(process.execPath, tsEntry("host/main.ts"), {
-    env: { PATH: process.env.PATH, CVM_LISTEN: "127.0.0.1:0", ...env },
+    env: { PATH: process.env.PATH, CVM_LISTEN: "127.0.0.1:0", ...dbEnv, ...env },
     stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
@@ -47,9 +56,10 @@ export interface CvmdProcess {
 }
 
 /** Starts the real cvmd and resolves once it logs where it listens. */
-export function startCvmd(env: Record<string, string>, timeoutMs = 60_000): Promise<CvmdProcess> {
+export async function startCvmd(env: Record<string, string>, timeoutMs = 60_000): Promise<CvmdProcess> {
+  const dbEnv = await testDatabaseEnv(env);
   const child = spawn(process.execPath, tsEntry("host/main.ts"), {
-    env: { PATH: process.env.PATH, CVM_LISTEN: "127.0.0.1:0", ...env },
+    env: { PATH: process.env.PATH, CVM_LISTEN: "127.0.0.1:0", ...dbEnv, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const logs: string[] = [];

@@ -1,5 +1,5 @@
 import type { Context } from "koa";
-import type { ApiErrorCode } from "../../../shared/api/types.js";
+import type { ApiErrorCode } from "../../../shared/api/schemas.js";
 import { ApiError, HTTP_STATUS } from "../errors.js";
 import { storageTrouble } from "../../store/storage-trouble.js";
 

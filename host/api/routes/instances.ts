@@ -1,18 +1,26 @@
 import { createHash } from "node:crypto";
 import Router from "@koa/router";
 import type { Context } from "koa";
-import { isoSeconds } from "../../../shared/api/types.js";
-import { parsePublicKey, PublicKeyError } from "../../../shared/ssh/public-key.js";
+import {
+  CreateInstanceHeaders,
+  createInstanceBody,
+  encodeCursor,
+  INSTANCE_NAME_PATTERN,
+  isoSeconds,
+  LIST_LIMIT_DEFAULT,
+  ListInstancesQuery,
+  type InstanceEventList,
+} from "../../../shared/api/schemas.js";
 import type { ModelCatalogue } from "../../gateway/catalogue.js";
-import type { CreateInput, LifecycleEngine } from "../../instances/engine.js";
-import { INSTANCE_NAME_PATTERN } from "../../instances/names.js";
+import type { LifecycleEngine } from "../../instances/engine.js";
 import { toRecord } from "../../instances/record.js";
 import type { Clock } from "../../clock.js";
-import type { Instance, InstancePosition, InstanceStore } from "../../store/instances.js";
+import type { Instance, InstanceStore } from "../../store/instances.js";
 import type { Tenant } from "../../store/tenants.js";
 import { readJsonBody } from "../middleware/body.js";
 import { respond, respondSerialized } from "../middleware/envelope.js";
 import { ApiError } from "../errors.js";
+import { parseInput } from "../validate.js";
 
 export interface InstanceRouteDeps {
   engine: LifecycleEngine;
@@ -20,73 +28,6 @@ export interface InstanceRouteDeps {
   catalogue: ModelCatalogue;
   baseDomain: string;
   clock: Clock;
-}
-
-const CREATE_FIELDS = new Set(["public_key", "agent", "inference_mode", "inference_model"]);
-const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
-
-/** Parses the create body into a typed command, or says exactly which field is wrong. */
-export function parseCreateBody(body: Record<string, unknown>, catalogue: ModelCatalogue): CreateInput {
-  for (const k of Object.keys(body)) {
-    if (!CREATE_FIELDS.has(k)) throw new ApiError("invalid_request", `unknown field: ${k}`, { param: k });
-  }
-  if (body.public_key === undefined || body.public_key === null) throw new ApiError("invalid_request", "public_key is required", { param: "public_key" });
-  let publicKey: string;
-  try {
-    publicKey = parsePublicKey(body.public_key).canonical;
-  } catch (err) {
-    if (!(err instanceof PublicKeyError)) throw err;
-    throw new ApiError("invalid_request", `public_key must be an ed25519 or ecdsa OpenSSH public key: ${err.message}`, { param: "public_key" });
-  }
-  const str = (k: string, fallback: string, allowed: readonly string[], what: string): string => {
-    const v = body[k];
-    if (v === undefined || v === null) return fallback;
-    if (typeof v !== "string" || !allowed.includes(v)) throw new ApiError("invalid_request", `${k} must be ${what}`, { param: k });
-    return v;
-  };
-  const models = catalogue.models.map((m) => m.id);
-  return {
-    publicKey,
-    agent: str("agent", "openclaw", ["openclaw"], '"openclaw"'),
-    inferenceMode: str("inference_mode", "default_gateway", ["default_gateway"], '"default_gateway"'),
-    inferenceModel: str("inference_model", catalogue.default, models, `one of: ${models.join(", ")}`),
-  };
-}
-
-export const LIST_LIMIT_DEFAULT = 100;
-export const LIST_LIMIT_MAX = 1000;
-
-/**
- * The list cursor: the sort keys of the last instance of the page. Opaque to clients (base64url
- * with a version tag), so its content can change without a contract change.
- */
-export function encodeCursor(p: InstancePosition): string {
-  return "c1" + Buffer.from(`${p.createdAtMs}:${p.name}`).toString("base64url");
-}
-
-export function decodeCursor(cursor: string): InstancePosition | null {
-  if (cursor.length > 64 || !cursor.startsWith("c1")) return null;
-  const m = /^(\d{1,15}):([a-z0-9]{8})$/.exec(Buffer.from(cursor.slice(2), "base64url").toString());
-  return m ? { createdAtMs: Number(m[1]), name: m[2]! } : null;
-}
-
-/** `?limit=N&cursor=C` of GET /v1/instances, or which parameter is wrong. */
-export function parseListQuery(query: Record<string, string | string[] | undefined>): { limit: number; after: InstancePosition | null } {
-  let limit = LIST_LIMIT_DEFAULT;
-  if (query.limit !== undefined) {
-    const v = query.limit;
-    if (typeof v !== "string" || !/^[0-9]{1,4}$/.test(v) || Number(v) < 1 || Number(v) > LIST_LIMIT_MAX) {
-      throw new ApiError("invalid_request", `limit must be an integer from 1 to ${LIST_LIMIT_MAX}`, { param: "limit" });
-    }
-    limit = Number(v);
-  }
-  let after: InstancePosition | null = null;
-  if (query.cursor !== undefined) {
-    const v = query.cursor;
-    after = typeof v === "string" ? decodeCursor(v) : null;
-    if (!after) throw new ApiError("invalid_request", "cursor is not one this API returned as next_cursor", { param: "cursor" });
-  }
-  return { limit, after };
 }
 
 /** Stable JSON (sorted keys) so that key order does not make two equal bodies differ. */
@@ -130,17 +71,16 @@ export function instanceRoutes(deps: InstanceRouteDeps): Router {
     return json;
   };
 
+  const createBody = createInstanceBody({ models: deps.catalogue.models.map((m) => m.id), default: deps.catalogue.default });
+
   router.post("/v1/instances", async (ctx) => {
     const tenant = ctx.state.tenant as Tenant;
-    const keyHeader = ctx.get("Idempotency-Key");
-    if (keyHeader && !IDEMPOTENCY_KEY.test(keyHeader)) {
-      throw new ApiError("invalid_request", "Idempotency-Key must be 1 to 255 printable ASCII characters", { param: "Idempotency-Key" });
-    }
+    const keyHeader = parseInput(CreateInstanceHeaders, { "Idempotency-Key": ctx.get("Idempotency-Key") || undefined })["Idempotency-Key"];
     const body = await readJsonBody(ctx);
-    const input = parseCreateBody(body, deps.catalogue);
+    const input = parseInput(createBody, body);
     const outcome = await deps.engine.create(
       tenant,
-      input,
+      { publicKey: input.public_key, agent: input.agent, inferenceMode: input.inference_mode, inferenceModel: input.inference_model },
       keyHeader
         ? {
             key: keyHeader,
@@ -163,7 +103,9 @@ export function instanceRoutes(deps: InstanceRouteDeps): Router {
 
   router.get("/v1/instances", async (ctx) => {
     const tenant = ctx.state.tenant as Tenant;
-    const { limit, after } = parseListQuery(ctx.query);
+    const query = parseInput(ListInstancesQuery, ctx.query);
+    const limit = query.limit ?? LIST_LIMIT_DEFAULT;
+    const after = query.cursor ?? null;
     const since = new Date(deps.clock.now().getTime() - deps.engine.retentionMs);
     const page = await deps.instances.pageForTenantCached(tenant.id, since, after, limit);
     const last = page.instances[page.instances.length - 1];
@@ -190,7 +132,7 @@ export function instanceRoutes(deps: InstanceRouteDeps): Router {
     respond(ctx, 200, {
       events: events.map((e) => ({ seq: e.seq, type: e.type, from_status: e.from_status, to_status: e.to_status, message: e.message, at: isoSeconds(new Date(e.at)) })),
       next_cursor: null,
-    });
+    } satisfies InstanceEventList);
   });
 
   return router;

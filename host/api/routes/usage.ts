@@ -1,5 +1,5 @@
 import Router from "@koa/router";
-import { isoSeconds, type UsageRecord } from "../../../shared/api/types.js";
+import { isoSeconds, type UsageRecord } from "../../../shared/api/schemas.js";
 import type { Clock } from "../../clock.js";
 import type { InstanceStore } from "../../store/instances.js";
 import { ReadCache, UNSIGNALLED_CHANGE_MAX_AGE_MS } from "../../store/read-cache.js";

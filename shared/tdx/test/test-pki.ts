@@ -14,6 +14,7 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 import type { Collateral } from "../collateral.js";
 import { OID_SGX_EXTENSION, parseCertificate, splitPemChain } from "../pck.js";
 import { parseQuote } from "../quote.js";
+import type { Fixture } from "./fixtures.js";
 
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
@@ -178,4 +179,38 @@ export class TestPki {
     const auth = Buffer.concat([quoteSig, attRaw, u16(6), u32(outerBody.length), outerBody]);
     return Buffer.concat([signed, u32(auth.length), auth]);
   }
+}
+
+/** Offsets in a TD report 1.0 quote's signed bytes (48-byte header, then the report body). */
+const RTMR3_OFFSET = 48 + 472;
+const REPORT_DATA_OFFSET = 48 + 520;
+
+export interface FixtureQuoter {
+  pki: TestPki;
+  /** The fixture's collateral re-signed by the test PKI, CRLs valid a day either side of `at`. */
+  collateral: Collateral;
+  /** A quote of the fixture's TD carrying this REPORTDATA and RTMR3, signed under the test PKI. */
+  quote(reportData: Buffer, rtmr3: Buffer): Promise<Buffer>;
+}
+
+/**
+ * TEST DOUBLE of TDX hardware's quoting, for tests that need a quote over their own REPORTDATA
+ * (Intel's keys sign only what a real TD asks for): a test PKI whose PCK certificate carries fixture
+ * `f`'s SGX extension (so its FMSPC and TCB levels, hence its TCB status), and quotes of `f`'s TD with
+ * the REPORTDATA and RTMR3 a guest would have put there. Verifiers must pin `pki.rootDer`.
+ */
+export async function fixtureQuoter(f: Fixture, at: Date): Promise<FixtureQuoter> {
+  const leaf = splitPemChain(parseQuote(f.quote).pckChainRaw, "PCK chain", true)[0]!;
+  const pki = await TestPki.create({ notBefore: new Date("2020-01-01T00:00:00Z"), notAfter: new Date("2040-01-01T00:00:00Z"), sgxExtension: parseCertificate(leaf).sgxExtension! });
+  const window = { thisUpdate: new Date(at.getTime() - 86400e3), nextUpdate: new Date(at.getTime() + 86400e3) };
+  const collateral = await pki.collateral(f.collateral!, { root: await pki.crl("root", window), pck: await pki.crl("pckCa", window) });
+  return {
+    pki,
+    collateral,
+    quote: (reportData, rtmr3) =>
+      pki.resignQuote(f.quote, (signed) => {
+        reportData.copy(signed, REPORT_DATA_OFFSET);
+        rtmr3.copy(signed, RTMR3_OFFSET);
+      }),
+  };
 }
