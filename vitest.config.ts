@@ -11,6 +11,7 @@ import { prerequisites } from "./test/support/prerequisites.js";
 const DATABASE_SUITES = ["host/store/**/*.test.ts", "test/api/**/*.test.ts", "test/pool/**/*.test.ts", "test/gateway/**/*.test.ts"];
 /** Tests of PostgreSQL itself (its error codes, a URL that cannot work): only the postgres project runs them, so nothing is skipped. */
 const POSTGRES_ONLY = "**/*.pg.test.ts";
+const ALL_TESTS = ["{host,guest,shared,test,images}/**/*.test.ts"];
 const EXCLUDE = ["node_modules/**", "dist/**", "var/**", "images/out/**", "images/cache/**"];
 
 const initdb = postgresBin("initdb");
@@ -35,7 +36,6 @@ function userExists(name: string): boolean {
 
 export default defineConfig({
   test: {
-    include: ["{host,guest,shared,test,images}/**/*.test.ts"],
     exclude: EXCLUDE,
     testTimeout: 60_000,
     hookTimeout: 120_000,
@@ -46,7 +46,9 @@ export default defineConfig({
     // System tests share root-only resources (netns names, nft tables); keep files serial on 2 cores.
     fileParallelism: false,
     projects: [
-      { extends: true, test: { name: "sqlite", exclude: [...EXCLUDE, POSTGRES_ONLY] } },
+      // Each project names its own include: under `extends: true` vitest concatenates arrays, so an
+      // include on the root would add every test to the postgres project too.
+      { extends: true, test: { name: "sqlite", include: ALL_TESTS, exclude: [...EXCLUDE, POSTGRES_ONLY] } },
       ...(postgres
         ? [
             {
