@@ -6,8 +6,8 @@ SHELL := /bin/bash
 
 help:
 	@echo "make run        install dependencies, build, start cvmd (data in ./var)"
-	@echo "make test       install dependencies and run every test (about 45-60 min: boots VMs under emulation)"
-	@echo "make test-fast  every test but the VM E2E tests (test/e2e/), without building the image"
+	@echo "make test       install dependencies and run every test (about 45 min: boots VMs under emulation)"
+	@echo "make test-fast  every test but the VM E2E tests (test/e2e/), without building the image (about 10 min)"
 	@echo "make bench      run the benchmarks in bench/ and print their figures"
 	@echo "make image      build (or reuse from cache) the measured guest image into images/out/current"
 	@echo "make verifier   pack cvm-verify for a tenant's machine: dist/cvm-verify-<version>.tgz (no dependencies)"
